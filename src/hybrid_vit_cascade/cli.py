@@ -1,10 +1,11 @@
-"""`hvc`: one verb per job. Each verb lives in `commands/<verb>.py` with `add_arguments(p)` and `run(args) -> int`."""
+"""hvc — Hybrid-ViT Cascade: 3D CT from one or two X-rays. One verb per job (see `hvc VERB --help`)."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
+# Each verb lives in `commands/<verb>.py` with `add_arguments(p)` and `run(args) -> int`.
 # verb -> (module, one-line help). Modules are imported lazily so `hvc --help` stays fast.
 VERBS: dict[str, tuple[str, str]] = {
     "phantoms": ("hybrid_vit_cascade.commands.phantoms", "generate synthetic thorax CT phantoms (NIfTI)"),
