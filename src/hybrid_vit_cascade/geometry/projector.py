@@ -1,0 +1,142 @@
+"""Differentiable DRR projector: batched line integrals of attenuation volumes for several views.
+
+Method (Joseph 1982, ray-driven): for each view, the volume is cut into the slices across the view's
+principal axis (the world axis its central ray runs along). Every ray meets each slice plane in
+exactly one point; the volume is sampled there by bilinear interpolation within the slice, and the
+samples are summed with the ray's step between planes, ``spacing / |cos θ|`` (θ = angle between ray
+and principal axis). The plane intersections are exact for the cone/parallel geometry; the only
+approximation is the interpolation model of the volume, as in any voxel projector.
+
+All slices of all B volumes go through ONE ``grid_sample`` call per view (per chunk of slices): the
+slices are the batch, the B volumes are the channels, so the per-sample interpolation weights are
+computed once and reused for all volumes. The sampling grids depend only on (size, spacing, device,
+dtype) and are cached, because training calls the projector every step with the same geometry.
+
+Volumes are canonical RAS+ cubes centred at the isocentre (DESIGN.md): ``mu[b, 0, i, j, k]`` is the
+voxel whose centre is at ``((i, j, k) - (n - 1) / 2) * spacing`` mm. Outside the cube μ = 0.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import GeometryConfig
+from .views import View, make_view, resolve_det_spacing
+
+_CHUNK_ELEMENTS = 1 << 24  # cap on one grid_sample output (slices × B × P × P floats) to bound memory
+_MAX_CACHE = 8  # cached geometries (size, spacing, device, dtype)
+
+
+class Projector(nn.Module):
+    """Line integrals ∫μ dl of (B, 1, D, H, W) attenuation volumes for the configured views."""
+
+    def __init__(self, geometry: GeometryConfig, views: list[str]):
+        super().__init__()
+        if not views:
+            raise ValueError("Projector needs at least one view")
+        if len(set(v.lower() for v in views)) != len(views):
+            raise ValueError(f"views must be distinct, got {views}")
+        self.geometry = geometry
+        self.views: list[View] = [make_view(v, geometry) for v in views]
+        self._grids: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
+        self._v2d: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def det_pixels(self) -> int:
+        return self.geometry.det_pixels
+
+    def det_spacing(self, fov_mm: float) -> float:
+        """Detector pixel spacing (mm) used for a volume of physical edge fov_mm."""
+        return resolve_det_spacing(self.views[0], fov_mm)
+
+    def extra_repr(self) -> str:
+        g = self.geometry
+        return f"views={[v.name for v in self.views]}, kind={g.kind}, sid={g.sid}, sdd={g.sdd}, P={g.det_pixels}"
+
+    # ------------------------------------------------------------------ sampling grids
+    def _sampling(self, n: int, spacing_mm: float, device, dtype) -> list[tuple[Tensor, Tensor]]:
+        """Per view: grid (n, P, P, 2) in grid_sample coords of each slice, step (P, P) in mm."""
+        key = (n, float(spacing_mm), str(device), dtype)
+        if key not in self._grids:
+            if len(self._grids) >= _MAX_CACHE:
+                self._grids.pop(next(iter(self._grids)))
+            self._grids[key] = [self._view_grid(v, n, spacing_mm, device, dtype) for v in self.views]
+        return self._grids[key]
+
+    @staticmethod
+    def _view_grid(view: View, n: int, spacing_mm: float, device, dtype) -> tuple[Tensor, Tensor]:
+        half = n * spacing_mm / 2  # mm, half the cube edge (voxel edges, not centres)
+        origin, ray = view.rays(resolve_det_spacing(view, 2 * half))  # (P, P, 3) each, float64 mm
+        a = view.principal_axis
+        b, c = [i for i in range(3) if i != a]  # slice array axes (rows b, columns c)
+        if bool((ray[..., a].abs() < 1e-12).any()):
+            raise ValueError(f"view {view.name}: a ray runs parallel to its slices")
+        planes = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * spacing_mm  # (n,) slice centres, mm
+        t = (planes[:, None, None] - origin[..., a]) / ray[..., a]  # (n, P, P) ray parameter at each plane
+        pts = origin + t[..., None] * ray  # (n, P, P, 3) intersection points, mm RAS+
+        # grid_sample (align_corners=False): x indexes the last input dim (c), y the one before (b);
+        # ±1 are the outer voxel edges, i.e. ±half mm.
+        grid = torch.stack([pts[..., c], pts[..., b]], dim=-1) / half  # (n, P, P, 2)
+        step = spacing_mm * ray.norm(dim=-1) / ray[..., a].abs()  # (P, P) mm of ray per slice
+        return grid.to(device=device, dtype=dtype), step.to(device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, mu: Tensor, spacing_mm: float) -> Tensor:
+        """(B, 1, D, H, W) attenuation in 1/mm on a cube of `spacing_mm` voxels → (B, V, P, P) line integrals."""
+        if mu.dim() != 5 or mu.shape[1] != 1:
+            raise ValueError(f"mu must be (B, 1, D, H, W), got shape {tuple(mu.shape)}")
+        B, _, D, H, W = mu.shape
+        if not (D == H == W):
+            raise ValueError(f"mu must be a canonical cube (D == H == W), got {(D, H, W)}")
+        if not mu.is_floating_point():
+            raise ValueError(f"mu must be a floating-point tensor, got {mu.dtype}")
+        if not (isinstance(spacing_mm, (int, float)) and math.isfinite(spacing_mm) and spacing_mm > 0):
+            raise ValueError(f"spacing_mm must be a positive number (mm), got {spacing_mm!r}")
+        n, P = D, self.det_pixels
+        vol = mu[:, 0]  # (B, n, n, n)
+        out = []
+        for view, (grid, step) in zip(self.views, self._sampling(n, spacing_mm, mu.device, mu.dtype)):
+            # slices across the principal axis as the batch, volumes as channels: (n, B, n, n)
+            slices = vol.movedim(view.principal_axis + 1, 0).contiguous()
+            chunk = max(1, _CHUNK_ELEMENTS // (B * P * P))
+            acc = None
+            for k in range(0, n, chunk):
+                s = F.grid_sample(
+                    slices[k : k + chunk], grid[k : k + chunk], mode="bilinear", padding_mode="zeros", align_corners=False
+                )  # (k, B, P, P)
+                acc = s.sum(0) if acc is None else acc + s.sum(0)
+            out.append(acc * step)  # (B, P, P)
+        return torch.stack(out, dim=1)  # (B, V, P, P)
+
+    # ------------------------------------------------------------------ voxel → detector
+    def voxel_to_detector(self, shape: int, spacing_mm: float, device=None) -> tuple[Tensor, Tensor]:
+        """Where each voxel centre projects: uv (V, D, H, W, 2) grid_sample coords, depth (V, D, H, W).
+
+        uv follows ``grid_sample(..., align_corners=False)`` on a (P, P) image: x = column, y = row,
+        ±1 = the outer edges of the first/last pixel. depth is the voxel's signed distance along the
+        view axis from the isocentre plane divided by half the cube edge: −1 at the cube face nearest
+        the source, +1 at the face nearest the detector. float32, on `device` (default CPU).
+        """
+        n = int(shape)
+        if n <= 0 or not spacing_mm > 0:
+            raise ValueError(f"need a positive shape and spacing, got shape={shape}, spacing_mm={spacing_mm}")
+        key = (n, float(spacing_mm), str(device))
+        if key not in self._v2d:
+            half = n * spacing_mm / 2
+            c = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * spacing_mm  # voxel centres, mm
+            pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), dim=-1)  # (n, n, n, 3) RAS+ mm
+            P = self.det_pixels
+            uvs, depths = [], []
+            for view in self.views:
+                col, row, axial = view.project(pts, resolve_det_spacing(view, 2 * half))
+                uvs.append(torch.stack([(2 * col + 1) / P - 1, (2 * row + 1) / P - 1], dim=-1))
+                depths.append(axial / half)
+            uv = torch.stack(uvs).to(device=device, dtype=torch.float32)  # (V, n, n, n, 2)
+            depth = torch.stack(depths).to(device=device, dtype=torch.float32)  # (V, n, n, n)
+            if len(self._v2d) >= _MAX_CACHE:
+                self._v2d.pop(next(iter(self._v2d)))
+            self._v2d[key] = (uv, depth)
+        return self._v2d[key]
