@@ -28,20 +28,24 @@ class StageConfig(_Strict):
 
     name: str
     volume_size: tuple[int, int, int]  # voxels (D, H, W); must be a cube
-    voxel_dim: int = 256  # transformer width
-    vit_depth: int = 4  # transformer blocks
-    num_heads: int = 4
+    voxel_dim: int = Field(256, gt=0)  # transformer width
+    vit_depth: int = Field(4, ge=0)  # transformer blocks
+    num_heads: int = Field(4, gt=0)
     use_depth_lifting: bool = True
     use_physics_loss: bool = True
-    patch_size: int = 4  # voxels per token edge
-    lift_channels: int = 16  # channels of the lifted X-ray feature volume
-    depth_bins: int = 32  # depth bins per ray in the lifting module
-    encoder_channels: int = 32  # 2D X-ray encoder width
-    refine_channels: int = 32  # convolutional refinement head width
-    mlp_ratio: float = 4.0
-    physics_weight: float = 0.1  # weight of the DRR loss for this stage
-    cond_noise_level: float = 0.1  # noise level of the previous-stage conditioning at inference
+    patch_size: int = Field(4, gt=0)  # voxels per token edge
+    lift_channels: int = Field(16, gt=0)  # channels of the lifted X-ray feature volume
+    depth_bins: int = Field(32, gt=0)  # depth bins per ray in the lifting module
+    encoder_channels: int = Field(32, gt=0)  # 2D X-ray encoder width
+    refine_channels: int = Field(32, gt=0)  # convolutional refinement head width
+    mlp_ratio: float = Field(4.0, gt=0)
+    physics_weight: float = Field(0.1, ge=0)  # weight of the DRR loss for this stage
+    cond_noise_level: float = Field(0.1, ge=0, le=1)  # noise level of the previous-stage conditioning at inference
     grad_checkpointing: bool = False  # activation checkpointing (for 256³)
+    encoder_downsample: int = Field(1, ge=0)  # stride-2 steps of the 2D encoder: features at det_pixels / 2^k
+    prior_grid: int = Field(16, gt=0)  # depth prior cells per detector edge (coarse, upsampled to the features)
+    lift_fusion: Literal["conv", "mean"] = "conv"  # fuse lifted views by a learned 1×1×1 conv or their mean
+    unpatch_channels: int = Field(8, gt=0)  # channels per voxel the ViT hands to the refinement head
 
     @field_validator("volume_size")
     @classmethod

@@ -1,0 +1,134 @@
+"""One cascade stage: X-ray encoder → (depth lifting) → hybrid 3D ViT denoiser, predicting v."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import GeometryConfig, StageConfig
+from ..geometry.physics import DEFAULT_HU_WINDOW, DEFAULT_MU_WATER
+from .encoder2d import XrayEncoder
+from .lifting import DepthLifting
+from .vit3d import HybridViT3D
+
+
+class CascadeStage(nn.Module):
+    """Denoiser of one resolution; stage_index 0 is the first (coarsest) stage, later ones see `prev`."""
+
+    def __init__(
+        self,
+        stage_cfg: StageConfig,
+        stage_index: int,
+        views: list[str],
+        xray_size: int,  # detector pixels per edge
+        geometry: GeometryConfig,
+        fov_mm: float,  # physical edge of the cube, mm
+    ):
+        super().__init__()
+        if not 1 <= len(views) <= 2:
+            raise ValueError(f"a stage takes one or two views, got {views}")
+        self.cfg = stage_cfg
+        self.stage_index = stage_index
+        self.views = list(views)
+        self.xray_size = xray_size
+        self.resolution = stage_cfg.resolution
+        self.has_prev = stage_index > 0
+        s = stage_cfg
+        self.encoder = XrayEncoder(len(views), s.encoder_channels, s.encoder_downsample)
+        self.lifting: Optional[DepthLifting] = None
+        if s.use_depth_lifting:
+            self.lifting = DepthLifting(
+                self.views, geometry, fov_mm, self.resolution, s.encoder_channels, s.lift_channels,
+                s.depth_bins, s.prior_grid, s.lift_fusion, checkpointing=s.grad_checkpointing,
+            )
+        # Input channels: x_t first (the refinement head's skip relies on it), lifted features, prev.
+        in_channels = 1 + (s.lift_channels if s.use_depth_lifting else 0) + (1 if self.has_prev else 0)
+        self.denoiser = HybridViT3D(
+            in_channels=in_channels,
+            resolution=self.resolution,
+            patch_size=s.patch_size,
+            hidden=s.voxel_dim,
+            depth=s.vit_depth,
+            num_heads=s.num_heads,
+            mlp_ratio=s.mlp_ratio,
+            n_views=len(views),
+            xray_channels=s.encoder_channels,
+            refine_channels=s.refine_channels,
+            unpatch_channels=s.unpatch_channels,
+            use_cond_noise=self.has_prev,
+            grad_checkpointing=s.grad_checkpointing,
+        )
+
+    def extra_repr(self) -> str:
+        return f"stage={self.stage_index}, name={self.cfg.name!r}, resolution={self.resolution}, views={self.views}"
+
+    def _check_inputs(self, x_t: Tensor, t: Tensor, xray: Tensor, prev: Optional[Tensor], cond_noise) -> Tensor:
+        D, V, P = self.resolution, len(self.views), self.xray_size
+        name = f"stage {self.stage_index} ({self.cfg.name})"
+        if x_t.dim() != 5 or tuple(x_t.shape[1:]) != (1, D, D, D):
+            raise ValueError(f"{name}: x_t must be (B, 1, {D}, {D}, {D}), got {tuple(x_t.shape)}")
+        B = x_t.shape[0]
+        if t.dim() == 0:
+            t = t.expand(B)
+        if tuple(t.shape) != (B,):
+            raise ValueError(f"{name}: t must be (B,) = ({B},), got {tuple(t.shape)}")
+        if xray.dim() != 4:
+            raise ValueError(f"{name}: xray must be (B, V, P, P), got {tuple(xray.shape)}")
+        if xray.shape[1] != V:
+            raise ValueError(f"{name}: expected {V} X-ray view(s) {self.views}, got {xray.shape[1]}")
+        if tuple(xray.shape[2:]) != (P, P) or xray.shape[0] != B:
+            raise ValueError(f"{name}: xray must be ({B}, {V}, {P}, {P}), got {tuple(xray.shape)}")
+        if self.has_prev:
+            if prev is None:
+                raise ValueError(f"{name}: needs the previous stage's output `prev` (B, 1, D', D', D')")
+            if prev.dim() != 5 or prev.shape[0] != B or prev.shape[1] != 1:
+                raise ValueError(f"{name}: prev must be ({B}, 1, D', D', D'), got {tuple(prev.shape)}")
+            if cond_noise is not None and tuple(cond_noise.shape) != (B,):
+                raise ValueError(f"{name}: cond_noise must be (B,) = ({B},), got {tuple(cond_noise.shape)}")
+        elif prev is not None:
+            raise ValueError(f"{name}: the first stage takes no previous-stage volume, got prev")
+        return t
+
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        xray: Tensor,
+        prev: Optional[Tensor] = None,
+        cond_noise: Optional[Tensor] = None,
+        return_aux: bool = False,
+    ):
+        """v prediction (B, 1, D, D, D); with return_aux also {"depth_probs", "lifted", "prev_up"}."""
+        t = self._check_inputs(x_t, t, xray, prev, cond_noise)
+        B, _, D, H, W = x_t.shape
+        feats = self.encoder(xray.to(x_t.dtype))  # (B, V, C, P', P')
+        parts = [x_t]
+        aux: dict[str, Optional[Tensor]] = {"depth_probs": None, "lifted": None, "prev_up": None}
+        if self.lifting is not None:
+            lifted, probs = self.lifting(feats)  # (B, L, D, H, W), (B, V, bins, P', P')
+            parts.append(lifted)
+            aux.update(lifted=lifted, depth_probs=probs)
+        if self.has_prev:
+            prev_up = prev.to(x_t.dtype)
+            if tuple(prev.shape[2:]) != (D, H, W):
+                prev_up = F.interpolate(prev_up, size=(D, H, W), mode="trilinear", align_corners=False)
+            parts.append(prev_up)
+            aux["prev_up"] = prev_up
+        x_in = torch.cat(parts, dim=1)  # (B, C_in, D, H, W)
+        pooled = feats.mean(dim=(-2, -1))  # (B, V, C): global X-ray summary for the conditioning vector
+        v = self.denoiser(x_in, t, pooled, cond_noise)
+        return (v, aux) if return_aux else v
+
+    def init_prior_from_dataset(
+        self,
+        volumes: Tensor | Iterable[Tensor],
+        hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
+        mu_water: float = DEFAULT_MU_WATER,
+    ) -> Optional[Tensor]:
+        """Initialise the depth prior from training CTs (B, 1, D, D, D) in [-1, 1]; None without lifting."""
+        if self.lifting is None:
+            return None
+        return self.lifting.init_prior_from_dataset(volumes, hu_window, mu_water)
