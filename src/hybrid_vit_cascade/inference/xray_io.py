@@ -1,0 +1,295 @@
+"""Read X-rays for inference and bring them to the model's normalisation (INFERENCE.md "Inputs").
+
+Two kinds of input:
+- **line integrals** ∫μ dl (dimensionless): `.npy`, NIfTI, and 16-bit PNGs written by `hvc drr`
+  (`write_drr_png` stores the scale in the PNG's text chunks, so they invert to line integrals up
+  to 16-bit quantisation). These become `xray = 2 * li / li_max - 1` with the checkpoint's li_max —
+  exactly what the training DRRs went through.
+- **display radiographs** (PNG/JPEG/TIFF 8/16-bit, DICOM CR/DX) whose pixels are processed
+  intensities, not line integrals. They are mapped to [-1, 1] by robust percentiles — the
+  `low_pct` percentile to -1 and the `high_pct` percentile to `high_value` (bright = attenuating;
+  DICOM MONOCHROME1 is inverted first). This is an approximation: clinical processing (log,
+  unsharp masking, LUTs) is not undone, so expect a domain gap.
+
+Arrays are `(H, W)` in radiographic display orientation (DESIGN.md "Views"): row 0 superior; AP:
+column 0 = patient right; lateral: column 0 = anterior. `.npy`/NIfTI arrays are taken as stored,
+`(H, W)` (or `(V, H, W)` for all views in one file). Non-square images are centre-cropped to a
+square, then resampled to the detector's `det_pixels`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Text chunks of the PNGs written by `write_drr_png`.
+PNG_ENCODING_KEY, PNG_ENCODING = "hvc-encoding", "line-integral-uint16-v1"
+PNG_LI_MAX_KEY, PNG_VIEW_KEY = "hvc-li-max", "hvc-view"
+COLOUR_TOLERANCE = 0.02  # channel spread (99th pct) above 2% of the range = a colour image
+
+
+class XrayReadError(ValueError):
+    """An X-ray file could not be used; `path` and `reason` say which and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class RawXray:
+    """One view as read from disk, before normalisation."""
+
+    path: str
+    kind: str  # "line_integral" or "intensity" (bright = attenuating)
+    pixels: np.ndarray  # (H, W) float64
+    view: str | None = None  # view recorded in the file itself (hvc PNGs), if any
+    note: str = ""  # how the file was interpreted, for the log
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+def write_drr_png(path: str | os.PathLike, li: np.ndarray, view: str | None = None) -> None:
+    """Save line integrals (H, W) as a 16-bit PNG that `read_xray` inverts (bright = attenuating)."""
+    from PIL import Image, PngImagePlugin
+
+    li = np.asarray(li, dtype=np.float64)
+    if li.ndim != 2 or not np.isfinite(li).all():
+        raise ValueError(f"line integrals must be a finite (H, W) array, got shape {li.shape}")
+    li_max = float(max(li.max(), 1e-12))
+    q = np.round(np.clip(li, 0, None) / li_max * 65535.0).astype(np.uint16)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_ENCODING_KEY, PNG_ENCODING)
+    info.add_text(PNG_LI_MAX_KEY, repr(li_max))
+    if view:
+        info.add_text(PNG_VIEW_KEY, view)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(q).save(str(path), pnginfo=info)
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+def _grey_from_channels(path: str, rgb: np.ndarray) -> np.ndarray:
+    """(H, W, C≥3) -> (H, W); a colour image (distinct channels) is an error."""
+    rgb = rgb[..., :3].astype(np.float64)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    rng = float(rgb.max() - rgb.min()) or 1.0
+    # Tolerance, not equality: a grey image saved as RGB JPEG has small chroma noise.
+    if np.percentile(spread, 99) > COLOUR_TOLERANCE * rng:
+        raise XrayReadError(path, "colour image (3 distinct channels); X-rays must be greyscale — "
+                                  "convert it to a single-channel image first")
+    return rgb.mean(axis=-1)
+
+
+def _read_pil(path: str) -> RawXray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise XrayReadError(path, f"not a readable image ({err})") from None
+    if getattr(img, "n_frames", 1) > 1:
+        raise XrayReadError(path, f"has {img.n_frames} frames; give one image per view")
+    text = getattr(img, "text", None) or {}
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        pixels = _grey_from_channels(path, np.asarray(img.convert("RGB")))
+    elif mode in ("LA", "La"):
+        pixels = np.asarray(img.getchannel(0), dtype=np.float64)
+    elif mode == "1":
+        pixels = np.asarray(img.convert("L"), dtype=np.float64)
+    else:  # L, I;16*, I, F
+        pixels = np.asarray(img).astype(np.float64)
+    if pixels.ndim != 2:
+        raise XrayReadError(path, f"unexpected image layout {pixels.shape} (mode {mode})")
+    if text.get(PNG_ENCODING_KEY) == PNG_ENCODING:
+        if mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise XrayReadError(path, f"hvc line-integral PNG must be 16-bit, got mode {mode}")
+        try:
+            li_max = float(text[PNG_LI_MAX_KEY])
+        except (KeyError, ValueError):
+            raise XrayReadError(path, f"hvc PNG without a valid '{PNG_LI_MAX_KEY}' entry") from None
+        return RawXray(path, "line_integral", pixels / 65535.0 * li_max, text.get(PNG_VIEW_KEY),
+                       note=f"hvc DRR PNG, line integrals up to {li_max:.4g}")
+    bits = {"L": 8, "1": 1, "P": 8, "RGB": 8, "RGBA": 8}.get(mode, 16 if mode.startswith("I;16") else 32)
+    return RawXray(path, "intensity", pixels, note=f"{Path(path).suffix.lstrip('.').upper()} {mode} "
+                   f"({bits}-bit) display image, percentile-mapped")
+
+
+def _read_dicom(path: str) -> RawXray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError) as err:
+        raise XrayReadError(path, f"not a readable DICOM file ({err})") from None
+    modality = str(getattr(ds, "Modality", "?"))
+    if modality in ("CT", "MR", "PT"):
+        raise XrayReadError(path, f"is a {modality} image, not a radiograph (use `hvc infer --ct` for CTs)")
+    if "PixelData" not in ds:
+        raise XrayReadError(path, "DICOM file has no pixel data")
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        raise XrayReadError(path, f"multi-frame DICOM ({ds.NumberOfFrames} frames); give one image per view")
+    try:
+        arr = ds.pixel_array
+    except Exception as err:  # missing decoder for a compressed transfer syntax, truncated data, ...
+        raise XrayReadError(path, f"cannot decode DICOM pixel data ({err})") from None
+    from pydicom.pixels import apply_modality_lut
+
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if arr.ndim == 3:
+        if photometric not in ("RGB", "YBR_FULL", "YBR_FULL_422"):
+            raise XrayReadError(path, f"unexpected DICOM pixel layout {arr.shape}")
+        pixels = _grey_from_channels(path, np.asarray(arr))
+    else:
+        # Rescale slope/intercept (modality LUT) first, then polarity.
+        pixels = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    note = f"DICOM {modality} {photometric}"
+    if photometric == "MONOCHROME1":
+        # MONOCHROME1: low values display bright. Negating makes bright = attenuating; the
+        # percentile mapping that follows is invariant to the offset.
+        pixels = -pixels
+        note += " (inverted)"
+    return RawXray(path, "intensity", pixels, note=note + ", percentile-mapped")
+
+
+def _read_array(path: str) -> RawXray:
+    try:
+        if path.lower().endswith(".npy"):
+            arr = np.load(path, allow_pickle=False)
+        else:
+            import nibabel as nib
+
+            arr = np.asanyarray(nib.load(path).dataobj)
+    except Exception as err:
+        raise XrayReadError(path, f"cannot read array ({err})") from None
+    arr = np.asarray(arr, dtype=np.float64)
+    arr = arr.reshape([s for s in arr.shape if s != 1] or [1])  # drop singleton axes
+    if arr.ndim not in (2, 3):
+        raise XrayReadError(path, f"expected line integrals of shape (H, W) or (V, H, W), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise XrayReadError(path, "contains NaN or Inf")
+    if arr.min() < -1e-3 * max(abs(arr.max()), 1e-12):
+        raise XrayReadError(path, f"line integrals must be ≥ 0, found {arr.min():.3g} "
+                                  "(is this an already-normalised image in [-1, 1]?)")
+    return RawXray(path, "line_integral", arr, note="line integrals")
+
+
+def read_xray(path: str | os.PathLike) -> RawXray:
+    """Read one X-ray file (see the module docstring for formats); errors name the file."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise XrayReadError(path, "file not found")
+    if os.path.isdir(path):
+        raise XrayReadError(path, "is a directory, expected an X-ray image file")
+    name = path.lower()
+    if name.endswith(".npy") or name.endswith(NIFTI_SUFFIXES):
+        return _read_array(path)
+    if name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
+        return _read_dicom(path)
+    return _read_pil(path)
+
+
+def _has_dicom_preamble(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+# ------------------------------------------------------------------------------ normalisation
+
+
+def percentile_normalize(pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5,
+                         high_value: float = 1.0) -> np.ndarray:
+    """Display intensities (bright = attenuating) -> [-1, high_value] by robust percentiles."""
+    lo, hi = np.percentile(pixels, [low_pct, high_pct])
+    if not hi > lo:
+        raise ValueError("image is (nearly) constant; nothing to reconstruct from")
+    x = (pixels - lo) / (hi - lo) * (high_value + 1.0) - 1.0
+    return np.clip(x, -1.0, high_value)
+
+
+def resample_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop (H, W) to a square and resample to (size, size): area average down, bilinear up."""
+    H, W = img.shape
+    s = min(H, W)
+    top, left = (H - s) // 2, (W - s) // 2
+    img = img[top:top + s, left:left + s]
+    if s == size:
+        return img.copy()
+    t = torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float64)[None, None]  # (1, 1, s, s)
+    if s > size:  # each detector pixel integrates its footprint, as a coarser detector would
+        out = F.interpolate(t, size=(size, size), mode="area")
+    else:
+        out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def to_model_input(raw: RawXray, li_max: float, det_pixels: int, high_value: float = 1.0) -> np.ndarray:
+    """One RawXray (H, W) -> (det_pixels, det_pixels) in the model's X-ray range."""
+    from hybrid_vit_cascade.geometry.physics import normalize_xray
+
+    if raw.kind == "line_integral":
+        x = normalize_xray(torch.as_tensor(raw.pixels, dtype=torch.float64), li_max).numpy()
+    else:
+        try:
+            x = percentile_normalize(raw.pixels, high_value=high_value)
+        except ValueError as err:
+            raise XrayReadError(raw.path, str(err)) from None
+    return resample_square(x, det_pixels)
+
+
+def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], li_max: float,
+               det_pixels: int, views: Sequence[str] | None = None,
+               high_value: float = 1.0) -> tuple[torch.Tensor, list[RawXray]]:
+    """Read the X-rays of one case -> ((V, P, P) float32 in the model's order, the RawXrays).
+
+    `views` names the view of each path; without it the paths are taken in the model's view order.
+    A single `.npy`/NIfTI file may hold all views as (V, H, W).
+    """
+    model_views = list(model_views)
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError(f"no X-ray given; the checkpoint expects {len(model_views)} ({', '.join(model_views)})")
+    raws = [read_xray(p) for p in paths]
+    # Unstack a (V, H, W) array file into one RawXray per view.
+    if len(raws) == 1 and raws[0].pixels.ndim == 3:
+        r = raws[0]
+        raws = [RawXray(r.path, r.kind, r.pixels[v], None, r.note + f" [view {v}]") for v in range(r.pixels.shape[0])]
+    for r in raws:
+        if r.pixels.ndim != 2:
+            raise XrayReadError(r.path, f"holds {r.pixels.shape[0]} images; with several files give one (H, W) per file")
+    if len(raws) != len(model_views):
+        got = ", ".join(paths)
+        raise ValueError(f"the checkpoint was trained on {len(model_views)} view(s) ({', '.join(model_views)}) "
+                         f"but {len(raws)} X-ray image(s) were given ({got}); give one per view")
+    if views is None:
+        views = list(model_views)
+    views = list(views)
+    if len(views) != len(raws):
+        raise ValueError(f"{len(views)} view name(s) ({', '.join(views)}) for {len(raws)} X-ray image(s)")
+    if sorted(views) != sorted(model_views) or len(set(views)) != len(views):
+        raise ValueError(f"views {views} do not match the checkpoint's views {model_views}")
+    for r, v in zip(raws, views):
+        if r.view is not None and r.view != v:
+            raise XrayReadError(r.path, f"was rendered as view '{r.view}' but is given as '{v}'")
+        r.view = v
+    by_view = {r.view: r for r in raws}
+    ordered = [by_view[v] for v in model_views]
+    x = np.stack([to_model_input(r, li_max, det_pixels, high_value) for r in ordered])  # (V, P, P)
+    return torch.as_tensor(x, dtype=torch.float32), ordered
