@@ -1,0 +1,240 @@
+"""Evaluation outputs: slice montages, X-ray vs DRR panels, a metric bar chart, report.md, metrics.json.
+
+Display orientation is radiological (as a radiologist reads): axial seen from the feet, anterior at
+the top and the patient's right on the image's left; coronal superior at the top, patient's right
+on the left; sagittal superior at the top, anterior on the left. Canonical arrays are RAS+, so every
+mid-slice is shown as `slice[::-1, ::-1].T` (see `display_slice`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+# Slice axis of each plane in the RAS+ canonical array (x=R, y=A, z=S).
+PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+# Columns of the report table: (key, header, format).
+MAIN_METRICS = [
+    ("psnr3d", "PSNR-3D (dB)", "{:.2f}"),
+    ("ssim3d", "SSIM-3D", "{:.4f}"),
+    ("mae_hu", "MAE (HU)", "{:.1f}"),
+    ("rmse_hu", "RMSE (HU)", "{:.1f}"),
+    ("psnr2d_mean", "PSNR-2D (dB)", "{:.2f}"),
+    ("drr_psnr", "DRR PSNR (dB)", "{:.2f}"),
+]
+X2CT_METRICS = [
+    ("x2ct_psnr_3d", "X2CT PSNR-3D", "{:.2f}"),
+    ("x2ct_psnr_avg", "X2CT PSNR-2D avg", "{:.2f}"),
+    ("x2ct_ssim_avg", "X2CT SSIM avg", "{:.4f}"),
+    ("x2ct_mae", "X2CT MAE", "{:.1f}"),
+]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def display_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.ndarray:
+    """A slice of a RAS+ cube in radiological display orientation (row 0 at the top of the image)."""
+    axis = PLANES[plane]
+    n = vol.shape[axis]
+    idx = n // 2 if index is None else index
+    s = np.take(vol, idx, axis=axis)  # remaining axes in RAS order, e.g. (x, y) for axial
+    # Row 0 = high second axis (A or S), column 0 = high first axis (R, or A for sagittal).
+    return s[::-1, ::-1].T
+
+
+def case_montage(path: str | os.PathLike, truth_hu: np.ndarray | None, pred_hu: np.ndarray,
+                 std_hu: np.ndarray | None, window: tuple[float, float], title: str = "",
+                 error_max: float = 500.0) -> Path:
+    """Axial/coronal/sagittal mid-slices of truth, prediction, |error| and uncertainty (HU)."""
+    plt = _plt()
+    rows: list[tuple[str, np.ndarray, dict]] = []
+    grey = dict(cmap="gray", vmin=window[0], vmax=window[1])
+    if truth_hu is not None:
+        rows.append(("truth", truth_hu, grey))
+    rows.append(("prediction", pred_hu, grey))
+    if truth_hu is not None:
+        lo, hi = window
+        err = np.abs(np.clip(pred_hu, lo, hi) - np.clip(truth_hu, lo, hi))
+        rows.append(("|error| (HU)", err, dict(cmap="magma", vmin=0, vmax=error_max)))
+    if std_hu is not None:
+        rows.append(("uncertainty: std (HU)", std_hu, dict(cmap="viridis", vmin=0,
+                                                           vmax=max(float(np.percentile(std_hu, 99.5)), 1.0))))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    for r, (label, vol, kw) in enumerate(rows):
+        for c, plane in enumerate(PLANES):
+            ax = axes[r, c]
+            im = ax.imshow(display_slice(vol, plane), interpolation="nearest", **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(plane)
+            if c == 0:
+                ax.set_ylabel(label)
+        fig.colorbar(im, ax=axes[r, :].tolist(), shrink=0.8)
+    # Orientation letters on the first row (image left side).
+    for c, left in enumerate(("R", "R", "A")):
+        axes[0, c].text(0.02, 0.5, left, color="yellow", transform=axes[0, c].transAxes, va="center")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def xray_montage(path: str | os.PathLike, inputs: np.ndarray, drrs: np.ndarray, views: Sequence[str],
+                 psnrs: Sequence[float] | None = None, title: str = "") -> Path:
+    """Input X-rays beside the DRRs of the prediction and their difference (all in [-1, 1])."""
+    plt = _plt()
+    V = len(views)
+    fig, axes = plt.subplots(V, 3, figsize=(9, 3 * V), squeeze=False)
+    for v, name in enumerate(views):
+        panels = [("input " + name, inputs[v], dict(cmap="gray", vmin=-1, vmax=1)),
+                  ("DRR of prediction", drrs[v], dict(cmap="gray", vmin=-1, vmax=1)),
+                  ("DRR − input", drrs[v] - inputs[v], dict(cmap="coolwarm", vmin=-0.5, vmax=0.5))]
+        for c, (label, img, kw) in enumerate(panels):
+            ax = axes[v, c]
+            im = ax.imshow(img, interpolation="nearest", **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 1 and psnrs is not None:
+                label += f" ({psnrs[v]:.1f} dB)"
+            ax.set_title(label, fontsize=9)
+        fig.colorbar(im, ax=axes[v, 2], shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def metrics_bar_chart(path: str | os.PathLike, rows: Sequence[dict[str, Any]],
+                      metrics: Sequence[str] = ("psnr3d", "ssim3d", "mae_hu", "drr_psnr")) -> Path:
+    """One panel per metric, one bar (mean ± std over cases) per row (method / stage)."""
+    plt = _plt()
+    labels = [_row_label(r) for r in rows]
+    headers = {k: h for k, h, _ in MAIN_METRICS + X2CT_METRICS}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], metrics):
+        means = [r["summary"].get(key, {}).get("mean", math.nan) for r in rows]
+        stds = [r["summary"].get(key, {}).get("std", math.nan) for r in rows]
+        means = [m if math.isfinite(m) else math.nan for m in means]
+        x = np.arange(len(rows))
+        ax.bar(x, means, yerr=stds, capsize=3, color=[f"C{i % 10}" for i in range(len(rows))])
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+        ax.set_title(headers.get(key, key), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _row_label(row: dict[str, Any]) -> str:
+    return f"{row['method']}" + (f" / {row['stage']}" if row.get("stage") else "")
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def fmt_stat(s: dict[str, float] | None, fmt: str) -> str:
+    """'mean ± std' of a `metrics.summarize` dict; infinities counted, missing shown as '–'."""
+    if not s or s.get("n", 0) == 0:
+        return "–"
+    mean, std = s["mean"], s["std"]
+    if not math.isfinite(mean):
+        return "inf" if mean > 0 else "–"
+    out = fmt.format(mean) + (" ± " + fmt.format(std) if math.isfinite(std) else "")
+    if s.get("n_inf"):
+        out += f" ({s['n_inf']}× inf)"
+    return out
+
+
+def metric_table(rows: Sequence[dict[str, Any]], columns=MAIN_METRICS) -> str:
+    """A Markdown table: one line per row (method, stage, resolution, n cases), mean ± std per metric."""
+    head = ["method", "stage", "res", "cases"] + [h for _, h, _ in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        n = max((s.get("n", 0) for s in r["summary"].values()), default=0)
+        cells = [str(r["method"]), str(r.get("stage") or "–"), str(r.get("res") or "–"), str(n)]
+        cells += [fmt_stat(r["summary"].get(k), f) for k, _, f in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report_md(path: str | os.PathLike, rows: Sequence[dict[str, Any]], info: dict[str, Any],
+                    images: Sequence[str] = ()) -> Path:
+    """report.md: what was evaluated, the metric tables (ours and X2CT-GAN protocol) and the figures."""
+    lines = ["# Evaluation report", ""]
+    for k, v in info.items():
+        lines.append(f"- **{k}**: {v}")
+    lines += [
+        "",
+        "## Metrics (mean ± std over cases)",
+        "",
+        "PSNR-3D / SSIM-3D (Gaussian σ=1.5, 11³) on the HU window mapped to [0, 1], data range 1. "
+        "MAE/RMSE in HU inside the window. PSNR-2D: per-slice PSNR averaged over the slices of each "
+        "axis, then over the three axes. DRR PSNR: reprojection of the prediction vs the input X-rays "
+        "(normalised [-1, 1] → [0, 1]), averaged over views.",
+        "",
+        metric_table(rows, MAIN_METRICS),
+        "",
+        "## X2CT-GAN protocol (labelled; not comparable to the numbers above)",
+        "",
+        "HU + 1024 clipped to [0, 2500]; PSNR with PIXEL_MAX 4095 (3-D, and 2-D averaged over slices and axes); "
+        "SSIM per orientation (7×7 uniform window, mean over slices and axes) on [0, 2500] / 2500 — "
+        "as in kylekma/X2CT 3DGAN/test.py.",
+        "",
+        metric_table(rows, X2CT_METRICS),
+        "",
+    ]
+    if images:
+        lines += ["## Figures", ""]
+        for im in images:
+            lines.append(f"![{Path(im).stem}]({im})")
+        lines.append("")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        f = float(o)
+        # Strict JSON has no inf/nan: inf (identical volumes) becomes the string "inf", nan null.
+        if math.isnan(f):
+            return None
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        return f
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.ndarray):
+        return _jsonable(o.tolist())
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def write_metrics_json(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
+    """Write metrics as strict JSON (inf → "inf", nan → null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
