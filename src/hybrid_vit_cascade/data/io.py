@@ -1,0 +1,333 @@
+"""Read CT volumes (NIfTI, DICOM series, MHA/NRRD) as HU in RAS+ world coordinates.
+
+Every reader returns a `CTVolume` whose array axes are the closest RAS+ axes (nibabel's
+"closest canonical" reorientation: flips and axis permutations only, no resampling) and whose
+affine maps voxel indices to RAS+ world millimetres. Anything wrong with a file raises
+`CTReadError(path, reason)` so a batch job can report it by name and move on.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# DICOM LPS+ -> RAS+: negate x and y.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class CTReadError(Exception):
+    """A CT could not be read; `path` and `reason` say which file and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class CTVolume:
+    """HU array (float32, axes ≈ RAS+) with its voxel→RAS+ world (mm) affine."""
+
+    hu: np.ndarray
+    affine: np.ndarray
+    source: str
+    meta: dict = field(default_factory=dict)  # e.g. patient_id, series_uid from DICOM
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along each array axis, mm."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def ct_kind(path: str | os.PathLike) -> str | None:
+    """'nifti', 'itk', 'dicom' (a folder or .dcm file) or None for a path that is not a CT input."""
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir():
+        return "dicom"
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(ITK_SUFFIXES):
+        return "itk"
+    if name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(p):
+        return "dicom"
+    return None
+
+
+def read_ct(path: str | os.PathLike) -> CTVolume:
+    """Read a CT (NIfTI file, DICOM series folder or file, .mha/.nrrd) as HU in RAS+."""
+    p = Path(path)
+    if not p.exists():
+        raise CTReadError(p, "no such file or directory")
+    kind = ct_kind(p)
+    if kind == "nifti":
+        vol = _read_nifti(p)
+    elif kind == "itk":
+        vol = _read_itk(p)
+    elif kind == "dicom":
+        vol = read_dicom_series(p if p.is_dir() else p.parent)
+    else:
+        raise CTReadError(p, "unknown file type (expected .nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr or a DICOM folder)")
+    return _validated_canonical(vol)
+
+
+# ---------------------------------------------------------------- NIfTI and ITK
+
+
+def _read_nifti(p: Path) -> CTVolume:
+    try:
+        img = nib.load(str(p))
+        hu = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as err:  # truncated gzip (EOFError), bad header, ... all mean "unreadable"
+        raise CTReadError(p, f"unreadable NIfTI ({type(err).__name__}: {err})") from None
+    return CTVolume(hu=hu, affine=np.asarray(img.affine, dtype=np.float64), source=str(p))
+
+
+def _read_itk(p: Path) -> CTVolume:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(p))
+    except Exception as err:
+        raise CTReadError(p, f"unreadable image ({str(err).strip().splitlines()[-1]})") from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise CTReadError(p, f"expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components per voxel")
+    if img.GetDimension() != 3:
+        raise CTReadError(p, f"expected a 3D volume, got a {img.GetDimension()}D image")
+    # SimpleITK arrays are (z, y, x); transpose to index order (i, j, k) = (x, y, z).
+    hu = np.ascontiguousarray(sitk.GetArrayFromImage(img).astype(np.float32).transpose(2, 1, 0))
+    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction @ np.diag(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()  # ITK physical space is LPS+
+    return CTVolume(hu=hu, affine=LPS_TO_RAS @ lps, source=str(p))
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+def _has_dicom_preamble(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return sorted(
+        f for f in folder.iterdir()
+        if f.is_file() and (f.name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_preamble(f))
+    )
+
+
+def find_dicom_series(root: str | os.PathLike) -> list[tuple[Path, str, list[Path]]]:
+    """All DICOM image series below `root`: (folder, SeriesInstanceUID, files), CT image series only."""
+    import pydicom
+
+    out = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames.sort()
+        folder = Path(dirpath)
+        files = _dicom_files(folder)
+        if not files:
+            continue
+        groups: dict[str, list[Path]] = defaultdict(list)
+        modality: dict[str, str] = {}
+        for f in files:
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality", "ImagePositionPatient"])
+            except Exception:
+                groups["?unreadable"].append(f)  # reported when the series is read
+                continue
+            if "ImagePositionPatient" not in ds and "SeriesInstanceUID" in ds:
+                continue  # not an image slice (e.g. a structured report in the same folder)
+            uid = str(ds.get("SeriesInstanceUID", "?unknown"))
+            groups[uid].append(f)
+            modality[uid] = str(ds.get("Modality", ""))
+        for uid, fs in groups.items():
+            if modality.get(uid, "CT") in ("CT", ""):
+                out.append((folder, uid, fs))
+    return out
+
+
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
+    """Read one DICOM series (the largest in `folder` if `series_uid` is None) as HU in RAS+."""
+    import pydicom
+
+    folder = Path(folder)
+    series = [s for s in find_dicom_series(folder) if s[0] == folder]
+    if not series:
+        raise CTReadError(folder, "no DICOM CT image files in this folder")
+    if series_uid is not None:
+        series = [s for s in series if s[1] == series_uid]
+        if not series:
+            raise CTReadError(folder, f"no series {series_uid} in this folder")
+    _, uid, files = max(series, key=lambda s: len(s[2]))
+    if uid == "?unreadable":
+        raise CTReadError(folder, f"unreadable DICOM file(s): {', '.join(f.name for f in files[:3])}")
+
+    slices = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+            pix = ds.pixel_array
+        except Exception as err:
+            raise CTReadError(f, f"unreadable DICOM slice ({type(err).__name__}: {err})") from None
+        if pix.ndim != 2:
+            raise CTReadError(f, f"expected one 2D frame per file, got pixel array of shape {pix.shape}")
+        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            if tag not in ds:
+                raise CTReadError(f, f"missing DICOM tag {tag}")
+        slope = float(ds.get("RescaleSlope", 1.0))
+        intercept = float(ds.get("RescaleIntercept", 0.0))
+        slices.append((f, ds, pix.astype(np.float32) * slope + intercept))
+
+    if len(slices) < 2:
+        raise CTReadError(folder, "a single DICOM slice is a 2D image, not a CT volume")
+    ds0 = slices[0][1]
+    iop = np.array(ds0.ImageOrientationPatient, dtype=np.float64)
+    row_cos, col_cos = iop[:3], iop[3:]  # LPS directions of increasing column / increasing row
+    normal = np.cross(row_cos, col_cos)
+    for f, ds, pix in slices:
+        if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=np.float64), iop, atol=1e-4):
+            raise CTReadError(f, "slice orientation differs from the rest of the series")
+        if pix.shape != slices[0][2].shape:
+            raise CTReadError(f, f"slice size {pix.shape} differs from the series' {slices[0][2].shape}")
+
+    pos = np.array([np.array(ds.ImagePositionPatient, dtype=np.float64) for _, ds, _ in slices])
+    order = np.argsort(pos @ normal)
+    slices = [slices[i] for i in order]
+    pos = pos[order]
+    dist = pos @ normal
+    gaps = np.diff(dist)
+    step = float(np.median(gaps))
+    if step <= 1e-6:
+        raise CTReadError(folder, "duplicate slice positions (several slices at the same location)")
+    bad = np.flatnonzero(np.abs(gaps - step) > 0.2 * step + 1e-3)
+    if bad.size:
+        i = int(bad[0])
+        n_missing = int(round(gaps[i] / step)) - 1
+        what = f"{n_missing} missing slice(s)" if n_missing >= 1 else "irregular slice spacing"
+        raise CTReadError(
+            folder,
+            f"{what}: gap of {gaps[i]:.2f} mm between {slices[i][0].name} and {slices[i + 1][0].name} "
+            f"(regular spacing {step:.2f} mm)",
+        )
+
+    # Voxel (i=column, j=row, k=slice) -> LPS: p0 + i*dc*row_cos + j*dr*col_cos + k*slice_vec.
+    dr, dc = (float(v) for v in ds0.PixelSpacing)  # (between rows, between columns), mm
+    slice_vec = (pos[-1] - pos[0]) / (len(pos) - 1)  # LPS mm per slice (keeps any gantry tilt)
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * dc
+    lps[:3, 1] = col_cos * dr
+    lps[:3, 2] = slice_vec
+    lps[:3, 3] = pos[0]
+    hu = np.stack([pix.T for _, _, pix in slices], axis=-1)  # (cols, rows, slices)
+    meta = {
+        "patient_id": str(ds0.get("PatientID", "")),
+        "series_uid": str(ds0.get("SeriesInstanceUID", "")),
+        "n_slices": len(slices),
+    }
+    return CTVolume(hu=np.ascontiguousarray(hu, dtype=np.float32), affine=LPS_TO_RAS @ lps, source=str(folder), meta=meta)
+
+
+# ---------------------------------------------------------------- checks and writing
+
+
+def _validated_canonical(vol: CTVolume) -> CTVolume:
+    hu = vol.hu
+    if hu.ndim == 4 and hu.shape[3] == 1:
+        hu = hu[..., 0]
+    if hu.ndim != 3:
+        what = "a 2D image" if hu.ndim == 2 else f"a {hu.ndim}D array"
+        raise CTReadError(vol.source, f"{what} (shape {hu.shape}), expected a 3D CT volume")
+    if min(hu.shape) < 2:
+        raise CTReadError(vol.source, f"a 2D image (shape {hu.shape}), not a CT volume")
+    if not np.isfinite(vol.affine).all() or abs(np.linalg.det(vol.affine[:3, :3])) < 1e-9:
+        raise CTReadError(vol.source, "invalid (singular or non-finite) voxel-to-world affine")
+    n_bad = int(np.size(hu) - np.count_nonzero(np.isfinite(hu)))
+    if n_bad:
+        raise CTReadError(vol.source, f"{n_bad} NaN/Inf voxel(s)")
+    img = nib.as_closest_canonical(nib.Nifti1Image(hu, vol.affine))
+    hu = np.ascontiguousarray(np.asarray(img.dataobj), dtype=np.float32)
+    return CTVolume(hu=hu, affine=np.asarray(img.affine, dtype=np.float64), source=vol.source, meta=vol.meta)
+
+
+def canonical_affine(size: int, spacing: float) -> np.ndarray:
+    """Affine of a canonical cube: RAS+ axes, isotropic `spacing` mm, centred on the world origin."""
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    aff[:3, 3] = -(size - 1) / 2.0 * spacing
+    return aff
+
+
+def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, dtype=np.float32) -> Path:
+    """Write a NIfTI atomically (temporary file + rename), so a killed run leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
+    img.header.set_xyzt_units("mm")
+    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_dicom_series(
+    folder: str | os.PathLike, hu: np.ndarray, affine: np.ndarray, patient_id: str = "ANON",
+    slope: float = 1.0, intercept: float = -1024.0, seed: int = 0, file_names: list[str] | None = None,
+) -> list[Path]:
+    """Write a RAS+ HU volume as a CT DICOM series (one axial slice per file along array axis 2)."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+    sp = np.linalg.norm(lps[:3, :3], axis=0)
+    row_cos, col_cos = lps[:3, 0] / sp[0], lps[:3, 1] / sp[1]
+    stored = np.rint((np.asarray(hu, dtype=np.float64) - intercept) / slope)
+    if stored.min() < -32768 or stored.max() > 32767:
+        raise ValueError("HU range does not fit int16 with this slope/intercept")
+    rng = np.random.default_rng(seed)
+    study, series = generate_uid(entropy_srcs=[patient_id, str(seed), "st"]), generate_uid(entropy_srcs=[patient_id, str(seed), "se"])
+    paths = []
+    for k in range(hu.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series, str(k)])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        name = file_names[k] if file_names else f"{rng.integers(1 << 30):09d}.dcm"
+        ds = FileDataset(str(folder / name), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", patient_id, patient_id
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, 3] + k * lps[:3, 2]]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row_cos, *col_cos)]
+        ds.PixelSpacing = [f"{sp[1]:.6f}", f"{sp[0]:.6f}"]  # (between rows, between columns)
+        ds.SliceThickness = f"{sp[2]:.6f}"
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:g}", f"{intercept:g}", "HU"
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T.astype("<i2")).tobytes()  # (rows, cols)
+        pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
+        paths.append(folder / name)
+    return paths

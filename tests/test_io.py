@@ -1,0 +1,126 @@
+"""CT readers: NIfTI / DICOM series / MHA / NRRD give the same HU in RAS+, and bad inputs fail by name."""
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from hybrid_vit_cascade.data.io import (
+    CTReadError, find_dicom_series, read_ct, write_dicom_series, write_nifti,
+)
+from hybrid_vit_cascade.data.phantoms import make_phantom, phantom_affine, reorient
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    """A small RAS+ phantom with anisotropic spacing and an off-centre scanner origin."""
+    hu, spacing = make_phantom(5, 20, anisotropic=True)
+    return hu, phantom_affine(hu.shape, spacing, np.array([12.0, -7.0, -150.0]))
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPS", "PRS", "LAI"])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_any_orientation_reads_canonical(tmp_path, phantom, axcodes, suffix):
+    hu, aff = phantom
+    arr, arr_aff = reorient(hu, aff, axcodes)
+    assert nib.aff2axcodes(arr_aff) == tuple(axcodes)
+    ct = read_ct(write_nifti(tmp_path / f"ct{suffix}", arr, arr_aff))
+    assert nib.aff2axcodes(ct.affine) == ("R", "A", "S")
+    np.testing.assert_array_equal(ct.hu, hu)
+    np.testing.assert_allclose(ct.affine, aff, atol=1e-5)
+    assert ct.hu.dtype == np.float32
+
+
+@pytest.mark.parametrize("slope,intercept", [(0.5, -1000.0), (2.0, -1024.0)])
+def test_dicom_lidc_layout_shuffled_with_rescale(tmp_path, phantom, slope, intercept):
+    hu, aff = phantom
+    arr, arr_aff = reorient(hu, aff, "LPS")  # how scanners store axial slices
+    series = tmp_path / "LIDC-IDRI-0007" / "01-01-2000-CT" / "3000566-series"
+    # random file names: slice order must come from ImagePositionPatient, not from names
+    write_dicom_series(series, arr, arr_aff, patient_id="LIDC-IDRI-0007", slope=slope, intercept=intercept, seed=3)
+    found = find_dicom_series(tmp_path)
+    assert len(found) == 1 and found[0][0] == series and len(found[0][2]) == hu.shape[2]
+    ct = read_ct(series)
+    assert np.abs(ct.hu - hu).max() <= slope / 2 + 1e-3  # rescale quantisation only
+    np.testing.assert_allclose(ct.affine, aff, atol=1e-4)
+    assert ct.meta["patient_id"] == "LIDC-IDRI-0007"
+    # a single slice file also reads its whole series
+    ct2 = read_ct(found[0][2][0])
+    np.testing.assert_array_equal(ct2.hu, ct.hu)
+
+
+def test_dicom_missing_middle_slice_is_named(tmp_path, phantom):
+    hu, aff = phantom
+    names = [f"slice{k:03d}.dcm" for k in range(hu.shape[2])]
+    files = write_dicom_series(tmp_path / "s", hu, aff, file_names=names)
+    mid = hu.shape[2] // 2
+    files[mid].unlink()
+    with pytest.raises(CTReadError, match="missing slice") as err:
+        read_ct(tmp_path / "s")
+    assert names[mid - 1] in err.value.reason and names[mid + 1] in err.value.reason
+    assert err.value.path == str(tmp_path / "s")
+
+
+def test_truncated_nifti_gz(tmp_path, phantom):
+    hu, aff = phantom
+    path = write_nifti(tmp_path / "ct.nii.gz", hu, aff)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CTReadError, match="unreadable NIfTI") as err:
+        read_ct(path)
+    assert err.value.path == str(path)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (16, 16, 1)])
+def test_2d_image_rejected(tmp_path, shape):
+    path = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
+    with pytest.raises(CTReadError, match="2D"):
+        read_ct(path)
+
+
+def test_nan_voxels_rejected(tmp_path, phantom):
+    hu, aff = phantom
+    bad = hu.copy()
+    bad[3, 4, 5] = np.nan
+    bad[1, 1, 1] = np.inf
+    with pytest.raises(CTReadError, match="2 NaN/Inf"):
+        read_ct(write_nifti(tmp_path / "nan.nii", bad, aff))
+
+
+def test_unreadable_and_unknown_files(tmp_path):
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(gzip.compress(b"not a nifti header at all"))
+    with pytest.raises(CTReadError, match="unreadable"):
+        read_ct(junk)
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    with pytest.raises(CTReadError, match="unknown file type"):
+        read_ct(txt)
+    with pytest.raises(CTReadError, match="no such file"):
+        read_ct(tmp_path / "missing.nii")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(CTReadError, match="no DICOM"):
+        read_ct(tmp_path / "empty_dir")
+    bad_mha = tmp_path / "bad.mha"
+    bad_mha.write_text("ObjectType = Image\nNDims = 3\n")
+    with pytest.raises(CTReadError, match="unreadable"):
+        read_ct(bad_mha)
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_simpleitk_formats(tmp_path, phantom, suffix):
+    import SimpleITK as sitk
+
+    hu, aff = phantom
+    arr, arr_aff = reorient(hu, aff, "LPS")
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ arr_aff
+    sp = np.linalg.norm(lps[:3, :3], axis=0)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))  # sitk wants (z, y, x)
+    img.SetSpacing(sp.tolist())
+    img.SetOrigin(lps[:3, 3].tolist())
+    img.SetDirection((lps[:3, :3] / sp).ravel().tolist())
+    sitk.WriteImage(img, str(tmp_path / f"ct{suffix}"))
+    ct = read_ct(tmp_path / f"ct{suffix}")
+    np.testing.assert_array_equal(ct.hu, hu)
+    np.testing.assert_allclose(ct.affine, aff, atol=1e-4)
