@@ -183,6 +183,15 @@ def test_fixed_seed_regression_values():
         assert got[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-4), (name, got[name])
 
 
+def test_x_T_keyword_matches_positional_start():
+    model = gaussian_denoiser("cosine")
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
+    for sampler in (ddim_sample, dpmpp_2m_sample):
+        torch.testing.assert_close(sampler(model, SHAPE, 4, x_T=x_T), sampler(model, x_T, 4))
+        with pytest.raises(ValueError, match="conflicts"):
+            sampler(model, (1, 1, 2, 2, 2), 4, x_T=x_T)
+
+
 def test_t_min_stops_at_an_intermediate_noise_level(x0):
     g = torch.Generator().manual_seed(1)
     x_T = torch.randn(SHAPE, generator=g)

@@ -50,11 +50,18 @@ def timesteps(
 
 
 def _start(
-    shape_or_x: Union[Sequence[int], torch.Size, Tensor],
+    shape_or_x: Union[Sequence[int], torch.Size, Tensor, None],
+    x_T: Optional[Tensor],
     generator: Optional[torch.Generator],
     device: Optional[torch.device],
     dtype: torch.dtype,
 ) -> Tensor:
+    if x_T is not None:  # DESIGN.md spelling: shape plus x_T=...
+        if isinstance(shape_or_x, Tensor) or (shape_or_x is not None and tuple(shape_or_x) != tuple(x_T.shape)):
+            raise ValueError(f"x_T of shape {tuple(x_T.shape)} conflicts with shape_or_x={shape_or_x!r}")
+        shape_or_x = x_T
+    if shape_or_x is None:
+        raise ValueError("give the sample shape (B, C, ...) or a starting volume x_T")
     if isinstance(shape_or_x, Tensor):
         if not torch.isfinite(shape_or_x).all():
             raise ValueError("the starting volume x_T contains NaN or Inf")
@@ -85,7 +92,7 @@ def _call(model_fn: ModelFn, x: Tensor, t: float, schedule: str) -> tuple[Tensor
 @torch.no_grad()
 def ddim_sample(
     model_fn: ModelFn,
-    shape_or_x: Union[Sequence[int], torch.Size, Tensor],
+    shape_or_x: Union[Sequence[int], torch.Size, Tensor, None],
     steps: int,
     eta: float = 0.0,
     schedule: str = "cosine",
@@ -96,11 +103,12 @@ def ddim_sample(
     spacing: str = "uniform",
     device: Optional[torch.device] = None,
     dtype: torch.dtype = torch.float32,
+    x_T: Optional[Tensor] = None,
 ) -> Tensor:
     """DDIM (η = 0 deterministic, η = 1 ≈ DDPM ancestral) from pure noise or a given x at t_max."""
     if eta < 0:
         raise ValueError(f"DDIM eta must be >= 0, got {eta}")
-    x = _start(shape_or_x, generator, device, dtype)
+    x = _start(shape_or_x, x_T, generator, device, dtype)
     ts = timesteps(steps, t_max, t_min, spacing, schedule)
     alphas, sigmas = alpha_sigma(ts, schedule)
     for i in range(steps):
@@ -129,7 +137,7 @@ def ddim_sample(
 @torch.no_grad()
 def dpmpp_2m_sample(
     model_fn: ModelFn,
-    shape_or_x: Union[Sequence[int], torch.Size, Tensor],
+    shape_or_x: Union[Sequence[int], torch.Size, Tensor, None],
     steps: int,
     schedule: str = "cosine",
     generator: Optional[torch.Generator] = None,
@@ -139,9 +147,10 @@ def dpmpp_2m_sample(
     spacing: str = "logsnr",
     device: Optional[torch.device] = None,
     dtype: torch.dtype = torch.float32,
+    x_T: Optional[Tensor] = None,
 ) -> Tensor:
     """DPM-Solver++(2M), data-prediction multistep solver (Lu et al. 2022, Algorithm 2); deterministic."""
-    x = _start(shape_or_x, generator, device, dtype)
+    x = _start(shape_or_x, x_T, generator, device, dtype)
     ts = timesteps(steps, t_max, t_min, spacing, schedule)
     alphas, sigmas = alpha_sigma(ts, schedule)
     # Lu et al.'s λ is the half log-SNR: λ_t = log(α_t/σ_t).
