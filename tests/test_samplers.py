@@ -169,14 +169,21 @@ def test_fixed_seed_regression_values():
     torch.manual_seed(0)
     net = TinyNet().eval()
     got = {}
-    for name, kw in [("ddim", dict(eta=0.0)), ("ddim_eta1", dict(eta=1.0)), ("dpmpp", {})]:
-        sampler = "dpmpp" if name == "dpmpp" else "ddim"
+    runs = [
+        ("ddim", dict(eta=0.0)),
+        ("ddim_eta1", dict(eta=1.0)),
+        ("dpmpp", {}),
+        ("dpmpp_logsnr", dict(spacing="logsnr")),
+    ]
+    for name, kw in runs:
+        sampler = "dpmpp" if name.startswith("dpmpp") else "ddim"
         out = sample(net, (1, 1, 6, 6, 6), 6, sampler=sampler, generator=torch.Generator().manual_seed(0), **kw)
         got[name] = (out.sum().item(), out.abs().sum().item(), out[0, 0, 1, 2, 3].item())
     expected = {
         "ddim": (25.49444, 130.1721, -0.06029169),
         "ddim_eta1": (27.94111, 137.8547, -0.9536896),
-        "dpmpp": (20.15607, 143.5242, -0.04997123),
+        "dpmpp": (27.24212, 146.8541, -0.05536759),
+        "dpmpp_logsnr": (20.15607, 143.5242, -0.04997123),
     }
     assert set(got) == set(expected)
     for name in expected:

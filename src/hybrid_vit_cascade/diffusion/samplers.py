@@ -8,9 +8,11 @@ The last step (into t_min = 0) returns x̂0 of the final model call: no leftover
 t_min > 0 the result is the sample at noise level t_min instead (a partially denoised volume).
 Starting at t_max < 1 from a partially noised volume gives SDEdit-style refinement (`sample_from`).
 
-Step grids (`timesteps`): "uniform" spaces the N + 1 times uniformly in t (DDIM's default);
-"logsnr" spaces them uniformly in log-SNR λ (Lu et al. recommend it for DPM-Solver on pixel-space
-unconditional models), with the endpoints pinned exactly to t_max and t_min.
+Step grids (`timesteps`): "uniform" (the default for both samplers) spaces the N + 1 times uniformly
+in t; "logsnr" spaces them uniformly in log-SNR λ (Lu et al. suggest it for DPM-Solver on
+low-resolution pixel-space models), with the endpoints pinned exactly to t_max and t_min. On the
+analytic Gaussian-data check (tests) uniform-t is the more accurate grid for the cosine schedule
+(whose λ(t) already concentrates steps at mid SNR) and log-SNR for the VP-linear schedule.
 Everything runs under torch.no_grad(); guidance wrappers re-enable gradients where they need them.
 """
 from __future__ import annotations
@@ -144,7 +146,7 @@ def dpmpp_2m_sample(
     t_max: float = 1.0,
     t_min: float = 0.0,
     callback: Optional[Callback] = None,
-    spacing: str = "logsnr",
+    spacing: str = "uniform",
     device: Optional[torch.device] = None,
     dtype: torch.dtype = torch.float32,
     x_T: Optional[Tensor] = None,
