@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -47,6 +47,13 @@ class StageConfig(_Strict):
     lift_fusion: Literal["conv", "mean"] = "conv"  # fuse lifted views by a learned 1×1×1 conv or their mean
     unpatch_channels: int = Field(8, gt=0)  # channels per voxel the ViT hands to the refinement head
 
+    @field_validator("volume_size", mode="before")
+    @classmethod
+    def _three(cls, v):
+        if isinstance(v, (list, tuple)) and len(v) != 3:
+            raise ValueError(f"volume_size must be [D, H, W] (three sizes), got {list(v)}")
+        return v
+
     @field_validator("volume_size")
     @classmethod
     def _cube(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -56,12 +63,29 @@ class StageConfig(_Strict):
             raise ValueError(f"volume_size must be positive, got {list(v)}")
         return v
 
+    # Field validators (not a model validator) so the error's key is the offending field itself.
+    # Fields validate in declaration order: volume_size and voxel_dim are in info.data if they were valid.
+    @field_validator("num_heads")
+    @classmethod
+    def _heads_divide_width(cls, v: int, info: ValidationInfo) -> int:
+        dim = info.data.get("voxel_dim")
+        if dim is not None and v > 0 and dim % v != 0:
+            raise ValueError(f"voxel_dim {dim} is not divisible by num_heads {v}")
+        return v
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_divides_volume(cls, v: int, info: ValidationInfo) -> int:
+        size = info.data.get("volume_size")
+        if size is not None and v > 0 and size[0] % v != 0:
+            raise ValueError(f"volume_size {size[0]} is not divisible by patch_size {v}")
+        return v
+
     @model_validator(mode="after")
     def _divisible(self) -> "StageConfig":
+        # Backstop for assignments (validate_assignment re-runs only the assigned field's validators).
         if self.volume_size[0] % self.patch_size != 0:
-            raise ValueError(
-                f"volume_size {self.volume_size[0]} is not divisible by patch_size {self.patch_size}"
-            )
+            raise ValueError(f"volume_size {self.volume_size[0]} is not divisible by patch_size {self.patch_size}")
         if self.voxel_dim % self.num_heads != 0:
             raise ValueError(f"voxel_dim {self.voxel_dim} is not divisible by num_heads {self.num_heads}")
         return self
