@@ -19,7 +19,8 @@ Schedules:
   (1e-4 … 0.02 over T = 1000 steps, β_min = T·1e-4, β_max = T·0.02). λ(1) ≈ −10 (α ≈ 0.0066).
 
 Internally the schedule maths runs in float64 (cheap: it is per-sample scalars) and is cast back
-to t's dtype, so float32 training and float64 identity tests share one code path.
+to t's dtype, so float32 training and float64 identity tests share one code path (Apple MPS has
+no float64, so there it runs in float32).
 """
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ LOGSNR_MAX = 20.0
 COSINE_S = 0.008  # Nichol & Dhariwal's offset: keeps β small near t = 0
 LINEAR_BETA_MIN = 0.1  # = 1000 · 1e-4 (DDPM β_1 over T = 1000)
 LINEAR_BETA_MAX = 20.0  # = 1000 · 0.02 (DDPM β_T over T = 1000)
+
+
+def _hi(x: Tensor) -> Tensor:
+    """x in float64 (float32 on MPS, which lacks float64) for the schedule maths."""
+    return x.to(torch.float32 if x.device.type == "mps" else torch.float64)
 
 
 def _check_schedule(schedule: str) -> None:
@@ -62,7 +68,7 @@ def _log_snr_cosine(t: Tensor) -> Tensor:
     # ᾱ = cos²u / cos²u0  ⇒  SNR = ᾱ/(1 − ᾱ) = cos²u / (cos²u0 − cos²u) = cos²u / (sin(u−u0)·sin(u+u0)).
     # Clamp the factors away from 0 (t = 0 gives sin(0); t = 1 gives cos(π/2) ≈ 0, possibly < 0 in
     # floating point) — the result is clamped to the log-SNR range anyway.
-    tiny = torch.finfo(torch.float64).tiny
+    tiny = torch.finfo(t.dtype).tiny
     cos_u = torch.cos(u).clamp_min(tiny)
     sin_minus = torch.sin(u - u0).clamp_min(tiny)
     sin_plus = torch.sin(u + u0)
@@ -72,7 +78,7 @@ def _log_snr_cosine(t: Tensor) -> Tensor:
 def _log_snr_linear(t: Tensor) -> Tensor:
     # −log ᾱ = ∫β = β_min·t + ½(β_max − β_min)·t²;  SNR = ᾱ/(1 − ᾱ) = 1/expm1(∫β).
     integral = LINEAR_BETA_MIN * t + 0.5 * (LINEAR_BETA_MAX - LINEAR_BETA_MIN) * t**2
-    tiny = torch.finfo(torch.float64).tiny
+    tiny = torch.finfo(t.dtype).tiny
     return -torch.log(torch.expm1(integral).clamp_min(tiny))
 
 
@@ -80,7 +86,7 @@ def log_snr(t: Tensor, schedule: str = "cosine") -> Tensor:
     """log(α²/σ²) at time t (any shape), clamped to [LOGSNR_MIN, LOGSNR_MAX]; decreasing in t."""
     _check_schedule(schedule)
     _check_t(t)
-    t64 = t.to(torch.float64)
+    t64 = _hi(t)
     lam = _log_snr_cosine(t64) if schedule == "cosine" else _log_snr_linear(t64)
     return lam.clamp(LOGSNR_MIN, LOGSNR_MAX).to(t.dtype)
 
@@ -88,7 +94,7 @@ def log_snr(t: Tensor, schedule: str = "cosine") -> Tensor:
 def t_from_log_snr(lam: Tensor, schedule: str = "cosine") -> Tensor:
     """Inverse of `log_snr`: the time t ∈ [0, 1] at which the schedule reaches log-SNR `lam`."""
     _check_schedule(schedule)
-    lam64 = lam.to(torch.float64).clamp(LOGSNR_MIN, LOGSNR_MAX)
+    lam64 = _hi(lam).clamp(LOGSNR_MIN, LOGSNR_MAX)
     if schedule == "cosine":
         s = COSINE_S
         u0 = s / (1 + s) * (math.pi / 2)
@@ -107,7 +113,7 @@ def alpha_sigma(t: Tensor, schedule: str = "cosine") -> tuple[Tensor, Tensor]:
     """(α_t, σ_t) with α² + σ² = 1, same shape and dtype as t."""
     _check_schedule(schedule)
     _check_t(t)
-    t64 = t.to(torch.float64)
+    t64 = _hi(t)
     lam = (_log_snr_cosine(t64) if schedule == "cosine" else _log_snr_linear(t64)).clamp(LOGSNR_MIN, LOGSNR_MAX)
     # α² = sigmoid(λ), σ² = sigmoid(−λ): both in (0, 1) and summing to 1 for every finite λ.
     alpha = torch.sigmoid(lam).sqrt()
@@ -191,6 +197,6 @@ def min_snr_weight(t: Tensor, gamma: float, schedule: str = "cosine") -> Tensor:
     """
     if not gamma > 0:
         raise ValueError(f"min-SNR gamma must be positive, got {gamma}")
-    lam = log_snr(t, schedule).to(torch.float64)
+    lam = _hi(log_snr(t, schedule))
     snr = lam.exp()
     return (snr.clamp_max(gamma) / (snr + 1)).to(t.dtype)
