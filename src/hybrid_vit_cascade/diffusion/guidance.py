@@ -20,7 +20,8 @@ Normalised step: for a linear projector A, moving x̂0 by −η·∇_{x̂0}L cha
 −η·(2/N)·AAᵀr; when AAᵀ ∝ I (e.g. one parallel view) η = 2L/‖∇_{x̂0}L‖² removes r exactly, so
 scale = 1 means "fit the X-rays along the gradient", and the step does not depend on the projector's
 units, the detector size or the volume resolution. With through_model=True the same η is applied
-along Jᵀ∇_{x̂0}L, so the network's Jacobian damps the step (‖J‖ ≲ 1 for a denoiser).
+along Jᵀ∇_{x̂0}L, so the network's Jacobian rescales the step (it damps it at high noise, where a
+denoiser's x̂0 barely depends on x_t).
 
 Step (4) keeps x_t = α·x̂0' + σ·ε̂' with ε̂' = ε̂ − (α/σ)·η·g, i.e. the corrected prediction is a
 consistent (x0, ε) pair, so a DDIM step from t to s moves the sample by −(α_s − σ_s·α_t/σ_t)·η·g,
