@@ -2,7 +2,6 @@
 and the GroupNorm+SiLU residual convolutions of the hybrid CNN parts."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
