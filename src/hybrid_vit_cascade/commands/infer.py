@@ -1,0 +1,134 @@
+"""`hvc infer`: reconstruct a CT (NIfTI, HU) from one or two X-rays, or from the DRRs of a CT (--ct)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="training checkpoint directory (config.json, data_info.json, stage*/)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--xray", action="append", nargs="+", metavar="FILE",
+                     help="X-ray image(s): PNG/JPEG/TIFF (8/16-bit), DICOM CR/DX, NIfTI or .npy line integrals; "
+                          "one per view (repeat the flag or list several)")
+    src.add_argument("--ct", metavar="CT", help="render the X-rays from this CT (NIfTI/DICOM folder/MHA/NRRD) first")
+    p.add_argument("--views", nargs="+", choices=["ap", "pa", "lateral"],
+                   help="view of each --xray file, in order (default: the checkpoint's views in its order)")
+    p.add_argument("--out", required=True, help="output NIfTI (.nii.gz), HU; siblings get _std / _stage<k> suffixes")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the config's diffusion.sample_steps)")
+    p.add_argument("--sampler", choices=["ddim", "dpmpp"], help="default: the config's diffusion.sampler")
+    p.add_argument("--samples", type=int, default=1, help="K samples; K > 1 writes their mean and the voxel-wise std")
+    p.add_argument("--stop-at-stage", type=int, help="last stage to run (1-based; default: the last trained stage)")
+    p.add_argument("--all-stages", action="store_true", help="also write the output of every stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-scale", type=float, default=0.0,
+                   help="DRR-consistency guidance (0 = off; 1 = step the clean estimate to fit the X-rays)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--which", choices=["best", "last"], default="best", help="checkpoint snapshot")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--batch-size", type=int, default=4, help="sample chains run together on the device")
+    p.add_argument("--png", action="store_true", help="also write <out>.png (slices) and <out>_xray.png (X-ray vs DRR)")
+
+
+def _stem(out: str) -> Path:
+    p = Path(out)
+    name = p.name
+    for suf in (".nii.gz", ".nii"):
+        if name.endswith(suf):
+            return p.with_name(name[: -len(suf)])
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from hybrid_vit_cascade.data.io import CTReadError
+    from hybrid_vit_cascade.inference.xray_io import XrayReadError
+    from hybrid_vit_cascade.training.checkpoint import CheckpointError
+
+    try:
+        return _run(args)
+    except (XrayReadError, CTReadError, CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"hvc infer: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from hybrid_vit_cascade.inference import report
+    from hybrid_vit_cascade.inference.nifti_out import write_cube_nifti
+    from hybrid_vit_cascade.inference.pipeline import Reconstructor, xrays_from_ct
+    from hybrid_vit_cascade.inference.xray_io import load_xrays
+    from hybrid_vit_cascade.metrics import volume_metrics
+
+    if not args.out.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"--out must end in .nii or .nii.gz, got {args.out}")
+    rec = Reconstructor(args.checkpoint, which=args.which, ema=not args.no_ema, device=args.device)
+    print(f"checkpoint {args.checkpoint}: stages {[s.name for s in rec.cfg.stages]}, trained {rec.trained_stages}, "
+          f"views {rec.views}, objective {rec.objective.kind}, device {rec.device}")
+    reference_hu = None
+    if args.ct:
+        xray, reference_hu = xrays_from_ct(rec, args.ct)
+        print(f"rendered {', '.join(rec.views)} DRRs of {args.ct}")
+    else:
+        paths = [f for group in args.xray for f in group]
+        xray, raws = load_xrays(paths, rec.views, rec.li_max, rec.det_pixels, views=args.views)
+        for r in raws:
+            print(f"  {r.view}: {r.path} — {r.note}")
+    if args.samples > 1 and not rec.is_diffusion:
+        print("note: a regression checkpoint is deterministic; all samples are identical (std = 0)")
+    results = rec.reconstruct(xray, steps=args.steps, sampler=args.sampler, samples=args.samples,
+                              stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=args.guidance_scale,
+                              batch_size=args.batch_size, log=lambda s: print("  " + s))
+    stem = _stem(args.out)
+    written = []
+    for res in results:
+        final = res is results[-1]
+        if not (final or args.all_stages):
+            continue
+        base = Path(args.out) if final else stem.with_name(f"{stem.name}_stage{res.index}_{res.name}.nii.gz")
+        desc = f"hvc {res.name} {res.res}^3 mean of {res.samples.shape[1]} HU"
+        write_cube_nifti(base, rec.to_hu(res.mean[0, 0]), rec.fov_mm, desc, rec.window)
+        written.append(base)
+        if res.std is not None:
+            sbase = _stem(str(base)).with_name(_stem(str(base)).name + "_std.nii.gz")
+            write_cube_nifti(sbase, rec.std_to_hu(res.std[0, 0]), rec.fov_mm, f"hvc {res.name} voxel std HU")
+            written.append(sbase)
+        scores = rec.drr_scores(res.mean, xray[None])[0]
+        print(f"DRR consistency, stage {res.index} ({res.name}, {res.res}³): "
+              + ", ".join(f"{v} {s:.2f} dB" for v, s in zip(rec.views, scores))
+              + f" (mean {np.mean(scores):.2f} dB)")
+        if reference_hu is not None:
+            from hybrid_vit_cascade.data.preprocessing import resize_cube
+
+            ref = resize_cube(reference_hu, res.res)
+            m = volume_metrics(rec.to_hu(res.mean[0, 0]), ref, rec.window, x2ct=False)
+            print(f"  vs the CT: PSNR-3D {m['psnr3d']:.2f} dB, SSIM-3D {m['ssim3d']:.4f}, "
+                  f"MAE {m['mae_hu']:.1f} HU, RMSE {m['rmse_hu']:.1f} HU")
+    if reference_hu is not None:
+        from hybrid_vit_cascade.data.preprocessing import resize_cube
+
+        ref_path = stem.with_name(stem.name + "_reference.nii.gz")
+        write_cube_nifti(ref_path, resize_cube(reference_hu, results[-1].res), rec.fov_mm, "hvc reference CT HU",
+                         rec.window)
+        written.append(ref_path)
+    if args.png:
+        last = results[-1]
+        truth = None
+        if reference_hu is not None:
+            from hybrid_vit_cascade.data.preprocessing import resize_cube
+
+            truth = resize_cube(reference_hu, last.res)
+        std = rec.std_to_hu(last.std[0, 0]) if last.std is not None else None
+        written.append(report.case_montage(stem.with_name(stem.name + ".png"), truth, rec.to_hu(last.mean[0, 0]),
+                                           std, rec.window, title=f"{last.name} {last.res}³"))
+        with torch.no_grad():
+            drr = rec.project(last.mean)[0].numpy()
+        scores = rec.drr_scores(last.mean, xray[None])[0]
+        written.append(report.xray_montage(stem.with_name(stem.name + "_xray.png"), xray.numpy(), drr, rec.views,
+                                           list(scores)))
+    for w in written:
+        print(f"wrote {w}")
+    return 0

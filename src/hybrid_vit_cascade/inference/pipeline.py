@@ -1,0 +1,224 @@
+"""Run a trained cascade stage by stage on X-rays: sampling, uncertainty, DRR consistency, HU output.
+
+Stage k is conditioned on stage k−1's *sampled* output, upsampled and noised to
+`StageConfig.cond_noise_level` exactly as the trainer built its conditioning (training/conditioning.py),
+so inference sees what training saw. With K samples, K independent chains run through the whole
+cascade (sample i of stage k is conditioned on sample i of stage k−1), so the spread of the final
+stage reflects every stage's uncertainty. Only the running stage sits on the device; the others
+wait on the CPU, which is what lets a 256³ stage run on a 12 GB GPU after the smaller ones.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hybrid_vit_cascade.diffusion.guidance import drr_consistency_wrap
+from hybrid_vit_cascade.diffusion.losses import predicted_xray
+from hybrid_vit_cascade.geometry.physics import unit_to_hu
+from hybrid_vit_cascade.geometry.projector import Projector
+from hybrid_vit_cascade.metrics import drr_psnr
+from hybrid_vit_cascade.training.conditioning import augment_condition
+from hybrid_vit_cascade.training.data import mix_seed, sample_generators, upsample_to
+from hybrid_vit_cascade.training.objective import Objective
+
+
+@dataclass
+class StageResult:
+    """Samples of one stage for a batch of cases: (B, K, 1, r, r, r) in the model range [-1, 1], CPU."""
+
+    index: int  # 1-based stage index
+    name: str
+    res: int
+    samples: Tensor
+
+    @property
+    def mean(self) -> Tensor:
+        """(B, 1, r, r, r) mean over the K samples (model range)."""
+        return self.samples.mean(dim=1)
+
+    @property
+    def std(self) -> Optional[Tensor]:
+        """(B, 1, r, r, r) voxel-wise sample standard deviation (model range), None for K = 1."""
+        if self.samples.shape[1] < 2:
+            return None
+        return self.samples.std(dim=1, correction=1)
+
+
+def pick_device(name: Optional[str] = None) -> torch.device:
+    """`name` if given, else CUDA when available, else CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Reconstructor:
+    """A loaded checkpoint plus everything needed to turn X-rays into HU volumes."""
+
+    def __init__(self, checkpoint_dir: str | os.PathLike, which: str = "best", ema: bool = True,
+                 device: Optional[str] = None):
+        from hybrid_vit_cascade.training.checkpoint import CheckpointError, load_cascade
+
+        self.checkpoint_dir = str(checkpoint_dir)
+        self.cfg, self.cascade, self.data_info = load_cascade(checkpoint_dir, which=which, ema=ema)
+        self.cascade.to("cpu").eval()
+        self.device = pick_device(device)
+        d = self.cfg.data
+        try:
+            self.li_max = float(self.data_info["xray_scale"]["li_max"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{checkpoint_dir}/data_info.json has no xray_scale.li_max; "
+                                  "cannot normalise X-rays as in training") from None
+        self.window = tuple(float(v) for v in self.data_info.get("hu_window", d.hu_window))
+        self.mu_water = float(self.data_info.get("mu_water", d.mu_water))
+        self.fov_mm = float(self.data_info.get("fov_mm", d.fov_mm))
+        self.views = list(d.views)
+        self.det_pixels = d.geometry.det_pixels
+        self.trained_stages: list[int] = list(getattr(self.cascade, "trained_stages", []))
+        self.objective = Objective(self.cfg)
+        self.projector = Projector(d.geometry, self.views)
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def is_diffusion(self) -> bool:
+        return self.objective.is_diffusion
+
+    def spacing_mm(self, res: int) -> float:
+        """Voxel edge (mm) of a stage cube with `res` voxels across the field of view."""
+        return self.fov_mm / res
+
+    def to_hu(self, x: Tensor) -> np.ndarray:
+        """Model range → HU (float32 numpy), same shape."""
+        return unit_to_hu(x.float(), self.window).numpy().astype(np.float32)
+
+    def std_to_hu(self, s: Tensor) -> np.ndarray:
+        """A standard deviation in the model range → HU (the map is linear with slope (hi−lo)/2)."""
+        return (s.float() * (self.window[1] - self.window[0]) / 2).numpy().astype(np.float32)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Normalised DRRs (B, V, P, P) of model-range volumes (B, 1, r, r, r), as the training data."""
+        x = x.float()
+        return predicted_xray(x, self.projector, self.spacing_mm(x.shape[-1]), self.window, self.mu_water,
+                              self.li_max)
+
+    def drr_scores(self, x: Tensor, xray: Tensor) -> np.ndarray:
+        """DRR-consistency PSNR (dB), (B, V): reprojection of each volume vs its input X-rays."""
+        with torch.no_grad():
+            drr = self.project(x)
+        return np.array([drr_psnr(drr[b], xray[b]) for b in range(x.shape[0])])
+
+    def stages_to_run(self, stop_at_stage: Optional[int]) -> int:
+        """How many stages to run: up to `stop_at_stage`, else the last trained one."""
+        n_cfg = len(self.cfg.stages)
+        last = stop_at_stage if stop_at_stage is not None else max(self.trained_stages, default=0)
+        if not 1 <= last <= n_cfg:
+            raise ValueError(f"--stop-at-stage must be in 1..{n_cfg} for this {n_cfg}-stage cascade, got {last}")
+        missing = [k for k in range(1, last + 1) if k not in self.trained_stages]
+        if missing:
+            raise ValueError(f"stage(s) {missing} of {self.checkpoint_dir} have no trained weights; "
+                             f"trained: {self.trained_stages} — use --stop-at-stage {min(missing) - 1 or 1}")
+        return last
+
+    # ------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        xray: Tensor,
+        steps: Optional[int] = None,
+        sampler: Optional[str] = None,
+        samples: int = 1,
+        stop_at_stage: Optional[int] = None,
+        seed: int = 0,
+        guidance_scale: float = 0.0,
+        case_keys: Optional[Sequence[str]] = None,
+        batch_size: int = 4,
+        log: Optional[Callable[[str], None]] = None,
+    ) -> list[StageResult]:
+        """Run stages 1..N on X-rays (V, P, P) or (B, V, P, P) in the model range; one StageResult per stage.
+
+        `guidance_scale` > 0 adds DRR-consistency guidance (normalised step: 1 = fit the X-rays along
+        the gradient of the clean estimate, see diffusion/guidance.py). Noise of chain (case b,
+        sample i) at stage k comes from its own generator seeded by (seed, k, case key, i), so a
+        result does not depend on the batch size.
+        """
+        if xray.dim() == 3:
+            xray = xray[None]
+        B, V, P, _ = xray.shape
+        if V != len(self.views) or P != self.det_pixels:
+            raise ValueError(f"X-rays must be (B, {len(self.views)}, {self.det_pixels}, {self.det_pixels}) "
+                             f"for views {self.views}, got {tuple(xray.shape)}")
+        if not torch.isfinite(xray).all():
+            raise ValueError("the X-rays contain NaN or Inf")
+        if samples < 1:
+            raise ValueError(f"samples must be ≥ 1, got {samples}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance scale must be ≥ 0, got {guidance_scale}")
+        if not self.is_diffusion and guidance_scale > 0:
+            raise ValueError("DRR guidance needs a diffusion checkpoint; this one was trained with the regression objective")
+        n_stages = self.stages_to_run(stop_at_stage)
+        steps = steps or self.cfg.diffusion.sample_steps
+        sampler = sampler or self.cfg.diffusion.sampler
+        keys = [str(k) for k in (case_keys or range(B))]
+        chains = [(b, i) for b in range(B) for i in range(samples)]  # (case, sample) per chain
+        log = log or (lambda s: None)
+        dev = self.device
+        results: list[StageResult] = []
+        prev: Optional[Tensor] = None  # (B*K, 1, r', r', r') previous stage's samples, CPU
+        for k in range(1, n_stages + 1):
+            scfg = self.cfg.stages[k - 1]
+            res = scfg.resolution
+            stage = self.cascade.stages[k - 1].to(dev)  # only this stage on the device
+            log(f"stage {k} ({scfg.name}, {res}³): {len(chains)} chain(s), "
+                + (f"{sampler} {steps} steps" if self.is_diffusion else "direct regression")
+                + (f", DRR guidance {guidance_scale}" if guidance_scale > 0 else ""))
+            outs = []
+            for c0 in range(0, len(chains), batch_size):
+                chunk = chains[c0:c0 + batch_size]
+                idx = torch.tensor([b for b, _ in chunk])
+                x_ray = xray[idx].to(dev).float()
+                gens = sample_generators([mix_seed("infer", seed, k, keys[b], i) for b, i in chunk], dev)
+                cond = cond_noise = None
+                if k > 1:
+                    cgens = sample_generators([mix_seed("infer-cond", seed, k, keys[b], i) for b, i in chunk], dev)
+                    low = prev[c0:c0 + len(chunk)].to(dev)
+                    cond, cond_noise = augment_condition(upsample_to(low, res), self.cfg, cgens, False,
+                                                         scfg.cond_noise_level)
+
+                def model_fn(x_t: Tensor, t: Tensor, _s=stage, _x=x_ray, _c=cond, _n=cond_noise) -> Tensor:
+                    return _s(x_t, t, _x, _c, _n).float()
+
+                fn = model_fn
+                if guidance_scale > 0:
+                    fn = drr_consistency_wrap(model_fn, self.project, x_ray, guidance_scale,
+                                              self.cfg.diffusion.schedule, through_model=False, normalize=True)
+                out = self.objective.generate(fn, (len(chunk), 1, res, res, res), steps, dev, gens, sampler)
+                outs.append(out.float().cpu())
+            stage.to("cpu")
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            prev = torch.cat(outs)  # (B*K, 1, r, r, r)
+            results.append(StageResult(k, scfg.name, res, prev.reshape(B, samples, 1, res, res, res)))
+        return results
+
+
+def xrays_from_ct(rec: Reconstructor, path: str | os.PathLike) -> tuple[Tensor, np.ndarray]:
+    """Render the checkpoint's views from a CT as training did: (X-rays (V, P, P), canonical HU cube).
+
+    The CT is resampled onto the canonical cube (RAS+, `fov_mm`, centred on the body) at the
+    dataset's render resolution (data_info `render_size`, else the largest stage), converted to μ and
+    projected with the checkpoint's geometry; the line integrals are normalised with its li_max.
+    """
+    from hybrid_vit_cascade.data.io import read_ct
+    from hybrid_vit_cascade.data.preprocessing import canonicalize
+    from hybrid_vit_cascade.geometry.physics import hu_to_mu, normalize_xray
+
+    size = int(rec.data_info.get("render_size") or max(s.resolution for s in rec.cfg.stages))
+    hu = canonicalize(read_ct(path), rec.fov_mm, size)  # (size³) HU, RAS+
+    mu = hu_to_mu(torch.from_numpy(hu)[None, None].float(), rec.mu_water)  # (1, 1, n, n, n) 1/mm
+    with torch.no_grad():
+        li = rec.projector(mu, rec.fov_mm / size)  # (1, V, P, P)
+    return normalize_xray(li, rec.li_max)[0].float(), hu
