@@ -30,6 +30,9 @@ def error_for(stage_over: dict | None = None, **top) -> str:
         ({"voxel_dim": "big"}, "stages.0.voxel_dim", ["integer"]),
         ({"voxel_dim": 32.5}, "stages.0.voxel_dim", ["integer"]),
         ({"use_depth_lifting": "maybe"}, "stages.0.use_depth_lifting", ["boolean"]),
+        # Strict types: a quoted number or 1-for-true is a wrong type, not silently coerced.
+        ({"voxel_dim": "32"}, "stages.0.voxel_dim", ["integer"]),
+        ({"use_physics_loss": 1}, "stages.0.use_physics_loss", ["boolean"]),
         ({"lift_fusion": "max"}, "stages.0.lift_fusion", ["'conv' or 'mean'"]),
         ({"cond_noise_level": 1.5}, "stages.0.cond_noise_level", ["less than or equal to 1"]),
         ({"depth_bins": -1}, "stages.0.depth_bins", ["greater than 0"]),

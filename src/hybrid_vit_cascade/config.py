@@ -20,14 +20,16 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     # extra="forbid": an unknown key (a typo) is an error, not a silently ignored field.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict=True: a wrong type ("4" for 4, 1 for true) is an error, not a silent coercion.
+    # Tuple fields opt out (Field(strict=False)) only so JSON arrays are accepted for them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class StageConfig(_Strict):
     """One cascade stage: the seed's fields plus what the network needs."""
 
     name: str
-    volume_size: tuple[int, int, int]  # voxels (D, H, W); must be a cube
+    volume_size: tuple[int, int, int] = Field(strict=False)  # voxels (D, H, W); must be a cube
     voxel_dim: int = Field(256, gt=0)  # transformer width
     vit_depth: int = Field(4, ge=0)  # transformer blocks
     num_heads: int = Field(4, gt=0)
@@ -128,10 +130,10 @@ class DataConfig(_Strict):
     phantoms: PhantomSource = PhantomSource()
     views: list[Literal["ap", "pa", "lateral"]] = ["ap", "lateral"]
     fov_mm: float = Field(360.0, gt=0)  # physical edge of the prepared cube, mm
-    hu_window: tuple[float, float] = (-1024.0, 1476.0)  # as X2CT-GAN, so results compare
+    hu_window: tuple[float, float] = Field((-1024.0, 1476.0), strict=False)  # as X2CT-GAN, so results compare
     mu_water: float = Field(0.0193, gt=0)  # 1/mm, ≈ 70 keV
     geometry: GeometryConfig = GeometryConfig()
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test fractions, by patient id
+    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), strict=False)  # train/val/test fractions, by patient id
 
     @field_validator("hu_window")
     @classmethod
