@@ -1,0 +1,229 @@
+"""Checkpoint layout (DESIGN.md "Checkpoints"): atomic snapshots of one stage, and `load_cascade`.
+
+CHECKPOINT_DIR/config.json, data_info.json, stage<k>_<name>/{last,best}/{model,ema}.safetensors,
+state.pt (optimizer, scheduler, RNG, position), meta.json. A snapshot is written into a temp
+directory and renamed into place, so a crash never leaves a half-written `last` or `best`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from hybrid_vit_cascade.config import Config, ConfigError, load_config
+
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+CONFIG_FILE = "config.json"
+DATA_INFO_FILE = "data_info.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, incomplete or does not match the config."""
+
+
+def stage_dir(checkpoint_dir: str | Path, k: int, name: str) -> Path:
+    """Directory of stage k (1-based) of the cascade."""
+    return Path(checkpoint_dir) / f"stage{k}_{name}"
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON through a temp file + os.replace, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_resolved_config(cfg: Config, checkpoint_dir: str | Path) -> Path:
+    """Save the resolved config (every default filled in) as CHECKPOINT_DIR/config.json."""
+    path = Path(checkpoint_dir) / CONFIG_FILE
+    write_json_atomic(path, cfg.to_dict())
+    return path
+
+
+def _cpu_contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses non-contiguous or shared storage; clone gives each tensor its own.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def save_snapshot(
+    dst: str | Path,
+    model_sd: dict[str, torch.Tensor],
+    ema_sd: dict[str, torch.Tensor] | None,
+    state: dict[str, Any] | None,
+    meta: dict[str, Any],
+) -> Path:
+    """Atomically write a stage snapshot directory (`last` or `best`)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
+    try:
+        save_file(_cpu_contiguous(model_sd), str(tmp / MODEL_FILE))
+        if ema_sd is not None:
+            save_file(_cpu_contiguous(ema_sd), str(tmp / EMA_FILE))
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        # Directories cannot be os.replace'd over a non-empty target: move the old one aside
+        # first; `resolve_snapshot` falls back to it if we crash between the two renames.
+        old = dst.with_name(dst.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if dst.exists():
+            os.replace(dst, old)
+        os.replace(tmp, dst)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def resolve_snapshot(path: str | Path) -> Path | None:
+    """The usable snapshot at `path` (or its `.old` twin left by an interrupted save), else None."""
+    path = Path(path)
+    for p in (path, path.with_name(path.name + ".old")):
+        if (p / MODEL_FILE).is_file() and (p / META_FILE).is_file():
+            return p
+    return None
+
+
+def read_meta(snapshot: str | Path) -> dict[str, Any]:
+    return json.loads((Path(snapshot) / META_FILE).read_text())
+
+
+def load_weights(snapshot: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
+    """State dict of a snapshot: EMA weights if asked and present, else the raw weights."""
+    snapshot = Path(snapshot)
+    f = snapshot / EMA_FILE if ema and (snapshot / EMA_FILE).is_file() else snapshot / MODEL_FILE
+    return load_file(str(f))
+
+
+def load_state(snapshot: str | Path) -> dict[str, Any]:
+    """The training state (optimizer, scheduler, RNG, position) of a snapshot."""
+    f = Path(snapshot) / STATE_FILE
+    if not f.is_file():
+        raise CheckpointError(f"{snapshot} has no {STATE_FILE}; cannot resume from it")
+    # Everything in state.pt is tensors / plain python (see rng_state), so weights_only works.
+    return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def weights_hash(sd: dict[str, torch.Tensor]) -> str:
+    """Stable SHA-256 (hex, 16 chars) of a state dict's names, dtypes, shapes and values."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        t = sd[k].detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- RNG state (weights_only safe)
+
+
+def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Python, NumPy, torch (CPU + CUDA) and named generator states as tensors / plain types."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    st: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+    }
+    return st
+
+
+def set_rng_state(st: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+    """Inverse of `rng_state`."""
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = st["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(st["torch"])
+    if torch.cuda.is_available() and st["cuda"]:
+        torch.cuda.set_rng_state_all(st["cuda"])
+    for k, g in (generators or {}).items():
+        if k in st["generators"]:
+            g.set_state(st["generators"][k])
+
+
+# ---------------------------------------------------------------- reading a checkpoint directory
+
+
+def read_data_info(checkpoint_dir: str | Path) -> dict[str, Any]:
+    f = Path(checkpoint_dir) / DATA_INFO_FILE
+    if not f.is_file():
+        raise CheckpointError(f"{checkpoint_dir} has no {DATA_INFO_FILE}; is it a training checkpoint dir?")
+    return json.loads(f.read_text())
+
+
+def read_config(checkpoint_dir: str | Path) -> Config:
+    f = Path(checkpoint_dir) / CONFIG_FILE
+    if not f.is_file():
+        raise CheckpointError(f"{checkpoint_dir} has no {CONFIG_FILE}; is it a training checkpoint dir?")
+    try:
+        return load_config(f)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def stage_snapshot(checkpoint_dir: str | Path, cfg: Config, k: int, which: str = "best") -> Path | None:
+    """Snapshot of stage k: `which` ("best" or "last"), falling back to the other one."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    sd = stage_dir(checkpoint_dir, k, cfg.stages[k - 1].name)
+    other = "last" if which == "best" else "best"
+    return resolve_snapshot(sd / which) or resolve_snapshot(sd / other)
+
+
+def trained_stages(checkpoint_dir: str | Path, cfg: Config) -> list[int]:
+    """1-based indices of stages that have weights in `checkpoint_dir`."""
+    return [k for k in range(1, len(cfg.stages) + 1) if stage_snapshot(checkpoint_dir, cfg, k) is not None]
+
+
+def load_cascade(checkpoint_dir: str | Path, which: str = "best", ema: bool = True):
+    """Rebuild the cascade from CHECKPOINT_DIR/config.json and load every stage that has weights.
+
+    Returns (cfg, cascade in eval mode on CPU, data_info). `cascade.trained_stages` lists the
+    1-based stages that were loaded; the others keep their random initialisation.
+    """
+    from hybrid_vit_cascade.models.cascade import Cascade
+
+    cfg = read_config(checkpoint_dir)
+    data_info = read_data_info(checkpoint_dir)
+    cascade = Cascade(cfg)
+    loaded = []
+    for k in range(1, len(cfg.stages) + 1):
+        snap = stage_snapshot(checkpoint_dir, cfg, k, which)
+        if snap is None:
+            continue
+        try:
+            cascade.stages[k - 1].load_state_dict(load_weights(snap, ema=ema), strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"weights in {snap} do not match config.json: {err}") from None
+        loaded.append(k)
+    if not loaded:
+        raise CheckpointError(f"{checkpoint_dir} has no trained stage (no stage*/best or stage*/last)")
+    cascade.trained_stages = loaded
+    return cfg, cascade.eval(), data_info

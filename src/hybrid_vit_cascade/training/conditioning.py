@@ -1,0 +1,180 @@
+"""Cascade conditioning: the frozen stage k−1 samples every case ONCE; stage k trains on those samples.
+
+Stage k is conditioned on what stage k−1 really produces at inference (its *sampled* output), not
+on the ground truth downsampled — otherwise stage k would learn to trust a perfect input it never
+gets. Sampling is slow, so at the start of stage k every train/val case is sampled once with the fast
+sampler (training.cond_sample_steps) and cached to disk under a key that hashes the weights of
+stages 1..k−1, their configs and the data, so a rerun reuses it and any change invalidates it.
+During training the upsampled condition is noise-augmented (Ho et al. 2022, "Cascaded Diffusion
+Models") at a random level s ∈ [0, training.cond_aug_max] that the stage also receives; at inference
+the level is StageConfig.cond_noise_level (`condition_for_inference`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hybrid_vit_cascade.config import Config
+from hybrid_vit_cascade.diffusion.schedule import q_sample
+from hybrid_vit_cascade.training.checkpoint import weights_hash
+from hybrid_vit_cascade.training.data import case_seed, mix_seed, sample_generators, upsample_to
+from hybrid_vit_cascade.training.objective import Objective, per_sample_randn
+
+COMPLETE = "complete.json"
+
+
+def noise_condition(prev: Tensor, level: Tensor, schedule: str, gens: Sequence[torch.Generator]) -> Tensor:
+    """Noise-augment an upsampled condition (B, 1, D, D, D) to diffusion time `level` (B,)."""
+    eps = per_sample_randn(gens, prev.shape[1:], prev.device, prev.dtype)
+    return q_sample(prev, eps, level.to(prev.dtype), schedule)
+
+
+def condition_for_inference(
+    prev_lowres: Tensor, size: int, level: float, schedule: str, generator: Optional[torch.Generator] = None
+) -> tuple[Tensor, Tensor]:
+    """(condition (B, 1, size³), cond_noise (B,)) from stage k−1's output, as stage k saw in training."""
+    prev = upsample_to(prev_lowres.float(), size)
+    B = prev.shape[0]
+    lvl = torch.full((B,), float(level), device=prev.device)
+    if level <= 0:
+        return prev, lvl
+    eps = torch.randn(prev.shape, generator=generator, device=prev.device, dtype=prev.dtype)
+    return q_sample(prev, eps, lvl, schedule), lvl
+
+
+def augment_condition(
+    prev: Tensor, cfg: Config, gens: Sequence[torch.Generator], train: bool, inference_level: float
+) -> tuple[Tensor, Tensor]:
+    """Training: random level in [0, cond_aug_max] per sample; evaluation: the inference level."""
+    B = prev.shape[0]
+    if train:
+        u = torch.cat([torch.rand(1, generator=g, device=prev.device) for g in gens])
+        level = u * cfg.training.cond_aug_max
+    else:
+        level = torch.full((B,), float(inference_level), device=prev.device)
+    return noise_condition(prev, level, cfg.diffusion.schedule, gens), level
+
+
+class ConditionCache:
+    """Stage j's sampled outputs, one `<case_id>.npy` (1, r, r, r) float32 per case, under a hashed key."""
+
+    def __init__(self, root: Path, stage: int, key: str):
+        self.root = Path(root)
+        self.stage = stage
+        self.key = key
+
+    @property
+    def complete(self) -> bool:
+        return (self.root / COMPLETE).is_file()
+
+    def path(self, case_id: str) -> Path:
+        return self.root / f"{case_id}.npy"
+
+    def load(self, case_id: str) -> np.ndarray:
+        p = self.path(case_id)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"conditioning cache {self.root} has no sample for case {case_id!r}; delete the folder to rebuild it"
+            )
+        return np.load(p)
+
+    def save(self, case_id: str, arr: np.ndarray) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{case_id}.", suffix=".npy")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr.astype(np.float32))
+        os.replace(tmp, self.path(case_id))
+
+
+def cache_key(cfg: Config, j: int, stage_weights: dict[str, Tensor], prev_key: Optional[str], data_id: str) -> str:
+    """Hash of everything stage j's cached samples depend on."""
+    d = {
+        "stage": j,
+        "stage_cfg": cfg.stages[j - 1].model_dump(mode="json"),
+        "weights": weights_hash(stage_weights),
+        "prev": prev_key,
+        "data": cfg.data.model_dump(mode="json"),
+        "data_id": data_id,
+        "diffusion": cfg.diffusion.model_dump(mode="json"),
+        "objective": cfg.training.objective,
+        "steps": cfg.training.cond_sample_steps,
+        "seed": cfg.training.seed,
+    }
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_condition_cache(
+    cfg: Config,
+    j: int,
+    stages: Sequence[torch.nn.Module],
+    cases: Sequence[tuple[str, Tensor]],
+    cache_root: Path,
+    data_id: str,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    autocast=None,
+    log: Callable[[str], None] = print,
+    batch_size: int = 4,
+) -> ConditionCache:
+    """Sampled outputs of stage j (1-based) for `cases` [(case_id, xray (V,P,P))], reusing a cache.
+
+    Stage j is conditioned on stage j−1's cached outputs (built recursively). Cases are split over
+    ranks; `barrier` synchronises them. `stages` hold the frozen (EMA) weights in eval mode.
+    """
+    prev_cache = None
+    if j >= 2:
+        prev_cache = build_condition_cache(
+            cfg, j - 1, stages, cases, cache_root, data_id, device, rank, world, barrier, autocast, log, batch_size
+        )
+    stage = stages[j - 1]
+    key = cache_key(cfg, j, stage.state_dict(), prev_cache.key if prev_cache else None, data_id)
+    cache = ConditionCache(Path(cache_root) / f"stage{j}_{cfg.stages[j - 1].name}_{key}", j, key)
+    if cache.complete:
+        log(f"conditioning: reusing cached stage-{j} samples in {cache.root}")
+        return cache
+    res = cfg.stages[j - 1].resolution
+    level = cfg.stages[j - 1].cond_noise_level
+    objective = Objective(cfg)
+    mine = [c for i, c in enumerate(cases) if i % world == rank and not cache.path(c[0]).is_file()]
+    log(f"conditioning: sampling stage {j} ({res}³, {cfg.training.cond_sample_steps} steps) for {len(cases)} cases")
+    stage.eval()
+    for b in range(0, len(mine), batch_size):
+        chunk = mine[b : b + batch_size]
+        ids = [c[0] for c in chunk]
+        xray = torch.stack([c[1] for c in chunk]).to(device)  # (B, V, P, P)
+        gens = sample_generators([mix_seed("cond-sample", cfg.training.seed, j, case_seed(c)) for c in ids], device)
+        prev = cond_noise = None
+        if prev_cache is not None:
+            low = torch.stack([torch.from_numpy(prev_cache.load(c)) for c in ids]).to(device)
+            aug_gens = sample_generators([mix_seed("cond-aug", cfg.training.seed, j, case_seed(c)) for c in ids], device)
+            prev, cond_noise = augment_condition(upsample_to(low, res), cfg, aug_gens, False, level)
+
+        def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
+            if autocast is None:
+                return stage(x_t, t, xray, prev, cond_noise).float()
+            with autocast():
+                return stage(x_t, t, xray, prev, cond_noise).float()
+
+        with torch.no_grad():
+            out = objective.generate(model_fn, (len(ids), 1, res, res, res), cfg.training.cond_sample_steps, device, gens)
+        for c, o in zip(ids, out.cpu().numpy()):
+            cache.save(c, o)
+    barrier()
+    if rank == 0:
+        missing = [c for c, _ in cases if not cache.path(c).is_file()]
+        if missing:
+            raise RuntimeError(f"conditioning cache {cache.root} is missing cases {missing[:5]}")
+        cache.root.mkdir(parents=True, exist_ok=True)
+        (cache.root / COMPLETE).write_text(json.dumps({"stage": j, "key": key, "cases": len(cases)}) + "\n")
+    barrier()
+    return cache
