@@ -206,19 +206,20 @@ class Reconstructor:
 
 
 def xrays_from_ct(rec: Reconstructor, path: str | os.PathLike) -> tuple[Tensor, np.ndarray]:
-    """Render the checkpoint's views from a CT as training did: (X-rays (V, P, P), canonical HU cube).
+    """Render the checkpoint's views from a CT exactly as `hvc prepare` did: (X-rays (V, P, P), HU cube).
 
     The CT is resampled onto the canonical cube (RAS+, `fov_mm`, centred on the body) at the
-    dataset's render resolution (data_info `render_size`, else the largest stage), converted to μ and
-    projected with the checkpoint's geometry; the line integrals are normalised with its li_max.
+    dataset's render resolution (data_info `render_size`, else the largest stage), clipped to the HU
+    window, projected with the checkpoint's geometry (data/prepare.py `render_li`) and normalised
+    with the checkpoint's li_max. The returned cube is the windowed HU reference.
     """
     from hybrid_vit_cascade.data.io import read_ct
+    from hybrid_vit_cascade.data.prepare import render_li
     from hybrid_vit_cascade.data.preprocessing import canonicalize
-    from hybrid_vit_cascade.geometry.physics import hu_to_mu, normalize_xray
+    from hybrid_vit_cascade.geometry.physics import normalize_xray
 
     size = int(rec.data_info.get("render_size") or max(s.resolution for s in rec.cfg.stages))
-    hu = canonicalize(read_ct(path), rec.fov_mm, size)  # (size³) HU, RAS+
-    mu = hu_to_mu(torch.from_numpy(hu)[None, None].float(), rec.mu_water)  # (1, 1, n, n, n) 1/mm
-    with torch.no_grad():
-        li = rec.projector(mu, rec.fov_mm / size)  # (1, V, P, P)
-    return normalize_xray(li, rec.li_max)[0].float(), hu
+    hu = canonicalize(read_ct(path), rec.fov_mm, size)  # (size³) HU, RAS+, centred on the body
+    li = render_li(hu, rec.fov_mm, rec.window, rec.mu_water, rec.projector)  # (V, P, P)
+    lo, hi = rec.window
+    return normalize_xray(li, rec.li_max).float(), np.clip(hu, lo, hi)
