@@ -25,6 +25,11 @@ from .io import write_nifti
 ORIENTATIONS = (("RAS", 4), ("LPS", 3), ("LAS", 1), ("RPI", 1), ("PRS", 1))
 
 
+def case_seed(seed: int, index: int) -> int:
+    """Seed of case `index` of a set generated with `seed` (sets with different seeds don't overlap)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], cells: int) -> np.ndarray:
     """Zero-mean unit-ish random field smooth on the scale of shape/cells (float32)."""
     coarse = torch.from_numpy(rng.standard_normal((1, 1) + (cells + 1,) * 3).astype(np.float32))

