@@ -76,12 +76,13 @@ class Projector(nn.Module):
             raise ValueError(f"view {view.name}: a ray runs parallel to its slices")
         planes = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * spacing_mm  # (n,) slice centres, mm
         t = (planes[:, None, None] - origin[..., a]) / ray[..., a]  # (n, P, P) ray parameter at each plane
-        pts = origin + t[..., None] * ray  # (n, P, P, 3) intersection points, mm RAS+
-        # grid_sample (align_corners=False): x indexes the last input dim (c), y the one before (b);
-        # ±1 are the outer voxel edges, i.e. ±half mm.
-        grid = torch.stack([pts[..., c], pts[..., b]], dim=-1) / half  # (n, P, P, 2)
+        # in-plane coordinates (mm, RAS+) of the intersection points; grid_sample (align_corners=False)
+        # wants x = the last input dim (c), y = the one before (b), ±1 = the outer voxel edges (±half mm)
+        gx = (origin[..., c] + t * ray[..., c]) / half  # (n, P, P)
+        gy = (origin[..., b] + t * ray[..., b]) / half
+        grid = torch.stack([gx.to(dtype), gy.to(dtype)], dim=-1)  # (n, P, P, 2)
         step = spacing_mm * ray.norm(dim=-1) / ray[..., a].abs()  # (P, P) mm of ray per slice
-        return grid.to(device=device, dtype=dtype), step.to(device=device, dtype=dtype)
+        return grid.to(device=device), step.to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ forward
     def forward(self, mu: Tensor, spacing_mm: float) -> Tensor:
@@ -103,10 +104,10 @@ class Projector(nn.Module):
             slices = vol.movedim(view.principal_axis + 1, 0).contiguous()
             chunk = max(1, _CHUNK_ELEMENTS // (B * P * P))
             acc = None
-            for k in range(0, n, chunk):
-                s = F.grid_sample(
-                    slices[k : k + chunk], grid[k : k + chunk], mode="bilinear", padding_mode="zeros", align_corners=False
-                )  # (k, B, P, P)
+            # split (not indexing): its backward concatenates the chunk gradients once, where
+            # slicing would allocate and add a full-size zero gradient per chunk.
+            for s_k, g_k in zip(slices.split(chunk), grid.split(chunk)):
+                s = F.grid_sample(s_k, g_k, mode="bilinear", padding_mode="zeros", align_corners=False)  # (k, B, P, P)
                 acc = s.sum(0) if acc is None else acc + s.sum(0)
             out.append(acc * step)  # (B, P, P)
         return torch.stack(out, dim=1)  # (B, V, P, P)
