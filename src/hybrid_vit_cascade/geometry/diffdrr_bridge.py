@@ -3,10 +3,9 @@
 DiffDRR's camera frame (diffdrr/detector.py, with ``orientation=None`` so its reorient matrix is the
 identity): source at the origin, detector centre at ``(0, 0, sdd)``, image row 0 at +y with rows
 running −y, image column 0 at +x with columns running −x when ``reverse_x_axis=True`` (+x otherwise).
-A pose is the camera→world rigid transform. So for one of our views (ray direction d, column
-direction u, row direction v, source at −sid·d) the pose has rotation columns
-``R e_x = ∓u, R e_y = −v, R e_z = d`` and translation ``−sid·d``; ``reverse_x_axis`` is chosen so R is
-a proper rotation (AP/PA need it, the left lateral — anterior on the image's left — does not).
+A pose is the camera→world transform. So for one of our views (ray direction d, column direction u,
+row direction v, source at −sid·d) and ``reverse_x_axis=True`` the pose maps camera x, y, z to
+−u, −v, d and the origin to −sid·d (see `diffdrr_pose`).
 DiffDRR integrates ``density`` over ray length in world mm, so giving it μ (1/mm) on our
 canonical affine yields line integrals directly comparable with `Projector`.
 """
@@ -28,19 +27,51 @@ def canonical_affine(n: int, spacing_mm: float) -> np.ndarray:
     return aff
 
 
-def diffdrr_pose(view: View) -> tuple[torch.Tensor, bool]:
-    """(4, 4) camera→world matrix for DiffDRR and its reverse_x_axis flag for one cone-beam view."""
+def diffdrr_pose(view: View) -> torch.Tensor:
+    """(4, 4) camera→world matrix that makes DiffDRR (reverse_x_axis=True) render one of our cone views.
+
+    Rotation columns ``(−u, −v, d)``, translation ``−sid·d``. For the left lateral (anterior on the
+    image's left) this matrix is a reflection, det = −1: the display convention mirrors a
+    source-side view. DiffDRR applies the pose as a plain matrix, so it renders it correctly and
+    AP and lateral can share one batched call.
+    """
     if view.kind != "cone":
         raise ValueError("DiffDRR renders cone-beam views only")
     d, u, v = (np.asarray(a, dtype=np.float64) for a in (view.direction, view.u, view.v))
-    for reverse, ex in ((True, -u), (False, u)):
-        R = np.stack([ex, -v, d], axis=1)  # columns: camera x, y, z in world
-        if np.linalg.det(R) > 0:
-            break
     M = np.eye(4)
-    M[:3, :3] = R
+    M[:3, :3] = np.stack([-u, -v, d], axis=1)  # columns: camera x, y, z in world
     M[:3, 3] = -view.sid * d
-    return torch.tensor(M, dtype=torch.float32), reverse
+    return torch.tensor(M, dtype=torch.float32)
+
+
+def make_diffdrr(
+    mu: np.ndarray | torch.Tensor,
+    spacing_mm: float,
+    geom: GeometryConfig,
+    views: list[str],
+    renderer: str = "siddon",
+    renderer_init: dict | None = None,
+):
+    """A DiffDRR `DRR` holding one canonical μ cube (n, n, n), and the batched poses (V) of our views.
+
+    `renderer_init` goes to the renderer's constructor (e.g. ``{"mode": "bilinear"}``).
+    Render with ``drr(poses, **render_kwargs)`` → (V, 1, P, P) line integrals.
+    """
+    from diffdrr.drr import DRR
+    from diffdrr.pose import RigidTransform
+    from torchio import ScalarImage, Subject
+
+    n = mu.shape[0]
+    t = torch.as_tensor(np.ascontiguousarray(mu), dtype=torch.float32)[None]  # (1, n, n, n)
+    img = ScalarImage(tensor=t, affine=canonical_affine(n, spacing_mm))
+    # orientation=None in DiffDRR's terms: identity reorient, so a pose is camera→world directly
+    subject = Subject(volume=img, density=img, mask=None, reorient=torch.eye(4), fiducials=None)
+    vs = [make_view(name, geom) for name in views]
+    delx = resolve_det_spacing(vs[0], n * spacing_mm)
+    drr = DRR(subject, sdd=vs[0].sdd, height=vs[0].det_pixels, delx=delx, reverse_x_axis=True,
+              renderer=renderer, **(renderer_init or {}))
+    poses = RigidTransform(torch.stack([diffdrr_pose(v) for v in vs]))  # (V, 4, 4)
+    return drr, poses
 
 
 def diffdrr_render(
@@ -54,25 +85,10 @@ def diffdrr_render(
 ) -> torch.Tensor:
     """Line integrals (V, P, P) of one canonical μ cube (n, n, n) rendered by DiffDRR.
 
-    `renderer_init` goes to the renderer's constructor (e.g. ``{"mode": "bilinear"}``),
-    `render_kwargs` to each call (e.g. ``n_points`` for the trilinear renderer)."""
-    from diffdrr.drr import DRR
-    from diffdrr.pose import RigidTransform
-    from torchio import ScalarImage, Subject
-
-    n = mu.shape[0]
-    t = torch.as_tensor(np.ascontiguousarray(mu), dtype=torch.float32)[None]  # (1, n, n, n)
-    img = ScalarImage(tensor=t, affine=canonical_affine(n, spacing_mm))
-    subject = Subject(volume=img, density=img, mask=None, reorient=torch.eye(4), fiducials=None)
-    out = []
-    for name in views:
-        view = make_view(name, geom)
-        pose, reverse = diffdrr_pose(view)
-        delx = resolve_det_spacing(view, n * spacing_mm)
-        drr = DRR(subject, sdd=view.sdd, height=view.det_pixels, delx=delx, reverse_x_axis=reverse, renderer=renderer, **(renderer_init or {}))
-        with torch.no_grad():
-            out.append(drr(RigidTransform(pose), **render_kwargs)[0, 0])
-    return torch.stack(out)
+    `render_kwargs` go to each call (e.g. ``n_points`` for the trilinear renderer)."""
+    drr, poses = make_diffdrr(mu, spacing_mm, geom, views, renderer, renderer_init)
+    with torch.no_grad():
+        return drr(poses, **render_kwargs)[:, 0]
 
 
 def example_ct_cube(size: int, fov_mm: float = 360.0) -> tuple[np.ndarray, float]:
