@@ -124,3 +124,23 @@ def test_simpleitk_formats(tmp_path, phantom, suffix):
     ct = read_ct(tmp_path / f"ct{suffix}")
     np.testing.assert_array_equal(ct.hu, hu)
     np.testing.assert_allclose(ct.affine, aff, atol=1e-4)
+
+
+def test_dicom_duplicate_position_and_localizer(tmp_path, phantom):
+    import pydicom
+
+    hu, aff = phantom
+    files = write_dicom_series(tmp_path / "s", hu, aff, file_names=[f"im{k:02d}.dcm" for k in range(hu.shape[2])])
+    # a scout (LOCALIZER) image in the same folder is ignored
+    scout = pydicom.dcmread(files[0])
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    scout.save_as(tmp_path / "s" / "scout.dcm")
+    np.testing.assert_allclose(read_ct(tmp_path / "s").hu, hu, atol=0.5)
+    # a slice written twice under another name is an error naming both files
+    dup = pydicom.dcmread(files[3])
+    dup.SOPInstanceUID = dup.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    dup.save_as(tmp_path / "s" / "zz_dup.dcm")
+    with pytest.raises(CTReadError, match="same position") as err:
+        read_ct(tmp_path / "s")
+    assert "zz_dup.dcm" in err.value.reason

@@ -145,12 +145,17 @@ def find_dicom_series(root: str | os.PathLike) -> list[tuple[Path, str, list[Pat
         modality: dict[str, str] = {}
         for f in files:
             try:
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality", "ImagePositionPatient"])
+                ds = pydicom.dcmread(
+                    f, stop_before_pixels=True,
+                    specific_tags=["SeriesInstanceUID", "Modality", "ImagePositionPatient", "ImageType"],
+                )
             except Exception:
                 groups["?unreadable"].append(f)  # reported when the series is read
                 continue
             if "ImagePositionPatient" not in ds and "SeriesInstanceUID" in ds:
                 continue  # not an image slice (e.g. a structured report in the same folder)
+            if any(str(t).upper() == "LOCALIZER" for t in ds.get("ImageType", [])):
+                continue  # scout views are 2D projections, not slices of the volume
             uid = str(ds.get("SeriesInstanceUID", "?unknown"))
             groups[uid].append(f)
             modality[uid] = str(ds.get("Modality", ""))
@@ -216,6 +221,8 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     bad = np.flatnonzero(np.abs(gaps - step) > 0.2 * step + 1e-3)
     if bad.size:
         i = int(bad[0])
+        if gaps[i] < 0.2 * step:
+            raise CTReadError(folder, f"two slices at the same position: {slices[i][0].name} and {slices[i + 1][0].name}")
         n_missing = int(round(gaps[i] / step)) - 1
         what = f"{n_missing} missing slice(s)" if n_missing >= 1 else "irregular slice spacing"
         raise CTReadError(

@@ -109,6 +109,11 @@ def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], li
             top = rel[0] if rel else root.name  # LIDC layout: patient/study/series
             pid = _dicom_patient(files) or top
             found.append(CaseInput(folder, "dicom", pid, _sanitize(pid), None if uid.startswith("?") else uid))
+    # the same input reached twice (a folder and a file inside it) is one case
+    unique: dict[tuple[str, str | None], CaseInput] = {}
+    for c in found:
+        unique.setdefault((str(c.source.resolve()), c.series_uid), c)
+    found = list(unique.values())
     # unique case ids: a patient with several series (or equal file stems) gets a short source hash
     counts: dict[str, int] = {}
     for c in found:
