@@ -44,7 +44,7 @@ def test_dataloader_workers(dataset):
     for batch in loader:
         assert batch["ct"][8].shape[1:] == (1, 8, 8, 8) and batch["xray"].shape[1:] == (2, 16, 16)
         seen += list(batch["meta"]["case_id"])
-    assert seen == [c["case_id"] for c in ds.cases]
+    assert seen == ds.case_ids
 
 
 def test_errors(dataset, tmp_path):

@@ -83,7 +83,8 @@ def test_splits_deterministic_and_tiny_sets_get_val_and_test():
         s = assign_splits([f"q{i}" for i in range(n)], (0.8, 0.1, 0.1))
         vals = list(s.values())
         assert vals.count("val") >= 1 and vals.count("test") >= 1 and vals.count("train") >= 1
-    assert set(assign_splits(["a", "b"], (0.8, 0.1, 0.1)).values()) <= {"train", "val", "test"}
+    assert set(assign_splits(["a", "b"], (0.8, 0.1, 0.1)).values()) == {"train"}  # too few to hold out
+    assert set(assign_splits(["a", "b", "c", "d"], (0.0, 0.0, 1.0)).values()) == {"test"}
     assert set(assign_splits(["a", "b", "c"], (1.0, 0.0, 0.0)).values()) == {"train"}
 
 

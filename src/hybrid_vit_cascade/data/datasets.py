@@ -58,6 +58,10 @@ class CTXrayDataset(Dataset):
         return self._manifest
 
     @property
+    def case_ids(self) -> list[str]:
+        return [c["case_id"] for c in self.cases]
+
+    @property
     def views(self) -> list[str]:
         return list(self._manifest["views"])
 
