@@ -205,11 +205,26 @@ class Reconstructor:
         return results
 
 
+def render_size(rec: Reconstructor) -> int:
+    """Resolution the training DRRs were rendered from: the training manifest's, else the largest stage."""
+    import json
+    from pathlib import Path
+
+    size = rec.data_info.get("render_size")
+    root = rec.data_info.get("dataset")
+    if size is None and root and (Path(root) / "manifest.json").is_file():
+        try:
+            size = json.loads((Path(root) / "manifest.json").read_text()).get("render_size")
+        except (OSError, ValueError):
+            size = None
+    return int(size or max(s.resolution for s in rec.cfg.stages))
+
+
 def xrays_from_ct(rec: Reconstructor, path: str | os.PathLike) -> tuple[Tensor, np.ndarray]:
     """Render the checkpoint's views from a CT exactly as `hvc prepare` did: (X-rays (V, P, P), HU cube).
 
     The CT is resampled onto the canonical cube (RAS+, `fov_mm`, centred on the body) at the
-    dataset's render resolution (data_info `render_size`, else the largest stage), clipped to the HU
+    training dataset's render resolution (`render_size`), clipped to the HU
     window, projected with the checkpoint's geometry (data/prepare.py `render_li`) and normalised
     with the checkpoint's li_max. The returned cube is the windowed HU reference.
     """
@@ -218,7 +233,7 @@ def xrays_from_ct(rec: Reconstructor, path: str | os.PathLike) -> tuple[Tensor, 
     from hybrid_vit_cascade.data.preprocessing import canonicalize
     from hybrid_vit_cascade.geometry.physics import normalize_xray
 
-    size = int(rec.data_info.get("render_size") or max(s.resolution for s in rec.cfg.stages))
+    size = render_size(rec)
     hu = canonicalize(read_ct(path), rec.fov_mm, size)  # (size³) HU, RAS+, centred on the body
     li = render_li(hu, rec.fov_mm, rec.window, rec.mu_water, rec.projector)  # (V, P, P)
     lo, hi = rec.window

@@ -1,0 +1,215 @@
+"""`hvc evaluate`: score a checkpoint, per stage, and the baselines on the same cases; write the report.
+
+Methods, all on the same cases and X-rays:
+- `cascade` — every stage up to the last trained one (its own resolution's ground truth);
+- `mean volume` — the voxel-wise mean of the training split's CTs (no X-ray used);
+- `back-projection` — the X-rays spread along their rays by the training-set depth prior;
+- `regression` — a direct-regression checkpoint (`--baseline-checkpoint`), same backbone.
+X-rays are read as line integrals and normalised with each model's own li_max, so a dataset
+prepared with other settings still feeds every model what it was trained on (the geometry must match).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hybrid_vit_cascade import metrics as M
+from hybrid_vit_cascade.geometry.physics import normalize_xray
+from hybrid_vit_cascade.inference import report
+from hybrid_vit_cascade.inference.pipeline import Reconstructor, render_size
+
+
+def _check_geometry(rec: Reconstructor, manifest: dict, root: str) -> None:
+    """The dataset's X-rays must come from the checkpoint's views, detector and geometry."""
+    problems = []
+    if list(manifest.get("views", [])) != rec.views:
+        problems.append(f"views {manifest.get('views')} vs the checkpoint's {rec.views}")
+    g = rec.cfg.data.geometry.model_dump(mode="json")
+    if manifest.get("geometry") not in (None, g):
+        problems.append(f"geometry {manifest.get('geometry')} vs {g}")
+    if manifest.get("fov_mm") is not None and abs(float(manifest["fov_mm"]) - rec.fov_mm) > 1e-6:
+        problems.append(f"fov_mm {manifest['fov_mm']} vs {rec.fov_mm}")
+    if manifest.get("hu_window") is not None and tuple(float(v) for v in manifest["hu_window"]) != rec.window:
+        problems.append(f"hu_window {manifest['hu_window']} vs {list(rec.window)}")
+    if problems:
+        raise ValueError(f"dataset {root} does not match checkpoint {rec.checkpoint_dir}: " + "; ".join(problems)
+                         + " — evaluate a raw CT folder instead to render matching X-rays")
+
+
+def prepare_on_the_fly(folder: str, rec: Reconstructor, out_dir: Path, log: Callable[[str], None]) -> str:
+    """A folder of CTs (NIfTI/DICOM/…) → a dataset prepared with the checkpoint's settings, all cases 'test'."""
+    from hybrid_vit_cascade.data.prepare import prepare_dataset
+
+    data_cfg = rec.cfg.data.model_copy(update={"split": (0.0, 0.0, 1.0)})
+    # The training data's render resolution too, so the DRRs are rendered as the model saw them.
+    sizes = sorted({s.resolution for s in rec.cfg.stages} | {render_size(rec)})
+    log(f"{folder} is not a prepared dataset: preparing its CTs into {out_dir} (all cases → split 'test')")
+    manifest = prepare_dataset([folder], out_dir, sizes, rec.views, data_cfg, progress=True, log=log)
+    if not manifest["cases"]:
+        raise ValueError(f"{folder}: no readable CT found ({len(manifest.get('skipped', []))} skipped)")
+    return str(out_dir)
+
+
+def _case_metrics(rec: Reconstructor, pred: Tensor, truth: Tensor, xray_li: Tensor,
+                  std: Optional[Tensor] = None) -> dict[str, float]:
+    """Every metric of one prediction (1, r, r, r) vs truth (1, r, r, r), model range; X-rays as line integrals."""
+    m = M.volume_metrics(rec.to_hu(pred[0]), rec.to_hu(truth[0]), rec.window)
+    xray = normalize_xray(xray_li, rec.li_max)
+    drr = rec.drr_scores(pred[None], xray[None])[0]  # (V,)
+    for v, s in zip(rec.views, drr):
+        m[f"drr_psnr_{v}"] = float(s)
+    m["drr_psnr"] = float(np.mean(drr))
+    if std is not None:
+        m["std_hu_mean"] = float(rec.std_to_hu(std).mean())
+    return m
+
+
+def evaluate(
+    checkpoint: str,
+    data: str,
+    out: str,
+    split: str = "test",
+    steps: Optional[int] = None,
+    sampler: Optional[str] = None,
+    samples: int = 1,
+    baseline_checkpoint: Optional[str] = None,
+    max_cases: Optional[int] = None,
+    montage_cases: int = 3,
+    seed: int = 0,
+    guidance_scale: float = 0.0,
+    device: Optional[str] = None,
+    which: str = "best",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the evaluation and write metrics.json, report.md and PNGs into `out`; returns the metrics."""
+    from tqdm.auto import tqdm
+
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest, mean_volume
+    from hybrid_vit_cascade.inference.baselines import BackprojectionBaseline, training_volumes
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rec = Reconstructor(checkpoint, which=which, device=device)
+    n_stages = rec.stages_to_run(None)
+    stages = rec.cfg.stages[:n_stages]
+    final_res = stages[-1].resolution
+    if not (Path(data) / "manifest.json").is_file():
+        if not Path(data).exists():
+            raise FileNotFoundError(f"--data {data}: no such dataset or CT folder")
+        data = prepare_on_the_fly(data, rec, out_dir / "prepared", log)
+        split = "test"
+    manifest = load_manifest(data)
+    _check_geometry(rec, manifest, data)
+    data_li_max = float(manifest["xray_scale"]["li_max"])
+    resolutions = sorted({s.resolution for s in stages})
+    reg = None
+    if baseline_checkpoint:
+        reg = Reconstructor(baseline_checkpoint, which=which, device=device)
+        if reg.is_diffusion:
+            log(f"note: --baseline-checkpoint {baseline_checkpoint} is a diffusion model; scored as 'baseline'")
+        _check_geometry(reg, manifest, data)
+        reg_res = reg.cfg.stages[reg.stages_to_run(None) - 1].resolution
+        resolutions = sorted(set(resolutions) | {reg_res})
+    missing = [r for r in resolutions if r not in [int(s) for s in manifest["sizes"]]]
+    if missing:
+        raise ValueError(f"dataset {data} has no ground truth at {missing} (has {manifest['sizes']}); "
+                         f"re-run `hvc prepare --size {' '.join(map(str, resolutions))}`")
+    ds = CTXrayDataset(data, split, resolutions)
+    n_cases = len(ds) if max_cases is None else min(len(ds), max_cases)
+
+    # Baselines (a) and (b) come from the checkpoint's *training* data, never the evaluated cases.
+    train_root = rec.data_info.get("dataset")
+    info_notes = {}
+    mean_vol = None
+    train_ok = bool(train_root) and (Path(train_root) / "manifest.json").is_file()
+    if train_ok:
+        try:
+            mean_vol = mean_volume(train_root, final_res)  # (1, r, r, r)
+        except ValueError as err:  # e.g. the resolution is not prepared there
+            info_notes["mean volume"] = f"skipped ({err})"
+            train_ok = False
+    else:
+        info_notes["mean volume"] = f"skipped (training dataset {train_root!r} not found)"
+    bp = BackprojectionBaseline(rec, final_res, training_volumes(train_root, final_res) if train_ok else None)
+    info_notes["back-projection prior"] = bp.prior_source
+
+    def to_li(x: Tensor) -> Tensor:  # dataset X-rays → line integrals (undo the dataset's normalisation)
+        return (x.float() + 1) / 2 * data_li_max
+
+    per_case: list[dict[str, Any]] = []
+    rows_cases: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    images: list[str] = []
+    bar = tqdm(range(n_cases), desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
+    for i in bar:
+        item = ds[i]
+        cid = item["meta"]["case_id"]
+        bar.set_postfix_str(cid)
+        li = to_li(item["xray"])  # (V, P, P)
+        x_rec = normalize_xray(li, rec.li_max)
+        results = rec.reconstruct(x_rec, steps=steps, sampler=sampler, samples=samples, seed=seed,
+                                  guidance_scale=guidance_scale, case_keys=[cid])
+        case = {"case_id": cid, "methods": {}}
+        for r in results:
+            m = _case_metrics(rec, r.mean[0], item["ct"][r.res], li, r.std[0] if r.std is not None else None)
+            key = ("cascade", f"stage{r.index}_{r.name}", r.res)
+            rows_cases.setdefault(key, []).append(m)
+            case["methods"][f"cascade/stage{r.index}_{r.name}"] = m
+        baselines: list[tuple[str, Tensor, int, Reconstructor]] = []
+        if mean_vol is not None:
+            baselines.append(("mean volume", mean_vol, final_res, rec))
+        baselines.append(("back-projection", bp(x_rec[None])[0], final_res, rec))
+        if reg is not None:
+            rr = reg.reconstruct(normalize_xray(li, reg.li_max), steps=steps, seed=seed, case_keys=[cid])[-1]
+            baselines.append(("regression" if not reg.is_diffusion else "baseline", rr.mean[0], rr.res, reg))
+        for name, vol, res, owner in baselines:
+            m = _case_metrics(owner, vol, item["ct"][res], li)
+            rows_cases.setdefault((name, "", res), []).append(m)
+            case["methods"][name] = m
+        per_case.append(case)
+        if i < montage_cases:
+            last = results[-1]
+            truth_hu = rec.to_hu(item["ct"][last.res][0])
+            std = rec.std_to_hu(last.std[0, 0]) if last.std is not None else None
+            f = report.case_montage(out_dir / f"case_{cid}_slices.png", truth_hu, rec.to_hu(last.mean[0, 0]), std,
+                                    rec.window, title=f"{cid}: {last.name} {last.res}³ (K={samples})")
+            with torch.no_grad():
+                drr = rec.project(last.mean)[0].numpy()
+            scores = [case["methods"][f"cascade/stage{last.index}_{last.name}"][f"drr_psnr_{v}"] for v in rec.views]
+            g = report.xray_montage(out_dir / f"case_{cid}_xray.png", x_rec.numpy(), drr, rec.views, scores,
+                                    title=f"{cid}: input X-rays vs DRRs of the prediction")
+            images += [f.name, g.name]
+    bar.close()
+
+    rows = [{"method": m, "stage": s or None, "res": r, "summary": M.summarize_cases(cs)}
+            for (m, s, r), cs in rows_cases.items()]
+    images.insert(0, report.metrics_bar_chart(out_dir / "metrics_bar.png", rows).name)
+    info = {
+        "checkpoint": checkpoint, "dataset": data, "split": split, "cases": n_cases,
+        "stages evaluated": [f"{s.name} ({s.resolution}³)" for s in stages],
+        "sampler": f"{sampler or rec.cfg.diffusion.sampler}, {steps or rec.cfg.diffusion.sample_steps} steps"
+                   if rec.is_diffusion else "regression (single forward)",
+        "samples per case": samples, "seed": seed, "DRR guidance": guidance_scale,
+        "baseline checkpoint": baseline_checkpoint or "none", **info_notes,
+    }
+    result = {"info": info, "summary": rows, "cases": per_case}
+    report.write_metrics_json(out_dir / "metrics.json", result)
+    report.write_report_md(out_dir / "report.md", rows, info, images)
+    return result
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """A compact console table: method, stage, PSNR-3D, SSIM-3D, MAE."""
+    lines = []
+    for r in rows:
+        s = r["summary"]
+        label = report._row_label(r)
+        lines.append(f"  {label:<34} {r['res']:>4}³  PSNR-3D {report.fmt_stat(s.get('psnr3d'), '{:.2f}'):>16}  "
+                     f"SSIM-3D {report.fmt_stat(s.get('ssim3d'), '{:.4f}'):>18}  "
+                     f"MAE {report.fmt_stat(s.get('mae_hu'), '{:.1f}'):>14} HU")
+    return "\n".join(lines)
