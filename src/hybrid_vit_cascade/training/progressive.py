@@ -252,7 +252,7 @@ def train_progressive(
     finally:
         logger.close()
         accelerator.end_training()
-    return {"stages": summaries, "checkpoint_dir": str(ckpt), "dataset": str(root)}
+    return {"stages": summaries, "checkpoint_dir": str(ckpt), "dataset": str(root), "cascade": cascade.eval()}
 
 
 def _load_frozen(cascade, j: int, snap: Path) -> None:

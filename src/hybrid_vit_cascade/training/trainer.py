@@ -154,7 +154,8 @@ class StageTrainer:
         if tc.max_steps_per_stage is not None:
             total = min(total, tc.max_steps_per_stage)
         sched = acc.prepare(warmup_cosine(opt_raw, tc.warmup_steps, total))
-        self.optimizer = opt  # exposed for tests (which parameters are optimised)
+        names = {id(p): n for n, p in self.cascade.named_parameters()}
+        optimized = [names[id(p)] for g in opt_raw.param_groups for p in g["params"]]
         pos = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "bad_consecutive": 0, "bad_total": 0,
                "best_val": math.inf, "completed": False, "total_steps": total}
         if self.resume is not None:
@@ -179,6 +180,9 @@ class StageTrainer:
         for epoch in range(pos["epoch"], tc.num_epochs):
             if stopped:
                 break
+            # Accelerate's loader re-sets the sampler's epoch from its own counter on every iteration;
+            # set that counter (it propagates to our sampler, and to the skip-loader on resume).
+            loader.set_epoch(epoch)
             sampler.set_epoch(epoch)
             skip = pos["batch_in_epoch"] if epoch == pos["epoch"] else 0
             it = acc.skip_first_batches(loader, skip) if skip else loader
@@ -274,7 +278,7 @@ class StageTrainer:
         acc.wait_for_everyone()
         summary = {"stage": k, "name": self.stage_cfg.name, "steps": pos["step"], "completed": pos["completed"],
                    "best_val_loss": pos["best_val"], "val": val, "bad_steps": pos["bad_total"],
-                   "time_s": time.perf_counter() - t_start}
+                   "time_s": time.perf_counter() - t_start, "optimized_parameters": optimized}
         acc.free_memory()  # drop accelerate's references to this stage's model/optimizer/loader
         return summary
 
