@@ -144,3 +144,26 @@ def test_dicom_duplicate_position_and_localizer(tmp_path, phantom):
     with pytest.raises(CTReadError, match="same position") as err:
         read_ct(tmp_path / "s")
     assert "zz_dup.dcm" in err.value.reason
+
+
+def test_dicom_reader_agrees_with_simpleitk(tmp_path, phantom):
+    """An independent reader (ITK/GDCM) sees the same voxels at the same LPS positions."""
+    import SimpleITK as sitk
+
+    hu, aff = phantom
+    hu = hu[:, 2:18, :]  # non-square slices and pixels catch row/column mix-ups
+    aff = aff @ np.diag([1.0, 1.4, 1.0, 1.0])
+    arr, arr_aff = reorient(hu, aff, "LPS")
+    write_dicom_series(tmp_path / "s", arr, arr_aff, slope=1.0, intercept=-1024.0, seed=1)
+    ours = read_ct(tmp_path / "s")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "s")))
+    img = reader.Execute()
+    ref = sitk.GetArrayFromImage(img).astype(np.float32).transpose(2, 1, 0)  # (x, y, z) index order
+    lps = np.eye(4)
+    lps[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()
+    ref_ct = read_ct(write_nifti(tmp_path / "ref.nii", ref, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps))
+    np.testing.assert_allclose(ours.affine, ref_ct.affine, atol=1e-4)
+    np.testing.assert_allclose(ours.hu, ref_ct.hu, atol=0.5)
+    np.testing.assert_allclose(ours.hu, hu, atol=0.5)

@@ -175,3 +175,28 @@ def test_ensure_default_dataset_builds_once(tmp_path):
     assert ensure_default_dataset(named, [8]) == root
     with pytest.raises(ValueError, match="missing \\[16\\]"):
         ensure_default_dataset(named, [8, 16])
+
+
+def test_interrupted_run_keeps_finished_cases(tmp_path, inputs, monkeypatch):
+    import hybrid_vit_cascade.data.prepare as prep
+
+    real = prep.render_case
+    calls = []
+
+    def flaky(ct, settings, projector):
+        calls.append(ct.source)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the user hits Ctrl-C during the third case
+        return real(ct, settings, projector)
+
+    monkeypatch.setattr(prep, "render_case", flaky)
+    (tmp_path / "ds" / "cases").mkdir(parents=True)
+    (tmp_path / "ds" / "cases" / ".ph9.npz.tmp").write_bytes(b"half")  # debris of a killed write
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset([inputs / "nifti"], tmp_path / "ds", [8], ["ap"], CFG, progress=False)
+    m = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert len(m["cases"]) == 2
+    monkeypatch.setattr(prep, "render_case", real)
+    m2 = prepare_dataset([inputs / "nifti"], tmp_path / "ds", [8], ["ap"], CFG, progress=False)
+    assert len(m2["last_run"]["reused"]) == 2 and len(m2["last_run"]["prepared"]) == 2
+    assert sorted(p.name for p in (tmp_path / "ds" / "cases").iterdir()) == [f"ph{i}.npz" for i in range(4)]

@@ -279,6 +279,8 @@ def prepare_dataset(
     views = list(views or data_cfg.views)
     out = Path(out)
     (out / "cases").mkdir(parents=True, exist_ok=True)
+    for tmp in (out / "cases").glob(".*.tmp"):  # left by a run killed mid-write
+        tmp.unlink(missing_ok=True)
     settings = prep_settings(sizes, views, data_cfg)
     shash = settings_hash(settings)
     old = load_manifest_if_any(out)
