@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,122 +21,12 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .io import CTReadError, ct_kind, find_dicom_series, read_ct
+from .discover import CaseInput, discover_inputs, source_sha256  # noqa: F401  (re-exported)
+from .io import CTReadError, read_ct
 from .preprocessing import BODY_THRESHOLD_HU, body_center, canonicalize, resize_cube
 
 PREP_VERSION = 1  # bump when the preparation itself changes: every case is then redone
 LI_MAX_FACTOR = 1.5  # li_max = mu_water * fov_mm * 1.5: a water cylinder across the whole FOV, plus headroom
-
-
-@dataclass
-class CaseInput:
-    source: Path  # a CT file or a DICOM series folder
-    kind: str  # nifti | itk | dicom
-    patient_id: str
-    base_id: str  # case id before de-duplication
-    series_uid: str | None = None
-
-
-# ---------------------------------------------------------------- discovering inputs
-
-
-def _sanitize(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suf in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
-
-
-def _sidecar_patient(path: Path) -> str | None:
-    """Patient id from a JSON sidecar next to the file (`<stem>.json` with patient_id/PatientID)."""
-    side = path.with_name(_stem(path) + ".json")
-    if not side.is_file():
-        return None
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    pid = meta.get("patient_id") or meta.get("PatientID") if isinstance(meta, dict) else None
-    return str(pid) if pid else None
-
-
-def _dicom_patient(files: list[Path]) -> str:
-    import pydicom
-
-    try:
-        return str(pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["PatientID"]).get("PatientID", "")).strip()
-    except Exception:
-        return ""
-
-
-def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], list[dict]]:
-    """CT files and DICOM series below the given files/folders, plus inputs skipped with a reason."""
-    found: list[CaseInput] = []
-    skipped: list[dict] = []
-    for raw in paths:
-        root = Path(raw)
-        if not root.exists():
-            skipped.append({"source": str(root), "reason": "no such file or directory"})
-            continue
-        if root.is_file():
-            kind = ct_kind(root)
-            if kind is None:
-                skipped.append({"source": str(root), "reason": "not a CT file (.nii, .nii.gz, .mha, .nrrd or DICOM)"})
-            elif kind == "dicom":
-                pid = _dicom_patient([root]) or root.parent.name
-                found.append(CaseInput(root.parent, "dicom", pid, _sanitize(pid)))
-            else:
-                pid = _sidecar_patient(root) or _stem(root)
-                found.append(CaseInput(root, kind, pid, _sanitize(_stem(root))))
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for name in sorted(filenames):
-                f = Path(dirpath) / name
-                kind = ct_kind(f)
-                if kind in ("nifti", "itk") and not name.startswith("."):
-                    pid = _sidecar_patient(f) or _stem(f)
-                    found.append(CaseInput(f, kind, pid, _sanitize(_stem(f))))
-        for folder, uid, files in find_dicom_series(root):
-            rel = folder.relative_to(root).parts
-            top = rel[0] if rel else root.name  # LIDC layout: patient/study/series
-            pid = _dicom_patient(files) or top
-            found.append(CaseInput(folder, "dicom", pid, _sanitize(pid), None if uid.startswith("?") else uid))
-    # the same input reached twice (a folder and a file inside it) is one case
-    unique: dict[tuple[str, str | None], CaseInput] = {}
-    for c in found:
-        unique.setdefault((str(c.source.resolve()), c.series_uid), c)
-    found = list(unique.values())
-    # unique case ids: a patient with several series (or equal file stems) gets a short source hash
-    counts: dict[str, int] = {}
-    for c in found:
-        counts[c.base_id] = counts.get(c.base_id, 0) + 1
-    for c in found:
-        if counts[c.base_id] > 1:
-            tag = hashlib.sha1(f"{c.source}|{c.series_uid}".encode()).hexdigest()[:6]
-            c.base_id = f"{c.base_id}_{tag}"
-    return found, skipped
-
-
-def source_sha256(case: CaseInput) -> str:
-    """sha256 of the input bytes (for a DICOM series: of every file's name and bytes, in name order)."""
-    h = hashlib.sha256()
-    if case.kind == "dicom":
-        files = next((fs for folder, uid, fs in find_dicom_series(case.source)
-                      if folder == case.source and (case.series_uid is None or uid == case.series_uid)), [])
-        for f in sorted(files):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-        return h.hexdigest()
-    with open(case.source, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- splits
