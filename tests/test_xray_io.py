@@ -59,7 +59,8 @@ def test_array_line_integrals(tmp_path, suffix):
     else:
         import nibabel as nib
 
-        nib.save(nib.Nifti1Image(li.astype(np.float32), np.eye(4)), str(f))
+        # As `hvc drr` writes it: x = image column, y = row counted from the bottom.
+        nib.save(nib.Nifti1Image(li.T[:, ::-1, None].astype(np.float32), np.eye(4)), str(f))
     x, raws = X.load_xrays([f], ["lateral"], li_max=4.0, det_pixels=24)
     assert raws[0].kind == "line_integral"
     np.testing.assert_allclose(x[0].numpy(), 2 * li / 4.0 - 1, atol=1e-5)
@@ -180,3 +181,21 @@ def test_non_square_is_centre_cropped():
     img[:, 5:25] = np.arange(20)[:, None]
     out = X.resample_square(img, 20)
     np.testing.assert_allclose(out, img[:, 5:25])
+
+
+def test_reads_what_hvc_drr_writes(tmp_path):
+    """`hvc drr` output (PNG per view, NIfTI per view, stacked .npy) all read back to the same line integrals."""
+    from hybrid_vit_cascade.cli import main as hvc
+    from hybrid_vit_cascade.data.phantoms import write_phantom
+
+    write_phantom(tmp_path / "ct.nii.gz", seed=0, size=24)
+    assert hvc(["drr", str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "drr"), "--size", "24",
+                "--det-pixels", "20"]) == 0
+    d = tmp_path / "drr"
+    li = np.load(d / "ct_li.npy")  # (V, H, W), the reference
+    for v, name in enumerate(["ap", "lateral"]):
+        np.testing.assert_allclose(X.read_xray(d / f"ct_{name}_li.nii.gz").pixels, li[v], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(X.read_xray(d / f"ct_{name}.png").pixels, li[v], atol=li[v].max() / 65535)
+    x, _ = X.load_xrays([d / "ct_lateral.png", d / "ct_ap_li.nii.gz"], ["ap", "lateral"], 8.0, 20,
+                        views=["lateral", "ap"])
+    np.testing.assert_allclose(x.numpy(), 2 * li / 8.0 - 1, atol=1e-4)

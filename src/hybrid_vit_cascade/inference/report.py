@@ -108,7 +108,7 @@ def xray_montage(path: str | os.PathLike, inputs: np.ndarray, drrs: np.ndarray, 
             if c == 1 and psnrs is not None:
                 label += f" ({psnrs[v]:.1f} dB)"
             ax.set_title(label, fontsize=9)
-        fig.colorbar(im, ax=axes[v, 2], shrink=0.8)
+        fig.colorbar(im, ax=axes[v, :].tolist(), shrink=0.8)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -12,9 +12,12 @@ Two kinds of input:
   unsharp masking, LUTs) is not undone, so expect a domain gap.
 
 Arrays are `(H, W)` in radiographic display orientation (DESIGN.md "Views"): row 0 superior; AP:
-column 0 = patient right; lateral: column 0 = anterior. `.npy`/NIfTI arrays are taken as stored,
-`(H, W)` (or `(V, H, W)` for all views in one file). Non-square images are centre-cropped to a
-square, then resampled to the detector's `det_pixels`.
+column 0 = patient right; lateral: column 0 = anterior. `.npy` arrays are taken as stored, `(H, W)`
+(or `(V, H, W)` for all views in one file, as `hvc drr` writes `<ct>_li.npy`). NIfTI images follow
+the NIfTI/viewer convention that `hvc drr` writes: array axis 0 = image column (x, left → right),
+axis 1 = image row counted from the bottom (y up), an optional axis 2 = view; they are turned into
+`(H, W)` by `a[:, ::-1].T`. Non-square images are centre-cropped to a square, then resampled to
+the detector's `det_pixels`.
 """
 from __future__ import annotations
 
@@ -176,7 +179,19 @@ def _read_array(path: str) -> RawXray:
     except Exception as err:
         raise XrayReadError(path, f"cannot read array ({err})") from None
     arr = np.asarray(arr, dtype=np.float64)
-    arr = arr.reshape([s for s in arr.shape if s != 1] or [1])  # drop singleton axes
+    is_nifti = not path.lower().endswith(".npy")
+    if is_nifti:
+        # (x, y[, 1][, V]) → (H, W) or (V, H, W): x = column, y = row from the bottom.
+        if arr.ndim == 4 and arr.shape[2] == 1:
+            arr = arr[:, :, 0, :]
+        elif arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim == 2:
+            arr = arr[:, ::-1].T
+        elif arr.ndim == 3:
+            arr = np.stack([arr[:, ::-1, v].T for v in range(arr.shape[2])])
+    else:
+        arr = arr.reshape([s for s in arr.shape if s != 1] or [1])  # drop singleton axes
     if arr.ndim not in (2, 3):
         raise XrayReadError(path, f"expected line integrals of shape (H, W) or (V, H, W), got {arr.shape}")
     if not np.isfinite(arr).all():
@@ -184,7 +199,8 @@ def _read_array(path: str) -> RawXray:
     if arr.min() < -1e-3 * max(abs(arr.max()), 1e-12):
         raise XrayReadError(path, f"line integrals must be ≥ 0, found {arr.min():.3g} "
                                   "(is this an already-normalised image in [-1, 1]?)")
-    return RawXray(path, "line_integral", arr, note="line integrals")
+    return RawXray(path, "line_integral", np.ascontiguousarray(arr),
+                   note="line integrals" + (" (NIfTI: x = column, y = row from the bottom)" if is_nifti else ""))
 
 
 def read_xray(path: str | os.PathLike) -> RawXray:
