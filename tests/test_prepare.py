@@ -46,6 +46,20 @@ def test_canonicalize_centres_body_and_pads_air():
     assert abs((idx[0].min() + idx[0].max()) / 2 - 14.5) <= 1.0
 
 
+def test_cube_centred_on_lungs_along_z():
+    hu, sp = make_phantom(1, 32, with_table=False)
+    aff = phantom_affine(hu.shape, sp, np.zeros(3))
+    chest = body_center(CTVolume(hu, aff, "chest"))
+    # the same chest with 60 slices of lung-free "abdomen" below it: the cube must not move down
+    ext = np.concatenate([np.repeat(hu[:, :, :5], 12, axis=2), hu], axis=2)
+    ext_aff = aff.copy()
+    ext_aff[2, 3] -= 60 * sp[2]
+    np.testing.assert_allclose(body_center(CTVolume(ext, ext_aff, "chest+abdomen")), chest, atol=1e-6)
+    # and the lungs lie inside the prepared cube
+    lungs_z = np.flatnonzero(((hu > -900) & (hu < -780)).sum(axis=(0, 1)) > 20) * sp[2] + aff[2, 3]
+    assert chest[2] - 180 < lungs_z.min() and lungs_z.max() < chest[2] + 180
+
+
 def test_canonicalize_antialiases():
     # a 1-voxel checkerboard has no content below Nyquist: downsampling must give its mean
     n = 48

@@ -25,7 +25,7 @@ from .discover import CaseInput, discover_inputs, source_sha256  # noqa: F401  (
 from .io import CTReadError, read_ct
 from .preprocessing import BODY_THRESHOLD_HU, body_center, canonicalize, resize_cube
 
-PREP_VERSION = 1  # bump when the preparation itself changes: every case is then redone
+PREP_VERSION = 2  # bump when the preparation itself changes: every case is then redone
 LI_MAX_FACTOR = 1.5  # li_max = mu_water * fov_mm * 1.5: a water cylinder across the whole FOV, plus headroom
 
 

@@ -20,21 +20,40 @@ BODY_THRESHOLD_HU = -500.0  # body = largest connected region above this (exclud
 
 
 def body_center(ct: CTVolume, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
-    """World (RAS+, mm) centre of the bounding box of the largest connected region above threshold."""
+    """World (RAS+, mm) point the cube is centred on: body box centre in-plane, lungs' centre in z.
+
+    The body is the largest connected region above `threshold_hu` (the table and stray objects are
+    smaller and disconnected). Along z the cube is centred on the lungs (air enclosed by the body in
+    each axial slice), so a chest–abdomen scan still yields a chest cube; without lungs, on the body.
+    """
     # Work on a ~4 mm subsampled grid: enough to locate the body, and fast for 512² × 300 scans.
-    step = [max(1, int(4.0 // s)) for s in ct.spacing]
-    mask = ct.hu[:: step[0], :: step[1], :: step[2]] > threshold_hu
-    labels, n = ndimage.label(mask)
+    step = np.array([max(1, int(4.0 // s)) for s in ct.spacing])
+    hu = ct.hu[:: step[0], :: step[1], :: step[2]]
+    labels, n = ndimage.label(hu > threshold_hu)
     if n == 0:  # nothing above threshold: fall back to the scan's centre
-        idx_lo, idx_hi = np.zeros(3), np.array(ct.hu.shape, dtype=float) - 1
-    else:
-        # Largest component = the patient; the table and stray objects are smaller and disconnected.
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        sl = ndimage.find_objects(labels)[int(np.argmax(sizes)) - 1]
-        idx_lo = np.array([s.start for s in sl], dtype=float) * step
-        idx_hi = (np.array([s.stop for s in sl], dtype=float) - 1) * step
-    centre_idx = (idx_lo + idx_hi) / 2.0
+        centre_idx = (np.array(ct.hu.shape, dtype=float) - 1) / 2.0
+        return ct.affine[:3, :3] @ centre_idx + ct.affine[:3, 3]
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body_label = int(np.argmax(sizes))
+    sl = ndimage.find_objects(labels)[body_label - 1]
+    lo = np.array([s.start for s in sl], dtype=float)
+    hi = np.array([s.stop for s in sl], dtype=float) - 1
+    body = labels == body_label
+    # Enclosed air per axial slice: fill holes with in-plane connectivity only.
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
+    enclosed = ndimage.binary_fill_holes(body, structure=in_plane) & ~body & (hu < -400.0)
+    air_labels, n_air = ndimage.label(enclosed)
+    voxel_ml = float(np.prod(np.array(ct.spacing) * step)) / 1000.0
+    if n_air:
+        air_sizes = np.bincount(air_labels.ravel())
+        air_sizes[0] = 0
+        if air_sizes.max() * voxel_ml > 100.0:  # at least one lung's worth of air
+            lungs = np.isin(air_labels, np.flatnonzero(air_sizes >= 0.2 * air_sizes.max()))
+            z = np.flatnonzero(lungs.any(axis=(0, 1)))
+            lo[2], hi[2] = z.min(), z.max()
+    centre_idx = (lo + hi) / 2.0 * step
     return ct.affine[:3, :3] @ centre_idx + ct.affine[:3, 3]
 
 
