@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 import time
 
@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun / accelerate launch only the main process reports
     for s in out["stages"]:
         val = ", ".join(f"{k} {v:.4g}" for k, v in s["val"].items())
         print(f"stage {s['stage']} ({s['name']}): {s['steps']} steps in {s['time_s']:.0f} s"

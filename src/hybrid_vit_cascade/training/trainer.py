@@ -262,7 +262,7 @@ class StageTrainer:
             due = epoch_done and (epoch + 1) % tc.val_every_epochs == 0
             if (due or finished) and len(self.val_ds) > 0:
                 val = self._validate(ema, pos["step"])
-                improved = val["loss_total"] < pos["best_val"]
+                improved = bool(val) and val["loss_total"] < pos["best_val"]  # val is main-process only
                 if improved:
                     pos["best_val"] = val["loss_total"]
             else:
