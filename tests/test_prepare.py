@@ -214,3 +214,14 @@ def test_interrupted_run_keeps_finished_cases(tmp_path, inputs, monkeypatch):
     m2 = prepare_dataset([inputs / "nifti"], tmp_path / "ds", [8], ["ap"], CFG, progress=False)
     assert len(m2["last_run"]["reused"]) == 2 and len(m2["last_run"]["prepared"]) == 2
     assert sorted(p.name for p in (tmp_path / "ds" / "cases").iterdir()) == [f"ph{i}.npz" for i in range(4)]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's complaints about the broken file
+def test_dicom_folder_with_a_corrupt_file(tmp_path):
+    hu, sp = make_phantom(8, 16)
+    series = tmp_path / "in" / "PAT-1" / "st" / "se"
+    write_dicom_series(series, hu, phantom_affine(hu.shape, sp, np.zeros(3)), patient_id="PAT-1")
+    (series / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")
+    m = prepare_dataset([tmp_path / "in"], tmp_path / "ds", [8], ["ap"], CFG, progress=False)
+    assert [c["case_id"] for c in m["cases"]] == ["PAT-1"]  # the good series, once
+    assert len(m["skipped"]) == 1 and m["skipped"][0]["source"].endswith("broken.dcm")

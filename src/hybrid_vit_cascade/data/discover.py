@@ -23,6 +23,7 @@ class CaseInput:
     patient_id: str
     base_id: str  # case id before de-duplication
     series_uid: str | None = None
+    files: list[Path] | None = None  # DICOM: the series' slice files (found once, reused to hash and read)
 
 
 def _sanitize(name: str) -> str:
@@ -91,7 +92,10 @@ def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], li
             rel = folder.relative_to(root).parts
             top = rel[0] if rel else root.name  # LIDC layout: patient/study/series
             pid = _dicom_patient(files) or top
-            found.append(CaseInput(folder, "dicom", pid, _sanitize(pid), None if uid.startswith("?") else uid))
+            if uid.startswith("?"):  # unreadable files form their own group: reading it reports them by name
+                found.append(CaseInput(folder, "dicom", pid, _sanitize(pid) + "_unreadable", None, files))
+            else:
+                found.append(CaseInput(folder, "dicom", pid, _sanitize(pid), uid, files))
     # the same input reached twice (a folder and a file inside it) is one case
     unique: dict[tuple[str, str | None], CaseInput] = {}
     for c in found:
@@ -112,8 +116,8 @@ def source_sha256(case: CaseInput) -> str:
     """sha256 of the input bytes (for a DICOM series: of every file's name and bytes, in name order)."""
     h = hashlib.sha256()
     if case.kind == "dicom":
-        files = next((fs for folder, uid, fs in find_dicom_series(case.source)
-                      if folder == case.source and (case.series_uid is None or uid == case.series_uid)), [])
+        files = case.files or next((fs for folder, uid, fs in find_dicom_series(case.source)
+                                    if folder == case.source and (case.series_uid is None or uid == case.series_uid)), [])
         for f in sorted(files):
             h.update(f.name.encode())
             h.update(f.read_bytes())

@@ -62,8 +62,11 @@ def ct_kind(path: str | os.PathLike) -> str | None:
     return None
 
 
-def read_ct(path: str | os.PathLike) -> CTVolume:
-    """Read a CT (NIfTI file, DICOM series folder or file, .mha/.nrrd) as HU in RAS+."""
+def read_ct(path: str | os.PathLike, files: list[Path] | None = None) -> CTVolume:
+    """Read a CT (NIfTI file, DICOM series folder or file, .mha/.nrrd) as HU in RAS+.
+
+    `files`: for a DICOM folder, the series' slice files when already known (skips the header scan).
+    """
     p = Path(path)
     if not p.exists():
         raise CTReadError(p, "no such file or directory")
@@ -73,7 +76,7 @@ def read_ct(path: str | os.PathLike) -> CTVolume:
     elif kind == "itk":
         vol = _read_itk(p)
     elif kind == "dicom":
-        vol = read_dicom_series(p if p.is_dir() else p.parent)
+        vol = read_dicom_series(p if p.is_dir() else p.parent, files=files)
     else:
         raise CTReadError(p, "unknown file type (expected .nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr or a DICOM folder)")
     return _validated_canonical(vol)
@@ -165,12 +168,15 @@ def find_dicom_series(root: str | os.PathLike) -> list[tuple[Path, str, list[Pat
     return out
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> CTVolume:
-    """Read one DICOM series (the largest in `folder` if `series_uid` is None) as HU in RAS+."""
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None, files: list[Path] | None = None) -> CTVolume:
+    """Read one DICOM series (the largest in `folder` if `series_uid` is None, or exactly `files`)."""
     import pydicom
 
     folder = Path(folder)
-    series = [s for s in find_dicom_series(folder) if s[0] == folder]
+    if files:
+        series = [(folder, series_uid or "", list(files))]
+    else:
+        series = [s for s in find_dicom_series(folder) if s[0] == folder]
     if not series:
         raise CTReadError(folder, "no DICOM CT image files in this folder")
     if series_uid is not None:

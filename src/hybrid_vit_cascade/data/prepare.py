@@ -233,7 +233,7 @@ def prepare_dataset(
             run["reused"].append(cid)
             continue
         try:
-            ct = read_ct(inp.source)
+            ct = read_ct(inp.source, files=inp.files)
             arrays, meta = render_case(ct, settings, projector)
         except CTReadError as err:
             run["skipped"].append({"source": err.path, "reason": err.reason})
