@@ -186,8 +186,6 @@ def test_backprojection_baseline_recovers_water(tmp_path):
 
 
 def test_cli_evaluate_with_baselines(dataset, tmp_path, capsys):
-    import json
-
     prep = str(dataset / "prep")
     ck = make_checkpoint(tmp_path / "ck", dataset=prep)
     reg = make_checkpoint(tmp_path / "reg", objective="regression", dataset=prep)
@@ -218,8 +216,6 @@ def test_cli_evaluate_with_baselines(dataset, tmp_path, capsys):
 
 
 def test_cli_evaluate_raw_ct_folder(dataset, tmp_path, capsys):
-    import json
-
     ck = make_checkpoint(tmp_path / "ck", trained=(1,), dataset=str(dataset / "prep"))
     out = tmp_path / "rep"
     rc = hvc(["evaluate", "--checkpoint", str(ck), "--data", str(dataset / "cts"), "--out", str(out),
@@ -228,3 +224,27 @@ def test_cli_evaluate_raw_ct_folder(dataset, tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert m["info"]["cases"] == 2 and (out / "prepared" / "manifest.json").is_file()
     assert {r["method"] for r in m["summary"]} == {"cascade", "mean volume", "back-projection"}
+
+
+@pytest.mark.slow
+def test_inference_md_worked_example(tmp_path):
+    """INFERENCE.md's worked example runs as written (with STEPS=2): train → drr → infer → evaluate."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "INFERENCE.md").read_text()
+    script = re.search(r"<!-- worked-example -->\s*```bash\n(.*?)```", text, re.S).group(1)
+    work = tmp_path / "w"
+    env = dict(os.environ, STEPS="2", W=str(work), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run(["bash", "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for f in ("recon/ct.nii.gz", "recon/ct_std.nii.gz", "recon/ct_stage1_s16.nii.gz", "recon/ct.png",
+              "recon/from_ct.nii.gz", "report/metrics.json", "report/report.md", "report/metrics_bar.png"):
+        assert (work / f).is_file(), f
+    assert nib.load(str(work / "recon/ct.nii.gz")).header.get_zooms() == pytest.approx((11.25,) * 3)
+    assert "DRR consistency, stage 2" in proc.stdout and "vs the CT: PSNR-3D" in proc.stdout
+    m = json.loads((work / "report/metrics.json").read_text())
+    assert {r["method"] for r in m["summary"]} >= {"cascade", "mean volume", "back-projection"}
