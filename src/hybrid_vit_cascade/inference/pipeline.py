@@ -52,7 +52,12 @@ class StageResult:
 def pick_device(name: Optional[str] = None) -> torch.device:
     """`name` if given, else CUDA when available, else CPU."""
     if name:
-        return torch.device(name)
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available (use --device cpu)")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {name!r} requested but MPS is not available (use --device cpu)")
+        return dev
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
