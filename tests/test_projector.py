@@ -180,15 +180,33 @@ def test_batch_and_views_consistent_with_single_calls():
             torch.testing.assert_close(both[b, v], one, rtol=1e-5, atol=1e-6)
 
 
-def test_chunked_sum_matches_unchunked(monkeypatch):
+def test_chunked_forward_and_backward_match_unchunked(monkeypatch):
     import hybrid_vit_cascade.geometry.projector as pm
 
     torch.manual_seed(2)
     vol = torch.rand(2, 1, 12, 12, 12, dtype=torch.float64)
+    w = torch.rand(2, 2, 16, 16, dtype=torch.float64)
+
+    def run():
+        v = vol.clone().requires_grad_()
+        out = Projector(_geom("cone", P=16), ["ap", "lateral"])(v, 2.0)
+        (out * w).sum().backward()
+        return out.detach(), v.grad
+
+    full, grad = run()
+    monkeypatch.setattr(pm, "_CHUNK_ELEMENTS", 2 * 16 * 16 * 5)  # 5 slices per chunk, both passes
+    chunked, grad_chunked = run()
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(grad_chunked, grad)
+
+
+def test_half_precision_input_is_projected_in_fp32():
+    torch.manual_seed(3)
+    vol = torch.rand(1, 1, 12, 12, 12) * 0.02
     proj = Projector(_geom("cone", P=16), ["ap", "lateral"])
-    full = proj(vol, 2.0)
-    monkeypatch.setattr(pm, "_CHUNK_ELEMENTS", 2 * 16 * 16 * 5)  # 5 slices per chunk
-    torch.testing.assert_close(Projector(_geom("cone", P=16), ["ap", "lateral"])(vol, 2.0), full)
+    out = proj(vol.to(torch.bfloat16), 2.0)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, proj(vol.to(torch.bfloat16).float(), 2.0))
 
 
 @pytest.mark.parametrize("kind", ["parallel", "cone"])

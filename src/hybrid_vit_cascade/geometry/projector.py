@@ -9,7 +9,9 @@ approximation is the interpolation model of the volume, as in any voxel projecto
 
 All slices of all B volumes go through ONE ``grid_sample`` call per view (per chunk of slices): the
 slices are the batch, the B volumes are the channels, so the per-sample interpolation weights are
-computed once and reused for all volumes. The sampling grids depend only on (size, spacing, device,
+computed once and reused for all volumes; the slices are a strided view of the volume, no copy.
+Backward is the exact adjoint (grid_sample's input gradient) accumulated in place; it is
+once-differentiable (no double backward). The sampling grids depend only on (size, spacing, device,
 dtype) and are cached, because training calls the projector every step with the same geometry.
 
 Volumes are canonical RAS+ cubes centred at the isocentre (DESIGN.md): ``mu[b, 0, i, j, k]`` is the
@@ -22,12 +24,86 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ..config import GeometryConfig
 from .views import View, make_view, resolve_det_spacing
 
-_CHUNK_ELEMENTS = 1 << 24  # cap on one grid_sample output (slices × B × P × P floats) to bound memory
+# Floats per grid_sample chunk (128 MB): bounds temporaries at 256³ while keeping the op count low;
+# many small ops are slow on a shared, oversubscribed CPU (each parallel op waits for its threads).
+_CHUNK_ELEMENTS = 1 << 25
 _MAX_CACHE = 8  # cached geometries (size, spacing, device, dtype)
+
+
+def _slices(vol: Tensor, axis: int) -> Tensor:
+    """(B, n, n, n) → (n, B, n, n) view: slices across world `axis` as the batch, volumes as channels."""
+    return vol.movedim(axis + 1, 0)  # strided view; grid_sample reads strides
+
+
+def _worth_copying(axis: int, n: int, P: int) -> bool:
+    """Whether to make the slices contiguous before sampling.
+
+    Slices across axis 0 are contiguous planes already. Across axes 1 and 2 the in-slice rows are
+    far apart in memory and grid_sample runs ≈2× slower per sample; a copy costs ∝ n³ and the
+    penalty ∝ n·P², measured break-even near n ≈ 1.3 P (2 CPU cores, 128³ and 256³).
+    """
+    return axis != 0 and n * n <= 2 * P * P
+
+
+class _JosephProjection(torch.autograd.Function):
+    """Joseph projection of (B, n, n, n) volumes for V views → (B, V, P, P), with a hand-written adjoint.
+
+    The backward is grid_sample's own input gradient (the exact adjoint of the forward's bilinear
+    sampling), called per chunk of slices and added straight into one gradient buffer, so no
+    volume-sized temporaries are allocated per view (autograd's version allocated, concatenated
+    and permuted several; at 256³ that memory traffic dominated).
+    """
+
+    @staticmethod
+    def forward(ctx, vol: Tensor, axes: list[int], grids: list[Tensor], steps: list[Tensor]) -> Tensor:
+        B, n = vol.shape[0], vol.shape[1]
+        P = steps[0].shape[-1]
+        chunk = max(1, _CHUNK_ELEMENTS // (B * P * P))  # bounds the (k, B, P, P) sample buffer
+        out = vol.new_empty(B, len(axes), P, P)
+        for v, (axis, grid, step) in enumerate(zip(axes, grids, steps)):
+            slices = _slices(vol, axis)
+            if _worth_copying(axis, n, P):
+                slices = slices.contiguous()
+            acc = out[:, v]
+            acc.zero_()
+            for k in range(0, n, chunk):
+                s = F.grid_sample(
+                    slices[k : k + chunk], grid[k : k + chunk], mode="bilinear", padding_mode="zeros", align_corners=False
+                )  # (k, B, P, P) samples at the rays' crossings of these slices
+                acc += s.sum(0)
+            acc *= step  # mm of ray per slice
+        # The input gradient of bilinear sampling depends on the grid only, not on the volume's
+        # values, so nothing volume-sized is saved for backward.
+        ctx.shape = vol.shape
+        ctx.axes, ctx.grids, ctx.steps = axes, grids, steps
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        B, n = ctx.shape[0], ctx.shape[1]
+        grad_vol = grad_out.new_zeros(ctx.shape)  # (B, n, n, n)
+        chunk = min(n, max(1, _CHUNK_ELEMENTS // (B * n * n)))  # bounds the (k, B, n, n) gradient temporaries
+        # grid_sampler_2d_backward needs an input only for its shape (values unused for the input
+        # gradient); a contiguous one keeps it on its fast vectorised path.
+        shape_only = grad_out.new_empty(chunk, B, n, n)
+        for v, (axis, grid, step) in enumerate(zip(ctx.axes, ctx.grids, ctx.steps)):
+            g = grad_out[:, v] * step  # (B, P, P)
+            grad_slices = _slices(grad_vol, axis)
+            for k in range(0, n, chunk):
+                g_k = grid[k : k + chunk]
+                s_k = shape_only[: g_k.shape[0]]
+                go = g.expand(g_k.shape[0], *g.shape)  # every slice receives the whole image gradient
+                if go.device.type != "cpu":
+                    go = go.contiguous()
+                gi, _ = torch.ops.aten.grid_sampler_2d_backward(go, s_k, g_k, 0, 0, False, [True, False])
+                grad_slices[k : k + chunk] += gi
+        return grad_vol, None, None, None
 
 
 class Projector(nn.Module):
@@ -96,22 +172,13 @@ class Projector(nn.Module):
             raise ValueError(f"mu must be a floating-point tensor, got {mu.dtype}")
         if not (isinstance(spacing_mm, (int, float)) and math.isfinite(spacing_mm) and spacing_mm > 0):
             raise ValueError(f"spacing_mm must be a positive number (mm), got {spacing_mm!r}")
-        n, P = D, self.det_pixels
+        if mu.dtype in (torch.float16, torch.bfloat16):
+            mu = mu.float()  # line integrals sum hundreds of samples: half precision is too coarse
+        n = D
+        tables = self._sampling(n, spacing_mm, mu.device, mu.dtype)
+        axes = [v.principal_axis for v in self.views]
         vol = mu.reshape(B, n, n, n)  # a view: its backward is free, unlike mu[:, 0]
-        out = []
-        for view, (grid, step) in zip(self.views, self._sampling(n, spacing_mm, mu.device, mu.dtype)):
-            # slices across the principal axis as the batch, volumes as channels: (n, B, n, n)
-            slices = vol.movedim(view.principal_axis + 1, 0).contiguous()
-            chunk = max(1, _CHUNK_ELEMENTS // (B * P * P))
-            acc = None
-            # split (not indexing): its backward concatenates the chunk gradients once, where
-            # slicing would allocate and add a full-size zero gradient per chunk.
-            parts = zip(slices.split(chunk), grid.split(chunk)) if chunk < n else [(slices, grid)]
-            for s_k, g_k in parts:
-                s = F.grid_sample(s_k, g_k, mode="bilinear", padding_mode="zeros", align_corners=False)  # (k, B, P, P)
-                acc = s.sum(0) if acc is None else acc + s.sum(0)
-            out.append(acc * step)  # (B, P, P)
-        return torch.stack(out, dim=1)  # (B, V, P, P)
+        return _JosephProjection.apply(vol, axes, [g for g, _ in tables], [s for _, s in tables])  # (B, V, P, P)
 
     # ------------------------------------------------------------------ voxel → detector
     def voxel_to_detector(self, shape: int, spacing_mm: float, device=None) -> tuple[Tensor, Tensor]:
