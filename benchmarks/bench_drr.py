@@ -133,6 +133,55 @@ def bench_diffdrr(mu: torch.Tensor, spacing: float, P: int, name: str, budget_s:
     return res
 
 
+MD_BEGIN, MD_END = "<!-- drr-bench:begin -->", "<!-- drr-bench:end -->"
+
+
+def _fmt(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def markdown_table(result: dict) -> str:
+    """The DRR table for BENCHMARKS.md from a drr.json result."""
+    m = result["meta"]
+    lines = [
+        f"CPU: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, DiffDRR {m.get('diffdrr', 'n/a')}; "
+        f"{m['date']}; `{m['command']}`.",
+        "",
+        "Throughput in images (volume × view) per second, batch of 8 volumes × 2 views (AP, lateral); "
+        "speed-up = ours / DiffDRR; error = ‖ours − DiffDRR‖₂ / ‖DiffDRR‖₂ on the example chest CT.",
+        "",
+        "| n³ | P² | ours fwd | ours fwd+bwd | Siddon fwd | Siddon fwd+bwd | ×Siddon fwd | ×Siddon f+b | err vs Siddon "
+        "| trilinear fwd | trilinear fwd+bwd | ×tri fwd | ×tri f+b | err vs trilinear |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        o = r["ours"]
+        cells = [str(r["n"]), str(r["P"]), _fmt(o["fwd_img_s"], ".1f"), _fmt(o["fwd_bwd_img_s"], ".1f")]
+        for name in RENDERERS:
+            d = r.get(name)
+            if d is None:
+                cells += ["—"] * 5
+                continue
+            cells += [_fmt(d.get("fwd_img_s"), ".2f"), _fmt(d.get("fwd_bwd_img_s"), ".2f"),
+                      _fmt(d.get("speedup_fwd"), ".0f") + "×" if d.get("speedup_fwd") else "skipped",
+                      _fmt(d.get("speedup_fwd_bwd"), ".0f") + "×" if d.get("speedup_fwd_bwd") else "skipped",
+                      f"{d['rel_err'] * 100:.2f} %"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    """Replace the table between the DRR markers in BENCHMARKS.md (the rest of the file is untouched)."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{MD_BEGIN}\n{markdown_table(result)}\n{MD_END}"
+    if MD_BEGIN in text and MD_END in text:
+        head, rest = text.split(MD_BEGIN, 1)
+        text = head + block + rest.split(MD_END, 1)[1]
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + "## DRR projector\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="n = P ∈ {64, 128} only, fewer repeats")
@@ -143,6 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=8.0, help="seconds per DiffDRR measurement before timing fewer volumes")
     ap.add_argument("--skip", type=float, default=90.0, help="skip a DiffDRR row whose single volume takes longer (s)")
     ap.add_argument("--no-diffdrr", action="store_true")
+    ap.add_argument("--markdown", default=None, help="BENCHMARKS.md to update (default: only for a full run)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -202,6 +252,10 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
+    md = args.markdown or (None if args.quick or args.sizes or args.pixels else str(ROOT / "BENCHMARKS.md"))
+    if md:
+        write_markdown({"meta": meta, "rows": rows}, Path(md))
+        print(f"updated {md}")
     return 0
 
 

@@ -9,7 +9,8 @@ approximation is the interpolation model of the volume, as in any voxel projecto
 
 All slices of all B volumes go through ONE ``grid_sample`` call per view (per chunk of slices): the
 slices are the batch, the B volumes are the channels, so the per-sample interpolation weights are
-computed once and reused for all volumes; the slices are a strided view of the volume, no copy.
+computed once and reused for all volumes; the slices are a strided view of the volume (copied only
+when that pays, see `_worth_copying`).
 Backward is the exact adjoint (grid_sample's input gradient) accumulated in place; it is
 once-differentiable (no double backward). The sampling grids depend only on (size, spacing, device,
 dtype) and are cached, because training calls the projector every step with the same geometry.
@@ -161,8 +162,12 @@ class Projector(nn.Module):
         return grid.to(device=device), step.to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, mu: Tensor, spacing_mm: float) -> Tensor:
-        """(B, 1, D, H, W) attenuation in 1/mm on a cube of `spacing_mm` voxels → (B, V, P, P) line integrals."""
+    def forward(self, mu: Tensor, spacing_mm: float, check_finite: bool = False) -> Tensor:
+        """(B, 1, D, H, W) attenuation in 1/mm on a cube of `spacing_mm` voxels → (B, V, P, P) line integrals.
+
+        Non-finite μ propagate to the pixels whose rays meet them (so a trainer can count and skip
+        bad steps); `check_finite=True` raises instead (for data preparation).
+        """
         if mu.dim() != 5 or mu.shape[1] != 1:
             raise ValueError(f"mu must be (B, 1, D, H, W), got shape {tuple(mu.shape)}")
         B, _, D, H, W = mu.shape
@@ -172,6 +177,8 @@ class Projector(nn.Module):
             raise ValueError(f"mu must be a floating-point tensor, got {mu.dtype}")
         if not (isinstance(spacing_mm, (int, float)) and math.isfinite(spacing_mm) and spacing_mm > 0):
             raise ValueError(f"spacing_mm must be a positive number (mm), got {spacing_mm!r}")
+        if check_finite and not bool(torch.isfinite(mu).all()):
+            raise ValueError("mu contains NaN or Inf values")
         if mu.dtype in (torch.float16, torch.bfloat16):
             mu = mu.float()  # line integrals sum hundreds of samples: half precision is too coarse
         n = D
