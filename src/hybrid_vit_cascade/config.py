@@ -44,6 +44,7 @@ class StageConfig(_Strict):
     physics_weight: float = Field(0.1, ge=0)  # weight of the DRR loss for this stage
     cond_noise_level: float = Field(0.1, ge=0, le=1)  # noise level of the previous-stage conditioning at inference
     grad_checkpointing: bool = False  # activation checkpointing (for 256³)
+    num_epochs: Optional[int] = Field(None, gt=0)  # this stage's epochs; None = training.num_epochs
     encoder_downsample: int = Field(1, ge=0)  # stride-2 steps of the 2D encoder: features at det_pixels / 2^k
     prior_grid: int = Field(16, gt=0)  # depth prior cells per detector edge (coarse, upsampled to the features)
     lift_fusion: Literal["conv", "mean"] = "conv"  # fuse lifted views by a learned 1×1×1 conv or their mean
@@ -181,6 +182,7 @@ class TrainingConfig(_Strict):
     log_every: int = Field(10, gt=0)
     max_steps_per_stage: Optional[int] = None  # cap (for tests and smoke runs)
     objective: Literal["diffusion", "regression"] = "diffusion"  # regression = direct-MSE baseline
+    save_every_epochs: int = Field(1, gt=0)  # write `last` every N epochs (and always at the end of a stage)
 
 
 class Config(_Strict):

@@ -149,8 +149,9 @@ class StageTrainer:
             drop_last=False, pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
         model, opt, loader = acc.prepare(model, opt_raw, loader)
+        n_epochs = self.stage_cfg.num_epochs or tc.num_epochs
         updates_per_epoch = math.ceil(len(loader) / tc.grad_accum_steps)
-        total = tc.num_epochs * updates_per_epoch
+        total = n_epochs * updates_per_epoch
         if tc.max_steps_per_stage is not None:
             total = min(total, tc.max_steps_per_stage)
         sched = acc.prepare(warmup_cosine(opt_raw, tc.warmup_steps, total))
@@ -177,7 +178,7 @@ class StageTrainer:
         first_batch = True
         self.log(f"stage {k} ({self.stage_cfg.name}, {self.resolution}³): {len(self.train_ds)} train / "
                  f"{len(self.val_ds)} val cases, {updates_per_epoch} updates/epoch, {total} updates")
-        for epoch in range(pos["epoch"], tc.num_epochs):
+        for epoch in range(pos["epoch"], n_epochs):
             if stopped:
                 break
             # Accelerate's loader re-sets the sampler's epoch from its own counter on every iteration;
@@ -188,7 +189,7 @@ class StageTrainer:
             it = acc.skip_first_batches(loader, skip) if skip else loader
             b_in_epoch = skip
             pbar = tqdm(total=len(loader), initial=skip, disable=not acc.is_local_main_process,
-                        desc=f"stage {k} epoch {epoch + 1}/{tc.num_epochs}", leave=False, dynamic_ncols=True)
+                        desc=f"stage {k} epoch {epoch + 1}/{n_epochs}", leave=False, dynamic_ncols=True)
             sums: dict[str, torch.Tensor] = {}
             n_micro, bad_micro, t_upd = 0, False, time.perf_counter()
             for batch in it:
@@ -267,7 +268,8 @@ class StageTrainer:
                     pos["best_val"] = val["loss_total"]
             else:
                 improved = False
-            self._save("last", model, opt, sched, ema, pos, val)
+            if stopped or (epoch + 1) % tc.save_every_epochs == 0 or epoch + 1 == n_epochs:
+                self._save("last", model, opt, sched, ema, pos, val)
             if improved:
                 self._save("best", model, opt, sched, ema, pos, val)
             acc.wait_for_everyone()
