@@ -5,13 +5,11 @@ Conventions (DESIGN.md "Frames" and "Views"):
 World frame is RAS+ in mm: +x toward the patient's Right, +y Anterior, +z Superior; the isocentre is
 the world origin and the centre of every canonical volume.
 
-=========  ==================  =============  ==============================  =====================
-view       source (cone)       rays travel    image column 0 → last           image row 0 → last
-=========  ==================  =============  ==============================  =====================
-``ap``     (0, +sid, 0) ant.   −y             patient right → left  (u = −x)  superior → inferior
-``pa``     (0, −sid, 0) post.  +y             patient right → left  (u = −x)  superior → inferior
-``lateral`` (+sid, 0, 0) right  −x (left lat.) anterior → posterior (u = −y)  superior → inferior
-=========  ==================  =============  ==============================  =====================
+- ``ap``: source anterior at (0, +sid, 0), rays travel −y; image columns run from the patient's
+  right to left (u = −x), rows from superior to inferior (v = −z).
+- ``pa``: source posterior at (0, −sid, 0), rays travel +y; u = −x, v = −z (as AP).
+- ``lateral`` (left lateral): source at the patient's right, (+sid, 0, 0), rays travel −x; columns
+  run from anterior to posterior (u = −y), rows superior to inferior (v = −z).
 
 Images are in radiographic display orientation: head at the top (row direction v = −z); AP and PA
 show the patient's right on the image's left, as a radiologist facing the patient reads them; the
@@ -24,7 +22,10 @@ Parallel beam: rays parallel to the view axis; ``det_spacing`` is measured in th
 
 ``det_spacing = None`` is resolved per volume by `resolve_det_spacing`: the detector covers the
 volume's field of view ``fov_mm`` (its physical edge, D × spacing) magnified to the detector by
-``sdd / sid`` (1 for parallel beam), plus a margin of ``DET_MARGIN`` (5 %).
+``sdd / sid`` (1 for parallel beam), plus a margin of ``DET_MARGIN`` (5 %). This covers the cube's
+cross-section at the isocentre plane; in cone beam, parts of the cube's edges nearest the source are
+magnified more (up to ``sdd / (sid - fov/2)``) and can project outside the detector (with the
+defaults, beyond ≈150 mm off-axis at the cube's source-side face of a 360 mm FOV).
 Pixel (row r, column c) has its centre at ``centre + (c - (P-1)/2)·δ·u + (r - (P-1)/2)·δ·v``.
 """
 from __future__ import annotations
