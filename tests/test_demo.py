@@ -1,0 +1,63 @@
+"""`hvc` top level and `hvc demo` end to end (tiny configs, a few steps): every stage of the main job runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _trainkit import tiny_dict, write_cfg
+from hybrid_vit_cascade.cli import VERBS, main
+
+
+def test_help_lists_every_verb(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for verb in VERBS:
+        assert verb in out
+
+
+def test_unknown_verb_is_an_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["trian"])
+    assert info.value.code == 2
+    assert "unknown verb 'trian'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([verb, "--help"])
+    assert info.value.code == 0
+    assert f"hvc {verb}" in capsys.readouterr().out
+
+
+def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
+    d = tiny_dict(None, n_cases=6, cache_dir=tmp_path / "cache")
+    d["data"]["split"] = [0.5, 0.17, 0.33]
+    cascade = write_cfg(tmp_path / "cascade.json", d)
+    reg = json.loads(json.dumps(d))
+    reg["training"]["objective"] = "regression"
+    baseline = write_cfg(tmp_path / "reg.json", reg)
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--config", str(cascade), "--baseline-config", str(baseline),
+                 "--max-steps", "2", "--steps", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"report:         {out / 'report' / 'report.md'}" in printed
+    # Every step left its product: checkpoints of both models, X-ray PNGs, the NIfTI, the report.
+    for k, name in ((1, "s16"), (2, "s32")):
+        assert (out / "checkpoints" / "cascade" / f"stage{k}_{name}" / "last" / "ema.safetensors").is_file()
+        assert (out / "checkpoints" / "regression" / f"stage{k}_{name}" / "last" / "ema.safetensors").is_file()
+    assert list((out / "xrays").glob("*/*_ap.png")) and list((out / "xrays").glob("*/*_lateral.png"))
+    assert len(list((out / "recon").glob("*.nii.gz"))) == 2  # final stage + stage 1 (--all-stages)
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    methods = {row["method"] for row in metrics["summary"]}
+    assert {"mean volume", "back-projection", "regression"} <= methods, methods
+    assert "| regression" in (out / "report" / "report.md").read_text()
+
+
+def test_demo_rejects_a_bad_config(tmp_path, capsys):
+    bad = write_cfg(tmp_path / "bad.json", {"stages": [], "trainig": {}})
+    assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "trainig: unknown key" in err
