@@ -55,6 +55,19 @@ def test_stage2_freezes_stage1_and_reuses_condition_cache(tiny_dataset, tmp_path
     arr = np.load(files[0])
     assert arr.shape == (1, 16, 16, 16) and np.isfinite(arr).all() and arr.std() > 0
     mtimes = {f: f.stat().st_mtime_ns for f in files}
+    # TensorBoard got the losses (per view), lr, grad norm, throughput, memory, val metrics and images.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ev = EventAccumulator(str(ck / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars, images = set(ev.Tags()["scalars"]), set(ev.Tags()["images"])
+    for tag in ("diffusion_loss", "physics_loss", "physics_loss_ap", "physics_loss_lateral", "loss", "lr",
+                "grad_norm", "voxels_per_s", "peak_memory_mb"):
+        assert f"stage2_s32/train/{tag}" in scalars, tag
+    for tag in ("loss", "diffusion_loss", "physics_loss", "psnr", "ssim"):
+        assert f"stage2_s32/val/{tag}" in scalars, tag
+    for tag in ("slice_sagittal", "slice_coronal", "slice_axial", "drr_ap", "drr_lateral"):
+        assert f"stage1_s16/val/{tag}" in images, tag
+
     # Retraining stage 2 alone reuses the cache (same stage-1 weights + config) without resampling.
     msgs.clear()
     out2 = train_progressive(cfg, ck, only_stage=2, overwrite=True, device="cpu", log=msgs.append)
@@ -90,7 +103,7 @@ def test_resume_is_exact(tiny_dataset, tmp_path):
     assert meta["step"] == 4 and meta["epoch"] == 1  # 0-based epoch 1, one batch in
     resumed = train_progressive(None, interrupted, resume_from=interrupted, device="cpu", log=lambda m: None)
     assert resumed["stages"][0]["steps"] == 6 and resumed["stages"][0]["completed"]
-    key = "stage1_s16/train/total"
+    key = "stage1_s16/train/loss"
     a, b = metrics_by_step(straight, key), metrics_by_step(interrupted, key)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     for s in a:
@@ -140,8 +153,8 @@ def test_gradient_accumulation_matches_bigger_batch(tiny_dataset, tmp_path):
     acc = tiny_cfg(tiny_dataset, batch_size=1, grad_accum_steps=2, **common)
     train_progressive(big, tmp_path / "big", device="cpu", log=lambda m: None)
     train_progressive(acc, tmp_path / "acc", device="cpu", log=lambda m: None)
-    la = metrics_by_step(tmp_path / "big", "stage1_s16/train/total")[1]
-    lb = metrics_by_step(tmp_path / "acc", "stage1_s16/train/total")[1]
+    la = metrics_by_step(tmp_path / "big", "stage1_s16/train/loss")[1]
+    lb = metrics_by_step(tmp_path / "acc", "stage1_s16/train/loss")[1]
     assert lb == pytest.approx(la, rel=1e-5)
     wa = load_file(str(tmp_path / "big" / "stage1_s16" / "last" / "model.safetensors"))
     wb = load_file(str(tmp_path / "acc" / "stage1_s16" / "last" / "model.safetensors"))
@@ -156,14 +169,14 @@ def test_bf16_smoke_and_regression_objective(tiny_dataset, tmp_path):
     cfg = tiny_cfg(tiny_dataset, stages=(16,), max_steps_per_stage=2, mixed_precision="bf16", val_samples=0)
     out = train_progressive(cfg, tmp_path / "bf16", device="cpu", log=lambda m: None)
     assert out["stages"][0]["steps"] == 2 and out["stages"][0]["bad_steps"] == 0
-    losses = metrics_by_step(tmp_path / "bf16", "stage1_s16/train/total")
+    losses = metrics_by_step(tmp_path / "bf16", "stage1_s16/train/loss")
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses.values())
     # The direct-MSE baseline: same backbone, objective "regression", one forward per "sample".
     reg = tiny_cfg(tiny_dataset, stages=(16,), max_steps_per_stage=3, objective="regression")
     out = train_progressive(reg, tmp_path / "reg", device="cpu", log=lambda m: None)
     assert out["stages"][0]["completed"]
     val = out["stages"][0]["val"]
-    assert math.isfinite(val["psnr"]) and math.isfinite(val["loss_objective"])
+    assert math.isfinite(val["psnr"]) and math.isfinite(val["regression_loss"])
 
 
 def test_cli_config_errors_exit_2(tiny_dataset, tmp_path, capsys):
@@ -200,3 +213,14 @@ def test_cli_train_then_refuses_to_clobber(tiny_dataset, tmp_path, capsys):
     r = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--resume_from" in r.stdout and "--stage" in r.stdout
     shutil.rmtree(ck)
+
+
+def test_wandb_offline(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wb").mkdir()
+    cfg = tiny_cfg(tiny_dataset, stages=(16,), max_steps_per_stage=2, val_samples=1)
+    train_progressive(cfg, tmp_path / "ck", device="cpu", use_wandb=True, wandb_project="hvc-test", log=lambda m: None)
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))

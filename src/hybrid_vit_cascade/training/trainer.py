@@ -203,11 +203,11 @@ class StageTrainer:
                 gens_c = sample_generators([mix_seed("train-c", tc.seed, k, epoch, i) for i in idx], self.device)
                 with acc.accumulate(model):
                     res = stepper.losses(batch, gens, gens_c, train=True)
-                    acc.backward(res["total"])
+                    acc.backward(res["loss"])
                     for key, v in res.items():
                         sums[key] = sums.get(key, 0.0) + v.detach().float()
                     n_micro += 1
-                    bad_micro = bad_micro or not bool(torch.isfinite(res["total"].detach()))
+                    bad_micro = bad_micro or not bool(torch.isfinite(res["loss"].detach()))
                     if acc.sync_gradients:
                         gn = acc.clip_grad_norm_(model.parameters(), tc.grad_clip)
                         flag = torch.tensor(float(bad_micro or not bool(torch.isfinite(gn))), device=self.device)
@@ -250,7 +250,7 @@ class StageTrainer:
                                  "train/voxels_per_s": vox / max(dt, 1e-9),
                                  "train/peak_memory_mb": peak_memory_mb(self.device), "train/epoch": epoch + 1})
                     self.logger.scalars(scal, step, self.prefix)
-                    pbar.set_postfix(loss=f"{means['total']:.4f}", vox_s=f"{vox / max(dt, 1e-9):.3g}")
+                    pbar.set_postfix(loss=f"{means['loss']:.4f}", vox_s=f"{vox / max(dt, 1e-9):.3g}")
                 sums, n_micro, bad_micro, t_upd = {}, 0, False, time.perf_counter()
                 if step >= total or (self.stop_at_step is not None and step >= self.stop_at_step):
                     stopped = True
@@ -263,9 +263,9 @@ class StageTrainer:
             due = epoch_done and (epoch + 1) % tc.val_every_epochs == 0
             if (due or finished) and len(self.val_ds) > 0:
                 val = self._validate(ema, pos["step"])
-                improved = bool(val) and val["loss_total"] < pos["best_val"]  # val is main-process only
+                improved = bool(val) and val["loss"] < pos["best_val"]  # val is main-process only
                 if improved:
-                    pos["best_val"] = val["loss_total"]
+                    pos["best_val"] = val["loss"]
             else:
                 improved = False
             if stopped or (epoch + 1) % tc.save_every_epochs == 0 or epoch + 1 == n_epochs:

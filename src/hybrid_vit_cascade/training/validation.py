@@ -44,7 +44,11 @@ class StageStepper:
         return augment_condition(batch["prev"], ctx.cfg, gens_cond, train, level)
 
     def losses(self, batch: dict, gens, gens_cond, train: bool) -> dict[str, Tensor]:
-        """{"objective", "physics", "physics_<view>"..., "total"} for a batch on the device."""
+        """{"<kind>_loss", "physics_loss", "physics_loss_<view>"..., "loss"} for a batch on the device.
+
+        <kind> is "diffusion" or "regression" (training.objective); "loss" is what is optimised:
+        the objective loss + physics_weight × physics_loss.
+        """
         ctx = self.ctx
         xray = batch["xray"]
         prev, cond_noise = self.condition(batch, gens_cond, train)
@@ -53,15 +57,15 @@ class StageStepper:
             return self.model(x_t, t, xray, prev, cond_noise)
 
         out = ctx.objective.loss(model_fn, batch["x0"], gens)
-        res = {"objective": out.loss}
+        res = {f"{ctx.objective.kind}_loss": out.loss}
         total = out.loss
         if ctx.stage_cfg.use_physics_loss:
             phys = physics_loss(out.x0_pred, xray, ctx.projector, ctx.spacing_mm, ctx.hu_window, ctx.mu_water, ctx.li_max)
-            res["physics"] = phys.total
+            res["physics_loss"] = phys.total
             for name, v in zip(ctx.view_names, phys.per_view):
-                res[f"physics_{name}"] = v
+                res[f"physics_loss_{name}"] = v
             total = total + ctx.stage_cfg.physics_weight * phys.total
-        res["total"] = total
+        res["loss"] = total
         return res
 
     @torch.no_grad()
@@ -107,7 +111,7 @@ def validate(ctx, ema_model: torch.nn.Module, val_ds, log: Callable[[str], None]
         for key, v in res.items():
             sums[key] = sums.get(key, 0.0) + float(v) * B
         n += B
-    out = {f"loss_{k}": v / max(n, 1) for k, v in sums.items()}
+    out = {k: v / max(n, 1) for k, v in sums.items()}
     images: dict[str, np.ndarray] = {}
     n_samp = min(cfg.training.val_samples, len(val_ds))
     if n_samp > 0:
