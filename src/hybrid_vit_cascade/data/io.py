@@ -285,10 +285,15 @@ def canonical_affine(size: int, spacing: float) -> np.ndarray:
 
 def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, dtype=np.float32) -> Path:
     """Write a NIfTI atomically (temporary file + rename), so a killed run leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
     img.header.set_xyzt_units("mm")
+    return save_nifti_atomic(img, path)
+
+
+def save_nifti_atomic(img: nib.Nifti1Image, path: str | os.PathLike) -> Path:
+    """Save a NIfTI image via a temporary file + rename: a killed run never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
     os.close(fd)

@@ -8,13 +8,12 @@ and the units are mm. ITK-based tools report the same geometry in LPS (x and y n
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from hybrid_vit_cascade.data.io import canonical_affine
+from hybrid_vit_cascade.data.io import canonical_affine, save_nifti_atomic
 
 
 def cube_affine(res: int, fov_mm: float) -> np.ndarray:
@@ -41,16 +40,4 @@ def write_cube_nifti(path: str | os.PathLike, vol_hu: np.ndarray, fov_mm: float,
     hdr["descrip"] = description.encode()[:79]
     if display_window is not None:  # viewers use cal_min/cal_max as the initial display window
         hdr["cal_min"], hdr["cal_max"] = float(display_window[0]), float(display_window[1])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    # Temporary file + rename: a killed run never leaves a half-written output.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_nifti_atomic(img, path)
