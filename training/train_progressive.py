@@ -4,7 +4,9 @@
     python training/train_progressive.py --config config/quick_2stage.json \
         --checkpoint_dir checkpoints/quick_2stage [--wandb --wandb_project NAME] [--resume_from PATH] [--stage K]
 
-Multi-GPU: `accelerate launch --num_processes N training/train_progressive.py ...`.
+Multi-GPU: `accelerate launch --multi_gpu --num_processes N training/train_progressive.py ...`.
+Several CPU processes (gloo): `torchrun --nproc_per_node N training/train_progressive.py ... --device cpu`
+(`accelerate launch --cpu` starts ONE process; Accelerate's multi-CPU launcher needs MPI).
 """
 import sys
 from pathlib import Path
