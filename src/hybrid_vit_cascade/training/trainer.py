@@ -210,10 +210,13 @@ class StageTrainer:
                     bad_micro = bad_micro or not bool(torch.isfinite(res["loss"].detach()))
                     if acc.sync_gradients:
                         gn = acc.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                        flag = torch.tensor(float(bad_micro or not bool(torch.isfinite(gn))), device=self.device)
+                        # fp16: an overflowing gradient is the GradScaler's business — its step() skips
+                        # the update and lowers the scale; only a non-finite loss counts as bad.
+                        bad_grad = acc.scaler is None and not bool(torch.isfinite(gn))
+                        flag = torch.tensor(float(bad_micro or bad_grad), device=self.device)
                         bad = bool(acc.reduce(flag, "max") > 0)  # every rank skips together
-                        if not bad:
-                            opt.step()
+                        if not bad or acc.scaler is not None:
+                            opt.step()  # with a scaler, inf/NaN gradients are skipped inside
                         sched.step()  # the lr follows the step count, skipped steps included
                         opt.zero_grad(set_to_none=True)
                 b_in_epoch += 1
