@@ -77,3 +77,23 @@ def test_new_model_fields_have_defaults_and_roundtrip():
     s = cfg.stages[0]
     assert (s.encoder_downsample, s.prior_grid, s.lift_fusion, s.unpatch_channels) == (1, 16, "conv", 8)
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "diffusion, words",
+    [
+        ({"min_snr_floor": 6.0}, ["min_snr_floor 6.0", "min_snr_gamma 5.0"]),
+        ({"min_snr_floor": 1.0, "min_snr_gamma": None}, ["min_snr_floor needs", "min_snr_gamma"]),
+        ({"min_snr_floor": -1.0}, ["diffusion.min_snr_floor", "greater than or equal to 0"]),
+        ({"samples": 0}, ["diffusion.samples", "greater than 0"]),
+        ({"guidance_scale": -0.5}, ["diffusion.guidance_scale", "greater than or equal to 0"]),
+    ],
+)
+def test_diffusion_weighting_and_sampling_defaults_are_validated(diffusion, words):
+    msg = error_for(diffusion=diffusion)
+    assert "diffusion" in msg and all(w in msg for w in words), msg
+
+
+def test_diffusion_sampling_defaults():
+    d = config_from_dict({"stages": [STAGE]}).diffusion
+    assert (d.min_snr_floor, d.samples, d.guidance_scale) == (0.0, 1, 0.0)  # the plain defaults: min-SNR-γ, 1 sample

@@ -97,6 +97,22 @@ def test_guidance_moves_reprojection_toward_xrays(ckpt):
     assert s_guided > s_plain + 1.0, (s_plain, s_guided)
 
 
+def test_samples_and_guidance_default_to_the_config(ckpt):
+    rec = Reconstructor(ckpt)
+    assert rec.sampling_defaults(None, None) == (1, 0.0)
+    rec.cfg.diffusion.samples = 2
+    rec.cfg.diffusion.guidance_scale = 1.0
+    assert rec.sampling_defaults(None, None) == (2, 1.0)
+    assert rec.sampling_defaults(3, 0.0) == (3, 0.0)  # explicit values win, 0 included
+    x = _xray()
+    auto = rec.reconstruct(x, stop_at_stage=1, steps=2, seed=4)
+    explicit = rec.reconstruct(x, stop_at_stage=1, steps=2, seed=4, samples=2, guidance_scale=1.0)
+    assert auto[0].samples.shape[1] == 2
+    torch.testing.assert_close(auto[0].samples, explicit[0].samples)
+    unguided = rec.reconstruct(x, stop_at_stage=1, steps=2, seed=4, guidance_scale=0.0)
+    assert not torch.allclose(unguided[0].samples, auto[0].samples)
+
+
 def test_untrained_stage_and_regression(tmp_path):
     part = make_checkpoint(tmp_path / "part", trained=(1,))
     rec = Reconstructor(part)
@@ -106,6 +122,8 @@ def test_untrained_stage_and_regression(tmp_path):
     reg = Reconstructor(make_checkpoint(tmp_path / "reg", objective="regression"))
     out = reg.reconstruct(_xray(), samples=2)
     torch.testing.assert_close(out[-1].samples[:, 0], out[-1].samples[:, 1])  # one deterministic forward
+    reg.cfg.diffusion.samples, reg.cfg.diffusion.guidance_scale = 4, 1.0
+    assert reg.sampling_defaults(None, None) == (1, 0.0)  # the diffusion defaults never apply to regression
     with pytest.raises(ValueError, match="regression"):
         reg.reconstruct(_xray(), guidance_scale=1.0)
 

@@ -116,6 +116,29 @@ def test_min_snr_weight(schedule):
         min_snr_weight(t, 0.0, schedule)
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("floor", [0.5, 1.0, 5.0])
+def test_min_snr_weight_floor(schedule, floor):
+    t = torch.linspace(0, 1, 21, dtype=F64)
+    gamma = 5.0
+    snr = log_snr(t, schedule).exp()
+    w = min_snr_weight(t, gamma, schedule, floor)
+    torch.testing.assert_close(w, snr.clamp(floor, gamma) / (snr + 1))
+    _, s = alpha_sigma(t, schedule)
+    x0_weight = w / s**2  # the weight the same loss puts on the x0 error
+    assert bool((x0_weight >= floor - 1e-9).all()) and bool((x0_weight <= gamma + 1e-9).all())
+    if floor == gamma:  # a plain x0 loss: constant weight γ on the x0 error
+        torch.testing.assert_close(x0_weight, torch.full_like(t, gamma), atol=1e-9, rtol=1e-9)
+    # The floor only adds weight where SNR < floor (high noise); elsewhere it is min-SNR-γ.
+    plain = min_snr_weight(t, gamma, schedule)
+    torch.testing.assert_close(w[snr >= floor], plain[snr >= floor])
+    assert bool((w[snr < floor] > plain[snr < floor]).all())
+    with pytest.raises(ValueError, match="floor"):
+        min_snr_weight(t, gamma, schedule, gamma + 1)
+    with pytest.raises(ValueError, match="floor"):
+        min_snr_weight(t, gamma, schedule, -0.1)
+
+
 def test_broadcast_and_float32():
     x = torch.zeros(3, 1, 2, 2, 2)
     t = torch.rand(3)

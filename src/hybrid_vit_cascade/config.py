@@ -155,9 +155,24 @@ class DiffusionConfig(_Strict):
     schedule: Literal["cosine", "linear"] = "cosine"
     objective: Literal["v"] = "v"
     min_snr_gamma: Optional[float] = 5.0  # None disables min-SNR weighting
+    min_snr_floor: float = Field(0.0, ge=0)  # x0 loss weight is clamp(SNR, floor, γ); > 0 trains high noise
     sampler: Literal["ddim", "dpmpp"] = "ddim"
     sample_steps: int = Field(25, gt=0)
     eta: float = Field(0.0, ge=0)
+    # Defaults of `hvc infer` / `hvc evaluate` when --samples / --guidance-scale are not given: K samples
+    # per case (K > 1: their mean is the reconstruction, their std the uncertainty) and the
+    # DRR-consistency guidance scale (0 = off, 1 = step each clean estimate to fit the X-rays).
+    samples: int = Field(1, gt=0)
+    guidance_scale: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _floor(self) -> "DiffusionConfig":
+        if self.min_snr_floor > 0 and self.min_snr_gamma is None:
+            raise ValueError("diffusion.min_snr_floor needs diffusion.min_snr_gamma (the floor clamps min-SNR-γ)")
+        if self.min_snr_gamma is not None and self.min_snr_floor > self.min_snr_gamma:
+            raise ValueError(f"diffusion.min_snr_floor {self.min_snr_floor} must not exceed "
+                             f"min_snr_gamma {self.min_snr_gamma}")
+        return self
 
 
 class TrainingConfig(_Strict):

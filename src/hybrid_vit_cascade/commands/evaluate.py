@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hybrid_vit_cascade.commands.sampling_args import add_sampling_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="training checkpoint directory")
@@ -12,17 +14,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="split of a prepared dataset (a raw CT folder is evaluated whole)")
     p.add_argument("--out", required=True, help="report directory: metrics.json, report.md, PNGs")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the config's diffusion.sample_steps)")
-    p.add_argument("--sampler", choices=["ddim", "dpmpp"], help="default: the config's diffusion.sampler")
-    p.add_argument("--samples", type=int, default=1, help="samples per case (K > 1: mean scored, std map shown)")
+    add_sampling_arguments(p)
     p.add_argument("--baseline-checkpoint", help="direct-regression checkpoint (hvc train --config "
                                                  "config/baseline_regression_tiny.json) scored as baseline (c)")
     p.add_argument("--max-cases", type=int, help="evaluate at most N cases")
     p.add_argument("--montage-cases", type=int, default=3, help="cases that get slice / X-ray montages")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance-scale", type=float, default=0.0, help="DRR-consistency guidance (0 = off)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--which", choices=["best", "last"], default="best", help="checkpoint snapshot")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

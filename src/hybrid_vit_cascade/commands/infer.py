@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hybrid_vit_cascade.commands.sampling_args import add_sampling_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="training checkpoint directory (config.json, data_info.json, stage*/)")
@@ -18,16 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", nargs="+", choices=["ap", "pa", "lateral"],
                    help="view of each --xray file, in order (default: the checkpoint's views in its order)")
     p.add_argument("--out", required=True, help="output NIfTI (.nii.gz), HU; siblings get _std / _stage<k> suffixes")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the config's diffusion.sample_steps)")
-    p.add_argument("--sampler", choices=["ddim", "dpmpp"], help="default: the config's diffusion.sampler")
-    p.add_argument("--samples", type=int, default=1, help="K samples; K > 1 writes their mean and the voxel-wise std")
+    add_sampling_arguments(p)
     p.add_argument("--stop-at-stage", type=int, help="last stage to run (1-based; default: the last trained stage)")
     p.add_argument("--all-stages", action="store_true", help="also write the output of every stage")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance-scale", type=float, default=0.0,
-                   help="DRR-consistency guidance (0 = off; 1 = step the clean estimate to fit the X-rays)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--which", choices=["best", "last"], default="best", help="checkpoint snapshot")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--batch-size", type=int, default=4, help="sample chains run together on the device")
     p.add_argument("--png", action="store_true", help="also write <out>.png (slices) and <out>_xray.png (X-ray vs DRR)")
@@ -77,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         xray, raws = load_xrays(paths, rec.views, rec.li_max, rec.det_pixels, views=args.views)
         for r in raws:
             print(f"  {r.view}: {r.path} — {r.note}")
-    if args.samples > 1 and not rec.is_diffusion:
+    if (args.samples or 1) > 1 and not rec.is_diffusion:
         print("note: a regression checkpoint is deterministic; all samples are identical (std = 0)")
     results = rec.reconstruct(xray, steps=args.steps, sampler=args.sampler, samples=args.samples,
                               stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=args.guidance_scale,

@@ -19,8 +19,11 @@ def v_loss(
     min_snr_gamma: Optional[float] = None,
     reduction: str = "mean",
     schedule: str = "cosine",
+    min_snr_floor: float = 0.0,
 ) -> Tensor:
     """MSE between predicted and true v, per sample mean over voxels, optionally min-SNR-γ weighted.
+
+    With min_snr_gamma the x0-equivalent weight is clamp(SNR, min_snr_floor, γ) (schedule.min_snr_weight).
 
     reduction "mean"/"sum" over the batch, or "none" for the per-sample (B,) values.
     """
@@ -34,7 +37,7 @@ def v_loss(
     # float32 accumulation even under bf16/fp16 autocast: the loss is a small difference of squares.
     per_sample = (v_pred.float() - v_true.float()).pow(2).flatten(1).mean(1)  # (B,)
     if min_snr_gamma is not None:
-        per_sample = per_sample * min_snr_weight(t, min_snr_gamma, schedule).to(per_sample)
+        per_sample = per_sample * min_snr_weight(t, min_snr_gamma, schedule, min_snr_floor).to(per_sample)
     if reduction == "mean":
         return per_sample.mean()
     if reduction == "sum":

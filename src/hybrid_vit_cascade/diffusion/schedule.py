@@ -189,14 +189,19 @@ def v_from_x0(x_t: Tensor, x0: Tensor, t: Tensor, schedule: str = "cosine") -> T
     return (alpha * x_t - x0) / sigma
 
 
-def min_snr_weight(t: Tensor, gamma: float, schedule: str = "cosine") -> Tensor:
-    """Min-SNR-γ loss weight for the v objective: min(SNR, γ) / (SNR + 1), shape of t.
+def min_snr_weight(t: Tensor, gamma: float, schedule: str = "cosine", floor: float = 0.0) -> Tensor:
+    """Min-SNR-γ loss weight for the v objective: clamp(SNR, floor, γ) / (SNR + 1), shape of t.
 
     Hang et al. 2023 weight the x0 loss by min(SNR, γ); since x0 − x̂0 = −σ·(v − v̂) and
-    σ² = 1/(SNR + 1), the same weighting on the v loss is min(SNR, γ)/(SNR + 1).
+    σ² = 1/(SNR + 1), the same weighting on the v loss is min(SNR, γ)/(SNR + 1). Their x0 weight
+    vanishes as SNR → 0, so the high-noise clean estimate — the conditional mean E[x0 | X-rays] that
+    fixes a reconstruction's global structure — is barely trained; `floor` > 0 keeps its x0 weight at
+    least `floor` there (floor = γ is a plain x0 loss, floor = 0 the original min-SNR-γ).
     """
     if not gamma > 0:
         raise ValueError(f"min-SNR gamma must be positive, got {gamma}")
+    if not 0 <= floor <= gamma:
+        raise ValueError(f"min-SNR floor must lie in [0, gamma={gamma}], got {floor}")
     lam = _hi(log_snr(t, schedule))
     snr = lam.exp()
-    return (snr.clamp_max(gamma) / (snr + 1)).to(t.dtype)
+    return (snr.clamp(floor, gamma) / (snr + 1)).to(t.dtype)

@@ -76,18 +76,22 @@ def evaluate(
     split: str = "test",
     steps: Optional[int] = None,
     sampler: Optional[str] = None,
-    samples: int = 1,
+    samples: Optional[int] = None,
     baseline_checkpoint: Optional[str] = None,
     max_cases: Optional[int] = None,
     montage_cases: int = 3,
     seed: int = 0,
-    guidance_scale: float = 0.0,
+    guidance_scale: Optional[float] = None,
     device: Optional[str] = None,
     which: str = "best",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the evaluation and write metrics.json, report.md and PNGs into `out`; returns the metrics."""
+    """Run the evaluation and write metrics.json, report.md and PNGs into `out`; returns the metrics.
+
+    `samples` / `guidance_scale` left None come from the checkpoint's config (diffusion.samples,
+    diffusion.guidance_scale); with K > 1 the mean of the K samples is scored.
+    """
     from tqdm.auto import tqdm
 
     from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest, mean_volume
@@ -96,6 +100,7 @@ def evaluate(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rec = Reconstructor(checkpoint, which=which, device=device)
+    samples, guidance_scale = rec.sampling_defaults(samples, guidance_scale)
     n_stages = rec.stages_to_run(None)
     stages = rec.cfg.stages[:n_stages]
     final_res = stages[-1].resolution

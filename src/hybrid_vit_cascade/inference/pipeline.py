@@ -128,6 +128,15 @@ class Reconstructor:
                              f"trained: {self.trained_stages} — use --stop-at-stage {min(missing) - 1 or 1}")
         return last
 
+    def sampling_defaults(self, samples: Optional[int], guidance_scale: Optional[float]) -> tuple[int, float]:
+        """(K, guidance scale): the given values, else the config's (a regression checkpoint: 1 and 0)."""
+        d = self.cfg.diffusion
+        if samples is None:
+            samples = d.samples if self.is_diffusion else 1
+        if guidance_scale is None:
+            guidance_scale = d.guidance_scale if self.is_diffusion else 0.0
+        return samples, guidance_scale
+
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def reconstruct(
@@ -135,10 +144,10 @@ class Reconstructor:
         xray: Tensor,
         steps: Optional[int] = None,
         sampler: Optional[str] = None,
-        samples: int = 1,
+        samples: Optional[int] = None,
         stop_at_stage: Optional[int] = None,
         seed: int = 0,
-        guidance_scale: float = 0.0,
+        guidance_scale: Optional[float] = None,
         case_keys: Optional[Sequence[str]] = None,
         batch_size: int = 4,
         log: Optional[Callable[[str], None]] = None,
@@ -146,7 +155,8 @@ class Reconstructor:
         """Run stages 1..N on X-rays (V, P, P) or (B, V, P, P) in the model range; one StageResult per stage.
 
         `guidance_scale` > 0 adds DRR-consistency guidance (normalised step: 1 = fit the X-rays along
-        the gradient of the clean estimate, see diffusion/guidance.py). Noise of chain (case b,
+        the gradient of the clean estimate, see diffusion/guidance.py). `samples` / `guidance_scale`
+        left None come from the config (`sampling_defaults`). Noise of chain (case b,
         sample i) at stage k comes from its own generator seeded by (seed, k, case key, i), so a
         result does not depend on the batch size.
         """
@@ -158,6 +168,7 @@ class Reconstructor:
                              f"for views {self.views}, got {tuple(xray.shape)}")
         if not torch.isfinite(xray).all():
             raise ValueError("the X-rays contain NaN or Inf")
+        samples, guidance_scale = self.sampling_defaults(samples, guidance_scale)
         if samples < 1:
             raise ValueError(f"samples must be ≥ 1, got {samples}")
         if guidance_scale < 0:

@@ -1,7 +1,8 @@
 """What a stage is trained to do — the ONE place that branches on `training.objective`.
 
 - "diffusion" (default): v-prediction. x_t = α_t·x0 + σ_t·ε with t ~ U[0, 1]; the network predicts
-  v = α_t·ε − σ_t·x0; loss = MSE(v̂, v) (min-SNR-γ weighted if diffusion.min_snr_gamma);
+  v = α_t·ε − σ_t·x0; loss = MSE(v̂, v) (min-SNR-γ weighted if diffusion.min_snr_gamma, x0 weight
+  floored at diffusion.min_snr_floor);
   x̂0 = α_t·x_t − σ_t·v̂ feeds the physics loss. Sampling runs DDIM / DPM-Solver++ from noise.
 - "regression" (the direct-MSE baseline, same backbone): the network gets x_t = 0 and a fixed
   t = 1 (the "no information in x_t" end of the schedule), and its output IS x̂0; loss = MSE(x̂0, x0).
@@ -51,6 +52,7 @@ class Objective:
         self.kind = cfg.training.objective
         self.schedule = cfg.diffusion.schedule
         self.min_snr_gamma = cfg.diffusion.min_snr_gamma
+        self.min_snr_floor = cfg.diffusion.min_snr_floor
         self.sampler = cfg.diffusion.sampler
         self.eta = cfg.diffusion.eta
 
@@ -72,7 +74,8 @@ class Objective:
         eps = per_sample_randn(gens, x0.shape[1:], x0.device, x0.dtype)  # (B, 1, D, H, W)
         x_t = q_sample(x0, eps, t, self.schedule)
         v_pred = model_fn(x_t, t)
-        loss = v_loss(v_pred, v_target(x0, eps, t, self.schedule), t, self.min_snr_gamma, "mean", self.schedule)
+        loss = v_loss(v_pred, v_target(x0, eps, t, self.schedule), t, self.min_snr_gamma, "mean", self.schedule,
+                      self.min_snr_floor)
         x0_pred = x0_from_v(x_t, v_pred.float(), t, self.schedule)
         return StepOutput(loss, x0_pred)
 
