@@ -227,6 +227,17 @@ def test_cli_evaluate_with_baselines(dataset, tmp_path, capsys):
     assert row["summary"]["psnr3d"]["mean"] == pytest.approx(np.mean(vals))
     md = (out / "report.md").read_text()
     assert "| back-projection |" in md and "X2CT-GAN protocol" in md
+    # Paired gaps of the final stage: recomputed from the per-case values.
+    q = m["quality"]
+    assert q["final stage"] == "cascade/stage2_high"
+    gaps = {c["baseline"]: c for c in q["vs baselines"]}
+    assert set(gaps) == {"mean volume", "back-projection", "regression"}
+    d = [c["methods"]["cascade/stage2_high"]["psnr3d"] - c["methods"]["regression"]["psnr3d"] for c in m["cases"]]
+    assert gaps["regression"]["psnr3d_gap"]["mean"] == pytest.approx(np.mean(d))
+    assert gaps["regression"]["wins"] == sum(x > 0 for x in d)
+    assert gaps["regression"]["meets_bar"] == (np.mean(d) >= 0)
+    assert gaps["back-projection"]["required_gap_db"] == 3.0 and "required_gap_db" not in gaps["mean volume"]
+    assert "## Final stage vs the baselines" in md and "| regression |" in md and "DRR consistency" in md
     cid = m["cases"][0]["case_id"]
     for f in ("metrics_bar.png", f"case_{cid}_slices.png", f"case_{cid}_xray.png"):
         assert (out / f).is_file(), f

@@ -83,3 +83,28 @@ def test_figures_are_written(tmp_path):
     assert all(w > 100 and h > 100 for w, h in sizes)
     # The 4-row montage is taller than the prediction-only one.
     assert sizes[0][1] > 2 * sizes[1][1]
+
+
+def test_paired_comparison_and_quality_section():
+    from hybrid_vit_cascade.inference.evaluate import paired_comparison
+
+    def case(cascade, bp, reg):
+        return {"methods": {"cascade/stage2_x": {"psnr3d": cascade, "ssim3d": 0.9},
+                            "back-projection": {"psnr3d": bp, "ssim3d": 0.8},
+                            "regression": {"psnr3d": reg, "ssim3d": 0.95}}}
+
+    cases = [case(30.0, 26.0, 29.0), case(31.0, 27.5, 31.5), case(29.0, 25.0, 28.0)]
+    comp = {c["baseline"]: c for c in paired_comparison(cases, "cascade/stage2_x")}
+    assert comp["back-projection"]["psnr3d_gap"]["mean"] == pytest.approx((4 + 3.5 + 4) / 3)
+    assert comp["back-projection"]["meets_bar"] and comp["back-projection"]["wins"] == 3
+    assert comp["regression"]["psnr3d_gap"]["mean"] == pytest.approx((1 - 0.5 + 1) / 3)
+    assert comp["regression"]["wins"] == 2 and comp["regression"]["meets_bar"]
+    assert comp["regression"]["ssim3d_gap"]["mean"] == pytest.approx(-0.05)
+    behind = {c["baseline"]: c for c in paired_comparison([case(30.0, 28.0, 30.5)], "cascade/stage2_x")}
+    assert not behind["back-projection"]["meets_bar"] and not behind["regression"]["meets_bar"]
+    quality = {"final stage": "cascade/stage2_x", "vs baselines": list(behind.values()),
+               "drr_psnr": M.summarize([35.0]), "drr_bar_db": 30.0, "drr_meets_bar": True}
+    text = "\n".join(R.quality_section(quality))
+    assert "| back-projection | 1 | +2.00 ± 0.00 |" in text and "FAIL (≥ +3.0 dB)" in text
+    assert "| regression | 1 | -0.50 ± 0.00 |" in text and "0/1" in text
+    assert "35.00 ± 0.00 dB — PASS" in text

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline-config", default="config/baseline_regression_tiny.json",
                    help="direct-regression baseline config; '' skips the baseline")
     p.add_argument("--steps", type=int, help="sampler steps for infer/evaluate (default: the config's)")
-    p.add_argument("--samples", type=int, default=1, help="samples per case in evaluate (K > 1: mean and std)")
+    p.add_argument("--samples", type=int,
+                   help="samples per case for infer/evaluate (K > 1: mean and std; default: the config's)")
     p.add_argument("--max-cases", type=int, help="evaluate at most N held-out cases")
     p.add_argument("--max-steps", type=int, help="cap training steps per stage (smoke runs)")
 
@@ -75,16 +76,17 @@ def run(args: argparse.Namespace) -> int:
     # Same geometry as training (the config's data section), cast through the finest prepared cube.
     _hvc(["drr", str(source), "--config", args.config, "--size", str(max(info["resolutions"])),
           *[a for v in views for a in ("--view", v)], "--out", str(xdir)])
-    steps = ["--steps", str(args.steps)] if args.steps else []
+    sampling = (["--steps", str(args.steps)] if args.steps else []) + (
+        ["--samples", str(args.samples)] if args.samples else [])
     stem = drr_stem(source)
     pngs = [str(xdir / f"{stem}_{v}.png") for v in views]
     _hvc(["infer", "--checkpoint", str(ckpt), "--xray", *pngs, "--views", *views,
-          "--out", str(out / "recon" / f"{case_id}.nii.gz"), "--all-stages", "--png", *steps])
+          "--out", str(out / "recon" / f"{case_id}.nii.gz"), "--all-stages", "--png", *sampling])
 
     # 5. Score the cascade and the baselines on every held-out case.
     report = out / "report"
     ev = ["evaluate", "--checkpoint", str(ckpt), "--data", str(info["dataset"]),
-          "--split", "test", "--out", str(report), "--samples", str(args.samples), *steps]
+          "--split", "test", "--out", str(report), *sampling]
     if args.baseline_config:
         ev += ["--baseline-checkpoint", str(base)]
     if args.max_cases:

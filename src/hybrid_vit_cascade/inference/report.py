@@ -171,9 +171,34 @@ def metric_table(rows: Sequence[dict[str, Any]], columns=MAIN_METRICS) -> str:
     return "\n".join(lines)
 
 
+def _gap(s: dict[str, float], digits: int) -> str:
+    """A signed 'mean ± std' of per-case differences ('–' when no finite difference)."""
+    if not s or not math.isfinite(s.get("mean", math.nan)):
+        return "–"
+    return f"{s['mean']:+.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def quality_section(quality: dict[str, Any]) -> list[str]:
+    """Markdown lines: the final stage against each baseline, case by case, and the quality bar."""
+    lines = ["## Final stage vs the baselines (paired, per case)", "",
+             f"`{quality['final stage']}` minus each baseline on the same cases: mean ± std of the per-case gap, "
+             "cases won, and the quality bar where one is set (PSNR-3D gap ≥ the margin).", "",
+             "| baseline | cases | PSNR-3D gap (dB) | SSIM-3D gap | cases won | bar |", "|---|---|---|---|---|---|"]
+    for c in quality["vs baselines"]:
+        bar = "–"
+        if "required_gap_db" in c:
+            bar = ("PASS" if c["meets_bar"] else "FAIL") + f" (≥ {c['required_gap_db']:+.1f} dB)"
+        lines.append(f"| {c['baseline']} | {c['cases']} | {_gap(c['psnr3d_gap'], 2)} | "
+                     f"{_gap(c['ssim3d_gap'], 4)} | {c['wins']}/{c['cases']} | {bar} |")
+    verdict = "PASS" if quality["drr_meets_bar"] else "FAIL"
+    lines += ["", f"DRR consistency of the final stage: {fmt_stat(quality['drr_psnr'], '{:.2f}')} dB — {verdict} "
+              f"(bar ≥ {quality['drr_bar_db']:.0f} dB).", ""]
+    return lines
+
+
 def write_report_md(path: str | os.PathLike, rows: Sequence[dict[str, Any]], info: dict[str, Any],
-                    images: Sequence[str] = ()) -> Path:
-    """report.md: what was evaluated, the metric tables (ours and X2CT-GAN protocol) and the figures."""
+                    images: Sequence[str] = (), quality: dict[str, Any] | None = None) -> Path:
+    """report.md: what was evaluated, the metric tables (ours and X2CT-GAN protocol), the baseline gaps, figures."""
     lines = ["# Evaluation report", ""]
     for k, v in info.items():
         lines.append(f"- **{k}**: {v}")
@@ -188,6 +213,7 @@ def write_report_md(path: str | os.PathLike, rows: Sequence[dict[str, Any]], inf
         "",
         metric_table(rows, MAIN_METRICS),
         "",
+        *(quality_section(quality) if quality else []),
         "## X2CT-GAN protocol (labelled; not comparable to the numbers above)",
         "",
         "HU + 1024 clipped to [0, 2500]; PSNR with PIXEL_MAX 4095 (3-D, and 2-D averaged over slices and axes); "
