@@ -235,6 +235,7 @@ def test_cli_evaluate_with_baselines(dataset, tmp_path, capsys):
     d = [c["methods"]["cascade/stage2_high"]["psnr3d"] - c["methods"]["regression"]["psnr3d"] for c in m["cases"]]
     assert gaps["regression"]["psnr3d_gap"]["mean"] == pytest.approx(np.mean(d))
     assert gaps["regression"]["wins"] == sum(x > 0 for x in d)
+    assert gaps["regression"]["psnr3d_gap_median"] == pytest.approx(np.median(d))
     assert gaps["regression"]["meets_bar"] == (np.mean(d) >= 0)
     assert gaps["back-projection"]["required_gap_db"] == 3.0 and "required_gap_db" not in gaps["mean volume"]
     assert "## Final stage vs the baselines" in md and "| regression |" in md and "DRR consistency" in md

@@ -99,12 +99,13 @@ def test_paired_comparison_and_quality_section():
     assert comp["back-projection"]["meets_bar"] and comp["back-projection"]["wins"] == 3
     assert comp["regression"]["psnr3d_gap"]["mean"] == pytest.approx((1 - 0.5 + 1) / 3)
     assert comp["regression"]["wins"] == 2 and comp["regression"]["meets_bar"]
+    assert comp["regression"]["psnr3d_gap_median"] == pytest.approx(1.0)
     assert comp["regression"]["ssim3d_gap"]["mean"] == pytest.approx(-0.05)
     behind = {c["baseline"]: c for c in paired_comparison([case(30.0, 28.0, 30.5)], "cascade/stage2_x")}
     assert not behind["back-projection"]["meets_bar"] and not behind["regression"]["meets_bar"]
     quality = {"final stage": "cascade/stage2_x", "vs baselines": list(behind.values()),
                "drr_psnr": M.summarize([35.0]), "drr_bar_db": 30.0, "drr_meets_bar": True}
     text = "\n".join(R.quality_section(quality))
-    assert "| back-projection | 1 | +2.00 ± 0.00 |" in text and "FAIL (≥ +3.0 dB)" in text
-    assert "| regression | 1 | -0.50 ± 0.00 |" in text and "0/1" in text
+    assert "| back-projection | 1 | +2.00 ± 0.00 | +2.00 |" in text and "FAIL (≥ +3.0 dB)" in text
+    assert "| regression | 1 | -0.50 ± 0.00 | -0.50 |" in text and "0/1" in text
     assert "35.00 ± 0.00 dB — PASS" in text

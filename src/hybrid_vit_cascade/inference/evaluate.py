@@ -90,6 +90,8 @@ def paired_comparison(per_case: list[dict[str, Any]], final_key: str) -> list[di
         ok = np.isfinite(d_psnr)
         row = {"baseline": name, "cases": int(len(pairs)),
                "psnr3d_gap": M.summarize(d_psnr), "ssim3d_gap": M.summarize(d_ssim),
+               # The median shows whether one outlying case carries the mean.
+               "psnr3d_gap_median": float(np.median(d_psnr[ok])) if ok.any() else float("nan"),
                "wins": int((d_psnr[ok] > 0).sum())}
         if name in QUALITY_BAR:
             row["required_gap_db"] = QUALITY_BAR[name]

@@ -181,14 +181,17 @@ def _gap(s: dict[str, float], digits: int) -> str:
 def quality_section(quality: dict[str, Any]) -> list[str]:
     """Markdown lines: the final stage against each baseline, case by case, and the quality bar."""
     lines = ["## Final stage vs the baselines (paired, per case)", "",
-             f"`{quality['final stage']}` minus each baseline on the same cases: mean ± std of the per-case gap, "
-             "cases won, and the quality bar where one is set (PSNR-3D gap ≥ the margin).", "",
-             "| baseline | cases | PSNR-3D gap (dB) | SSIM-3D gap | cases won | bar |", "|---|---|---|---|---|---|"]
+             f"`{quality['final stage']}` minus each baseline on the same cases: mean ± std and median of the "
+             "per-case gap, cases won, and the quality bar where one is set (mean PSNR-3D gap ≥ the margin).", "",
+             "| baseline | cases | PSNR-3D gap (dB) | median (dB) | SSIM-3D gap | cases won | bar |",
+             "|---|---|---|---|---|---|---|"]
     for c in quality["vs baselines"]:
         bar = "–"
         if "required_gap_db" in c:
             bar = ("PASS" if c["meets_bar"] else "FAIL") + f" (≥ {c['required_gap_db']:+.1f} dB)"
+        med = c.get("psnr3d_gap_median", math.nan)
         lines.append(f"| {c['baseline']} | {c['cases']} | {_gap(c['psnr3d_gap'], 2)} | "
+                     f"{f'{med:+.2f}' if math.isfinite(med) else '–'} | "
                      f"{_gap(c['ssim3d_gap'], 4)} | {c['wins']}/{c['cases']} | {bar} |")
     verdict = "PASS" if quality["drr_meets_bar"] else "FAIL"
     lines += ["", f"DRR consistency of the final stage: {fmt_stat(quality['drr_psnr'], '{:.2f}')} dB — {verdict} "
