@@ -21,13 +21,14 @@ TINY = dict(voxel_dim=32, num_heads=2, vit_depth=1, patch_size=4, lift_channels=
             encoder_channels=8, refine_channels=8, prior_grid=4, unpatch_channels=4)
 
 
-def make_checkpoint(root: Path, objective: str = "diffusion", trained=(1, 2), dataset: str | None = None) -> Path:
+def make_checkpoint(root: Path, objective: str = "diffusion", trained=(1, 2), dataset: str | None = None,
+                    diffusion: dict | None = None) -> Path:
     """A checkpoint directory with the trainer's layout holding (untrained) weights of `trained` stages."""
     cfg = config_from_dict({
         "stages": [dict(name="low", volume_size=[16] * 3, **TINY), dict(name="high", volume_size=[32] * 3, **TINY)],
         "data": {"geometry": {"det_pixels": P}, "fov_mm": FOV},
         "training": {"objective": objective},
-        "diffusion": {"sample_steps": 2},
+        "diffusion": {"sample_steps": 2, **(diffusion or {})},
     })
     root.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, root)
@@ -111,6 +112,26 @@ def test_samples_and_guidance_default_to_the_config(ckpt):
     torch.testing.assert_close(auto[0].samples, explicit[0].samples)
     unguided = rec.reconstruct(x, stop_at_stage=1, steps=2, seed=4, guidance_scale=0.0)
     assert not torch.allclose(unguided[0].samples, auto[0].samples)
+
+
+def test_cli_infer_takes_samples_and_guidance_from_the_config(tmp_path, capsys):
+    ck = make_checkpoint(tmp_path / "ck", diffusion={"samples": 2, "guidance_scale": 1.0})
+    li = (_xray().numpy() + 1) / 2 * LI_MAX
+    np.save(tmp_path / "ap.npy", li[0])
+    np.save(tmp_path / "lat.npy", li[1])
+    out = tmp_path / "ct.nii.gz"
+    rc = hvc(["infer", "--checkpoint", str(ck), "--xray", str(tmp_path / "ap.npy"), str(tmp_path / "lat.npy"),
+              "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "2 chain(s)" in text and "DRR guidance 1.0" in text  # the config's K and guidance
+    assert (tmp_path / "ct_std.nii.gz").is_file()  # K > 1 writes the uncertainty map
+    rc = hvc(["infer", "--checkpoint", str(ck), "--xray", str(tmp_path / "ap.npy"), str(tmp_path / "lat.npy"),
+              "--out", str(tmp_path / "one.nii.gz"), "--samples", "1", "--guidance-scale", "0"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "1 chain(s)" in text and "DRR guidance" not in text  # explicit flags win, 0 included
+    assert not (tmp_path / "one_std.nii.gz").exists()
 
 
 def test_untrained_stage_and_regression(tmp_path):

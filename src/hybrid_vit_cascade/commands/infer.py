@@ -72,10 +72,11 @@ def _run(args: argparse.Namespace) -> int:
         xray, raws = load_xrays(paths, rec.views, rec.li_max, rec.det_pixels, views=args.views)
         for r in raws:
             print(f"  {r.view}: {r.path} — {r.note}")
-    if (args.samples or 1) > 1 and not rec.is_diffusion:
+    samples, guidance_scale = rec.sampling_defaults(args.samples, args.guidance_scale)
+    if samples > 1 and not rec.is_diffusion:
         print("note: a regression checkpoint is deterministic; all samples are identical (std = 0)")
-    results = rec.reconstruct(xray, steps=args.steps, sampler=args.sampler, samples=args.samples,
-                              stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=args.guidance_scale,
+    results = rec.reconstruct(xray, steps=args.steps, sampler=args.sampler, samples=samples,
+                              stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=guidance_scale,
                               batch_size=args.batch_size, log=lambda s: print("  " + s))
     stem = _stem(args.out)
     written = []

@@ -69,6 +69,11 @@ def _case_metrics(rec: Reconstructor, pred: Tensor, truth: Tensor, xray_li: Tens
     return m
 
 
+def cascade_key(index: int, name: str) -> str:
+    """The per-case `methods` key of cascade stage `index` (1-based) named `name`."""
+    return f"cascade/stage{index}_{name}"
+
+
 # The issue's quality bar for the final stage (PSNR-3D margins in dB, DRR consistency in dB).
 QUALITY_BAR = {"back-projection": 3.0, "regression": 0.0}
 DRR_BAR_DB = 30.0
@@ -95,7 +100,7 @@ def paired_comparison(per_case: list[dict[str, Any]], final_key: str) -> list[di
                "wins": int((d_psnr[ok] > 0).sum())}
         if name in QUALITY_BAR:
             row["required_gap_db"] = QUALITY_BAR[name]
-            row["meets_bar"] = bool(ok.any() and d_psnr[ok].mean() >= QUALITY_BAR[name])
+            row["meets_bar"] = bool(ok.any() and row["psnr3d_gap"]["mean"] >= QUALITY_BAR[name])
         out.append(row)
     return out
 
@@ -195,7 +200,7 @@ def evaluate(
             m = _case_metrics(rec, r.mean[0], item["ct"][r.res], li, r.std[0] if r.std is not None else None)
             key = ("cascade", f"stage{r.index}_{r.name}", r.res)
             rows_cases.setdefault(key, []).append(m)
-            case["methods"][f"cascade/stage{r.index}_{r.name}"] = m
+            case["methods"][cascade_key(r.index, r.name)] = m
         baselines: list[tuple[str, Tensor, int, Reconstructor]] = []
         if mean_vol is not None:
             baselines.append(("mean volume", mean_vol, final_res, rec))
@@ -216,7 +221,7 @@ def evaluate(
                                     rec.window, title=f"{cid}: {last.name} {last.res}³ (K={samples})")
             with torch.no_grad():
                 drr = rec.project(last.mean)[0].numpy()
-            scores = [case["methods"][f"cascade/stage{last.index}_{last.name}"][f"drr_psnr_{v}"] for v in rec.views]
+            scores = [case["methods"][cascade_key(last.index, last.name)][f"drr_psnr_{v}"] for v in rec.views]
             g = report.xray_montage(out_dir / f"case_{cid}_xray.png", x_rec.numpy(), drr, rec.views, scores,
                                     title=f"{cid}: input X-rays vs DRRs of the prediction")
             images += [f.name, g.name]
@@ -233,7 +238,7 @@ def evaluate(
         "samples per case": samples, "seed": seed, "DRR guidance": guidance_scale,
         "baseline checkpoint": baseline_checkpoint or "none", **info_notes,
     }
-    final_key = f"cascade/stage{n_stages}_{stages[-1].name}"
+    final_key = cascade_key(n_stages, stages[-1].name)
     comparison = paired_comparison(per_case, final_key)
     drr_final = M.summarize(c["methods"][final_key]["drr_psnr"] for c in per_case)
     quality = {"final stage": final_key, "vs baselines": comparison,
