@@ -56,6 +56,20 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
     assert "| regression" in (out / "report" / "report.md").read_text()
 
 
+def test_demo_passes_samples_to_infer_and_evaluate(tmp_path, capsys):
+    d = tiny_dict(None, n_cases=6, cache_dir=tmp_path / "cache")
+    d["data"]["split"] = [0.5, 0.17, 0.33]
+    cascade = write_cfg(tmp_path / "cascade.json", d)
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--config", str(cascade), "--baseline-config", "",
+                 "--max-steps", "2", "--steps", "2", "--samples", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert list((out / "recon").glob("*_std.nii.gz"))  # infer ran K = 2 chains
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["info"]["samples per case"] == 2
+    assert "regression" not in {row["method"] for row in metrics["summary"]}  # '' skips the baseline
+
+
 def test_demo_rejects_a_bad_config(tmp_path, capsys):
     bad = write_cfg(tmp_path / "bad.json", {"stages": [], "trainig": {}})
     assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(bad)]) == 2
