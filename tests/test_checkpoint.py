@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _trainkit import tiny_cfg, tiny_dataset  # noqa: F401 (fixture)
-from hybrid_vit_cascade.training.checkpoint import (
+from hybrid_vit_cascade.runtime.checkpoint import (
     CheckpointError, load_cascade, load_state, load_weights, read_meta, resolve_snapshot, rng_state, save_snapshot,
     set_rng_state, weights_hash,
 )

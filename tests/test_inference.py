@@ -14,7 +14,7 @@ from hybrid_vit_cascade.config import config_from_dict
 from hybrid_vit_cascade.inference.pipeline import Reconstructor
 from hybrid_vit_cascade.inference.xray_io import write_drr_png
 from hybrid_vit_cascade.models.cascade import Cascade
-from hybrid_vit_cascade.training.checkpoint import save_resolved_config, save_snapshot, stage_dir, write_json_atomic
+from hybrid_vit_cascade.runtime.checkpoint import save_resolved_config, save_snapshot, stage_dir, write_json_atomic
 
 P, FOV, LI_MAX = 16, 256.0, 8.0
 TINY = dict(voxel_dim=32, num_heads=2, vit_depth=1, patch_size=4, lift_channels=4, depth_bins=8,

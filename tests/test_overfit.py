@@ -15,7 +15,7 @@ from hybrid_vit_cascade.config import config_from_dict
 from hybrid_vit_cascade.diffusion.losses import v_loss
 from hybrid_vit_cascade.diffusion.schedule import q_sample, v_target
 from hybrid_vit_cascade.models.cascade import Cascade
-from hybrid_vit_cascade.training.data import upsample_to
+from hybrid_vit_cascade.runtime.conditioning import upsample_to
 
 T_GRID = (0.05, 0.2, 0.4, 0.6, 0.8, 0.95)
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from _trainkit import metrics_by_step, tiny_cfg, tiny_dataset, tiny_dict, write_cfg  # noqa: F401 (fixture)
 from hybrid_vit_cascade.cli import main as cli_main
 from hybrid_vit_cascade.config import config_from_dict
-from hybrid_vit_cascade.training import objective as objective_mod
+from hybrid_vit_cascade.runtime import objective as objective_mod
 from hybrid_vit_cascade.training.progressive import train_progressive
 from hybrid_vit_cascade.training.trainer import TrainingDiverged
 
@@ -40,7 +40,7 @@ def test_stage2_freezes_stage1_and_reuses_condition_cache(tiny_dataset, tmp_path
     assert names and all(n.startswith("stages.1.") for n in names)
     assert len(names) == sum(1 for _ in cascade.stages[1].parameters())
     meta = json.loads((ck / "stage2_s32" / "best" / "meta.json").read_text())
-    from hybrid_vit_cascade.training.checkpoint import weights_hash
+    from hybrid_vit_cascade.runtime.checkpoint import weights_hash
 
     assert meta["prev_stages"]["1"] == weights_hash(saved)
 
@@ -75,7 +75,7 @@ def test_stage2_freezes_stage1_and_reuses_condition_cache(tiny_dataset, tmp_path
     assert any("reusing cached stage-1 samples" in m for m in msgs)
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
     # Different stage-1 weights → a different cache key (the cache never serves stale samples).
-    from hybrid_vit_cascade.training.conditioning import cache_key
+    from hybrid_vit_cascade.training.cond_cache import cache_key
 
     sd = cascade.stages[0].state_dict()
     sd2 = {k: v.clone() for k, v in sd.items()}
@@ -86,7 +86,7 @@ def test_stage2_freezes_stage1_and_reuses_condition_cache(tiny_dataset, tmp_path
 
 def test_stage_k_needs_earlier_stages(tiny_dataset, tmp_path):
     cfg = tiny_cfg(tiny_dataset)
-    from hybrid_vit_cascade.training.checkpoint import CheckpointError
+    from hybrid_vit_cascade.runtime.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="stage 1 is not trained"):
         train_progressive(cfg, tmp_path / "ck", only_stage=2, device="cpu", log=lambda m: None)

@@ -50,7 +50,7 @@ def _held_out_case(root: Path) -> tuple[str, Path]:
 def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.config import ConfigError, load_config
     from hybrid_vit_cascade.commands.drr import _stem as drr_stem
-    from hybrid_vit_cascade.training.checkpoint import read_data_info
+    from hybrid_vit_cascade.runtime.checkpoint import read_data_info
 
     out = Path(args.out)
     for path in filter(None, [args.config, args.baseline_config]):

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.data.io import CTReadError
     from hybrid_vit_cascade.inference.evaluate import evaluate, format_summary
-    from hybrid_vit_cascade.training.checkpoint import CheckpointError
+    from hybrid_vit_cascade.runtime.checkpoint import CheckpointError
 
     if args.max_cases is not None and args.max_cases < 1:
         print("hvc evaluate: error: --max-cases must be ≥ 1", file=sys.stderr)

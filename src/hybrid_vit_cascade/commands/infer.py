@@ -40,7 +40,7 @@ def _stem(out: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.data.io import CTReadError
     from hybrid_vit_cascade.inference.xray_io import XrayReadError
-    from hybrid_vit_cascade.training.checkpoint import CheckpointError
+    from hybrid_vit_cascade.runtime.checkpoint import CheckpointError
 
     try:
         return _run(args)

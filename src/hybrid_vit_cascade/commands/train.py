@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.config import ConfigError, load_config
-    from hybrid_vit_cascade.training.checkpoint import CheckpointError
+    from hybrid_vit_cascade.runtime.checkpoint import CheckpointError
     from hybrid_vit_cascade.training.progressive import train_progressive
     from hybrid_vit_cascade.training.trainer import TrainingDiverged
 

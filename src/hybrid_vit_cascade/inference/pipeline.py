@@ -1,7 +1,7 @@
 """Run a trained cascade stage by stage on X-rays: sampling, uncertainty, DRR consistency, HU output.
 
 Stage k is conditioned on stage k−1's *sampled* output, upsampled and noised to
-`StageConfig.cond_noise_level` exactly as the trainer built its conditioning (training/conditioning.py),
+`StageConfig.cond_noise_level` exactly as the trainer built its conditioning (runtime/conditioning.py),
 so inference sees what training saw. With K samples, K independent chains run through the whole
 cascade (sample i of stage k is conditioned on sample i of stage k−1), so the spread of the final
 stage reflects every stage's uncertainty. Only the running stage sits on the device; the others
@@ -22,9 +22,10 @@ from hybrid_vit_cascade.diffusion.losses import predicted_xray
 from hybrid_vit_cascade.geometry.physics import unit_to_hu
 from hybrid_vit_cascade.geometry.projector import Projector
 from hybrid_vit_cascade.metrics import drr_psnr
-from hybrid_vit_cascade.training.conditioning import augment_condition
-from hybrid_vit_cascade.training.data import mix_seed, sample_generators, upsample_to
-from hybrid_vit_cascade.training.objective import Objective
+from hybrid_vit_cascade.runtime.checkpoint import CheckpointError, load_cascade
+from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
+from hybrid_vit_cascade.runtime.objective import Objective
+from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
 
 
 @dataclass
@@ -66,8 +67,6 @@ class Reconstructor:
 
     def __init__(self, checkpoint_dir: str | os.PathLike, which: str = "best", ema: bool = True,
                  device: Optional[str] = None):
-        from hybrid_vit_cascade.training.checkpoint import CheckpointError, load_cascade
-
         self.checkpoint_dir = str(checkpoint_dir)
         self.cfg, self.cascade, self.data_info = load_cascade(checkpoint_dir, which=which, ema=ema)
         self.cascade.to("cpu").eval()
@@ -201,12 +200,8 @@ class Reconstructor:
                 if k > 1:
                     cgens = sample_generators([mix_seed("infer-cond", seed, k, keys[b], i) for b, i in chunk], dev)
                     low = prev[c0:c0 + len(chunk)].to(dev)
-                    cond, cond_noise = augment_condition(upsample_to(low, res), self.cfg, cgens, False,
-                                                         scfg.cond_noise_level)
-
-                def model_fn(x_t: Tensor, t: Tensor, _s=stage, _x=x_ray, _c=cond, _n=cond_noise) -> Tensor:
-                    return _s(x_t, t, _x, _c, _n).float()
-
+                    cond, cond_noise = make_condition(low, res, self.cfg, cgens, scfg.cond_noise_level)
+                model_fn = stage_model_fn(stage, x_ray, cond, cond_noise)
                 fn = model_fn
                 if guidance_scale > 0:
                     fn = drr_consistency_wrap(model_fn, self.project, x_ray, guidance_scale,

@@ -1,29 +1,13 @@
-"""Training data plumbing: a resumable shuffled order, per-sample generators, the stage dataset view."""
+"""Training data plumbing: a resumable shuffled order and the stage dataset view."""
 from __future__ import annotations
 
-import hashlib
-import zlib
-from typing import Iterator, Optional, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-
-def mix_seed(*parts: object) -> int:
-    """A 63-bit seed from any tuple of ints/strings (stable across runs and machines)."""
-    h = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-def case_seed(case_id: str) -> int:
-    return zlib.crc32(case_id.encode())
-
-
-def sample_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One torch.Generator per seed, on `device`."""
-    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+from hybrid_vit_cascade.runtime.seeding import mix_seed
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -45,22 +29,12 @@ class EpochShuffleSampler(Sampler[int]):
         return self.n
 
 
-def upsample_to(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Trilinear resize of (B, 1, d, d, d) or (1, d, d, d) to edge `size` (identity if equal)."""
-    squeeze = x.dim() == 4
-    if squeeze:
-        x = x[None]
-    if x.shape[-1] != size:
-        x = F.interpolate(x.float(), size=(size, size, size), mode="trilinear", align_corners=False)
-    return x[0] if squeeze else x
-
-
 class StageDataset(Dataset):
     """A split of the prepared dataset as one stage sees it.
 
     item = {"x0": (1, D, D, D) CT at the stage resolution in [-1, 1], "xray": (V, P, P),
-    "index": dataset index, "case_id": str, and "prev": (1, D, D, D) — the previous stage's cached
-    sample upsampled to D — when `cond_cache` is given}.
+    "index": dataset index, "case_id": str, and "prev": (1, d, d, d) — the previous stage's cached
+    sample at its own resolution d (runtime.conditioning upsamples it) — when `cond_cache` is given}.
     """
 
     def __init__(self, base: Dataset, resolution: int, cond_cache=None):
@@ -70,12 +44,6 @@ class StageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.base)
-
-    def case_id(self, i: int) -> str:
-        ids = getattr(self.base, "case_ids", None)
-        if ids is not None:
-            return str(ids[i])
-        return str(self.base[i]["meta"]["case_id"])
 
     def __getitem__(self, i: int) -> dict:
         item = self.base[i]
@@ -90,11 +58,6 @@ class StageDataset(Dataset):
             "case_id": case_id,
         }
         if self.cond_cache is not None:
-            prev = torch.from_numpy(np.asarray(self.cond_cache.load(case_id), dtype=np.float32))
-            out["prev"] = upsample_to(prev, self.resolution)
+            out["prev"] = torch.from_numpy(np.asarray(self.cond_cache.load(case_id), dtype=np.float32))
         return out
 
-
-def subset_indices(n: int, k: Optional[int]) -> list[int]:
-    """The first k indices (all if k is None) — the fixed validation samples."""
-    return list(range(n if k is None else min(k, n)))

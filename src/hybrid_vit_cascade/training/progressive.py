@@ -14,11 +14,11 @@ from typing import Any, Callable, Optional
 import torch
 
 from hybrid_vit_cascade.config import Config, ConfigError
-from hybrid_vit_cascade.training.checkpoint import (
+from hybrid_vit_cascade.runtime.checkpoint import (
     CheckpointError, load_state, load_weights, read_config, read_meta, resolve_snapshot, save_resolved_config,
     stage_dir, stage_snapshot, write_json_atomic, DATA_INFO_FILE, CONFIG_FILE,
 )
-from hybrid_vit_cascade.training.conditioning import build_condition_cache
+from hybrid_vit_cascade.training.cond_cache import build_condition_cache
 from hybrid_vit_cascade.training.data import StageDataset
 from hybrid_vit_cascade.training.logging import RunLogger
 from hybrid_vit_cascade.training.trainer import StageTrainer

@@ -24,15 +24,17 @@ from tqdm.auto import tqdm
 
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.geometry.projector import Projector
-from hybrid_vit_cascade.training.checkpoint import (
+from hybrid_vit_cascade.runtime.checkpoint import (
     rng_state, save_snapshot, set_rng_state, stage_dir, weights_hash, write_json_atomic,
 )
-from hybrid_vit_cascade.training.data import EpochShuffleSampler, mix_seed, sample_generators
+from hybrid_vit_cascade.runtime.objective import Objective
+from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
+from hybrid_vit_cascade.training.data import EpochShuffleSampler
 from hybrid_vit_cascade.training.ema import EMA
 from hybrid_vit_cascade.training.logging import RunLogger, peak_memory_mb
 from hybrid_vit_cascade.training.lr import warmup_cosine
-from hybrid_vit_cascade.training.objective import Objective
-from hybrid_vit_cascade.training.validation import StageStepper, validate
+from hybrid_vit_cascade.training.step import StageStepper
+from hybrid_vit_cascade.training.validation import validate
 
 TROUBLESHOOTING = (
     "Troubleshooting NaN/Inf losses: (1) learning rate too high — try 1e-5 instead of {lr:g} "

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Subset
 
 from hybrid_vit_cascade import metrics
 from hybrid_vit_cascade.diffusion.losses import physics_loss, predicted_xray
-from hybrid_vit_cascade.training.conditioning import augment_condition
-from hybrid_vit_cascade.training.data import mix_seed, sample_generators
+from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
+from hybrid_vit_cascade.training.step import StageStepper
 
 AXES = ("sagittal", "coronal", "axial")
 
@@ -27,64 +27,6 @@ def display_slice(vol: np.ndarray, axis: int) -> np.ndarray:
     """Mid-slice of a RAS+ (D, H, W) cube across `axis`, superior (or anterior) up, patient right on the left."""
     s = np.take(vol, vol.shape[axis] // 2, axis=axis)  # rows = the lower remaining RAS axis
     return np.flip(s.T, (0, 1))
-
-
-class StageStepper:
-    """Runs one stage's loss or sampling on a batch; shared by training and validation."""
-
-    def __init__(self, ctx, model: torch.nn.Module):
-        self.ctx = ctx  # the StageTrainer (cfg, k, objective, projector, physics constants, device)
-        self.model = model
-
-    def condition(self, batch: dict, gens_cond, train: bool):
-        ctx = self.ctx
-        if ctx.k == 1:
-            return None, None
-        level = ctx.stage_cfg.cond_noise_level
-        return augment_condition(batch["prev"], ctx.cfg, gens_cond, train, level)
-
-    def losses(self, batch: dict, gens, gens_cond, train: bool) -> dict[str, Tensor]:
-        """{"<kind>_loss", "physics_loss", "physics_loss_<view>"..., "loss"} for a batch on the device.
-
-        <kind> is "diffusion" or "regression" (training.objective); "loss" is what is optimised:
-        the objective loss + physics_weight × physics_loss.
-        """
-        ctx = self.ctx
-        xray = batch["xray"]
-        prev, cond_noise = self.condition(batch, gens_cond, train)
-
-        def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
-            return self.model(x_t, t, xray, prev, cond_noise)
-
-        out = ctx.objective.loss(model_fn, batch["x0"], gens)
-        res = {f"{ctx.objective.kind}_loss": out.loss}
-        total = out.loss
-        if ctx.stage_cfg.use_physics_loss:
-            phys = physics_loss(out.x0_pred, xray, ctx.projector, ctx.spacing_mm, ctx.hu_window, ctx.mu_water, ctx.li_max)
-            res["physics_loss"] = phys.total
-            for name, v in zip(ctx.view_names, phys.per_view):
-                res[f"physics_loss_{name}"] = v
-            total = total + ctx.stage_cfg.physics_weight * phys.total
-        res["loss"] = total
-        return res
-
-    @torch.no_grad()
-    def sample(self, batch: dict, steps: int, sampler: Optional[str] = None) -> Tensor:
-        """Clean volumes (B, 1, D, D, D) for a batch, conditioned as at inference."""
-        ctx = self.ctx
-        ids = batch["case_id"]
-        gens = sample_generators([mix_seed("val-sample", ctx.cfg.training.seed, ctx.k, c) for c in ids], ctx.device)
-        gens_cond = sample_generators([mix_seed("val-cond", ctx.cfg.training.seed, ctx.k, c) for c in ids], ctx.device)
-        xray = batch["xray"]
-        prev, cond_noise = self.condition(batch, gens_cond, train=False)
-
-        def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
-            with ctx.accelerator.autocast():
-                return self.model(x_t, t, xray, prev, cond_noise).float()
-
-        B = xray.shape[0]
-        r = ctx.resolution
-        return ctx.objective.generate(model_fn, (B, 1, r, r, r), steps, ctx.device, gens, sampler)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

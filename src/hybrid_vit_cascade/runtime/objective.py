@@ -15,7 +15,7 @@ depends only on (seed, stage, epoch, case) — not on batch size, accumulation, 
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -24,8 +24,8 @@ from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.diffusion.losses import v_loss
 from hybrid_vit_cascade.diffusion.samplers import sample as run_sampler
 from hybrid_vit_cascade.diffusion.schedule import q_sample, v_target, x0_from_v
-
-ModelFn = Callable[[Tensor, Tensor], Tensor]
+from hybrid_vit_cascade.diffusion.samplers import ModelFn
+from hybrid_vit_cascade.runtime.seeding import per_sample_rand, per_sample_randn
 
 REGRESSION_T = 1.0  # fixed time fed to the network in regression mode
 
@@ -33,16 +33,6 @@ REGRESSION_T = 1.0  # fixed time fed to the network in regression mode
 class StepOutput(NamedTuple):
     loss: Tensor  # scalar objective loss (before the physics term)
     x0_pred: Tensor  # (B, 1, D, H, W) clean estimate, for the physics loss and images
-
-
-def per_sample_randn(gens: Sequence[torch.Generator], shape: Sequence[int], device, dtype=torch.float32) -> Tensor:
-    """(B, *shape) standard normal, item b drawn from gens[b]."""
-    return torch.stack([torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in gens])
-
-
-def per_sample_rand(gens: Sequence[torch.Generator], device, dtype=torch.float32) -> Tensor:
-    """(B,) uniform [0, 1), item b drawn from gens[b]."""
-    return torch.cat([torch.rand(1, generator=g, device=device, dtype=dtype) for g in gens])
 
 
 class Objective:

@@ -1,13 +1,12 @@
-"""Cascade conditioning: the frozen stage k−1 samples every case ONCE; stage k trains on those samples.
+"""Conditioning cache: the frozen stage k−1 samples every case ONCE; stage k trains on those samples.
 
 Stage k is conditioned on what stage k−1 really produces at inference (its *sampled* output), not
 on the ground truth downsampled — otherwise stage k would learn to trust a perfect input it never
 gets. Sampling is slow, so at the start of stage k every train/val case is sampled once with the fast
 sampler (training.cond_sample_steps) and cached to disk under a key that hashes the weights of
 stages 1..k−1, their configs and the data, so a rerun reuses it and any change invalidates it.
-During training the upsampled condition is noise-augmented (Ho et al. 2022, "Cascaded Diffusion
-Models") at a random level s ∈ [0, training.cond_aug_max] that the stage also receives; at inference
-the level is StageConfig.cond_noise_level (`condition_for_inference`).
+How a cached sample becomes stage k's condition (upsampling, noise augmentation) is
+runtime/conditioning.py, shared with inference.
 """
 from __future__ import annotations
 
@@ -23,44 +22,12 @@ import torch
 from torch import Tensor
 
 from hybrid_vit_cascade.config import Config
-from hybrid_vit_cascade.diffusion.schedule import q_sample
-from hybrid_vit_cascade.training.checkpoint import weights_hash
-from hybrid_vit_cascade.training.data import case_seed, mix_seed, sample_generators, upsample_to
-from hybrid_vit_cascade.training.objective import Objective, per_sample_randn
+from hybrid_vit_cascade.runtime.checkpoint import weights_hash
+from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
+from hybrid_vit_cascade.runtime.objective import Objective
+from hybrid_vit_cascade.runtime.seeding import case_seed, mix_seed, sample_generators
 
 COMPLETE = "complete.json"
-
-
-def noise_condition(prev: Tensor, level: Tensor, schedule: str, gens: Sequence[torch.Generator]) -> Tensor:
-    """Noise-augment an upsampled condition (B, 1, D, D, D) to diffusion time `level` (B,)."""
-    eps = per_sample_randn(gens, prev.shape[1:], prev.device, prev.dtype)
-    return q_sample(prev, eps, level.to(prev.dtype), schedule)
-
-
-def condition_for_inference(
-    prev_lowres: Tensor, size: int, level: float, schedule: str, generator: Optional[torch.Generator] = None
-) -> tuple[Tensor, Tensor]:
-    """(condition (B, 1, size³), cond_noise (B,)) from stage k−1's output, as stage k saw in training."""
-    prev = upsample_to(prev_lowres.float(), size)
-    B = prev.shape[0]
-    lvl = torch.full((B,), float(level), device=prev.device)
-    if level <= 0:
-        return prev, lvl
-    eps = torch.randn(prev.shape, generator=generator, device=prev.device, dtype=prev.dtype)
-    return q_sample(prev, eps, lvl, schedule), lvl
-
-
-def augment_condition(
-    prev: Tensor, cfg: Config, gens: Sequence[torch.Generator], train: bool, inference_level: float
-) -> tuple[Tensor, Tensor]:
-    """Training: random level in [0, cond_aug_max] per sample; evaluation: the inference level."""
-    B = prev.shape[0]
-    if train:
-        u = torch.cat([torch.rand(1, generator=g, device=prev.device) for g in gens])
-        level = u * cfg.training.cond_aug_max
-    else:
-        level = torch.full((B,), float(inference_level), device=prev.device)
-    return noise_condition(prev, level, cfg.diffusion.schedule, gens), level
 
 
 class ConditionCache:
@@ -157,14 +124,8 @@ def build_condition_cache(
         if prev_cache is not None:
             low = torch.stack([torch.from_numpy(prev_cache.load(c)) for c in ids]).to(device)
             aug_gens = sample_generators([mix_seed("cond-aug", cfg.training.seed, j, case_seed(c)) for c in ids], device)
-            prev, cond_noise = augment_condition(upsample_to(low, res), cfg, aug_gens, False, level)
-
-        def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
-            if autocast is None:
-                return stage(x_t, t, xray, prev, cond_noise).float()
-            with autocast():
-                return stage(x_t, t, xray, prev, cond_noise).float()
-
+            prev, cond_noise = make_condition(low, res, cfg, aug_gens, level)
+        model_fn = stage_model_fn(stage, xray, prev, cond_noise, autocast)
         with torch.no_grad():
             out = objective.generate(model_fn, (len(ids), 1, res, res, res), cfg.training.cond_sample_steps, device, gens)
         for c, o in zip(ids, out.cpu().numpy()):

@@ -1,0 +1,1 @@
+"""Cascade runtime: what training and inference share (objective, conditioning, seeding, checkpoints)."""

@@ -1,0 +1,67 @@
+"""How a stage is called: its X-rays and the previous stage's (noise-augmented) output bound into `model_fn`.
+
+Stage k ≥ 2 is conditioned on what stage k−1 really produces (its *sampled* output), upsampled
+to stage k's resolution and noised to a level s that the stage also receives (Ho et al. 2022,
+"Cascaded Diffusion Models", conditioning augmentation): in training s ~ U[0, training.cond_aug_max]
+per sample, at evaluation and inference s = StageConfig.cond_noise_level. Training, validation, the
+conditioning cache and inference all build the condition and the model_fn here, so inference sees
+exactly what training saw.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hybrid_vit_cascade.config import Config
+from hybrid_vit_cascade.diffusion.samplers import ModelFn
+from hybrid_vit_cascade.diffusion.schedule import q_sample
+from hybrid_vit_cascade.runtime.seeding import per_sample_rand, per_sample_randn
+
+
+def upsample_to(x: Tensor, size: int) -> Tensor:
+    """Trilinear resize of (B, 1, d, d, d) or (1, d, d, d) to edge `size` (identity if equal)."""
+    squeeze = x.dim() == 4
+    if squeeze:
+        x = x[None]
+    if x.shape[-1] != size:
+        x = F.interpolate(x.float(), size=(size, size, size), mode="trilinear", align_corners=False)
+    return x[0] if squeeze else x
+
+
+def make_condition(
+    prev_low: Tensor, size: int, cfg: Config, gens: Sequence[torch.Generator], level: Optional[float]
+) -> tuple[Tensor, Tensor]:
+    """(condition (B, 1, size³), its noise level (B,)) from the previous stage's output (B, 1, d³).
+
+    `level` None draws a training level in [0, training.cond_aug_max] per sample from gens[b];
+    a number is the fixed evaluation / inference level (StageConfig.cond_noise_level).
+    """
+    prev = upsample_to(prev_low, size)
+    B = prev.shape[0]
+    if level is None:
+        lvl = per_sample_rand(gens, prev.device) * cfg.training.cond_aug_max  # (B,)
+    else:
+        lvl = torch.full((B,), float(level), device=prev.device)
+    eps = per_sample_randn(gens, prev.shape[1:], prev.device, prev.dtype)  # (B, 1, size, size, size)
+    return q_sample(prev, eps, lvl.to(prev.dtype), cfg.diffusion.schedule), lvl
+
+
+def stage_model_fn(
+    stage: torch.nn.Module,
+    xray: Tensor,
+    prev: Optional[Tensor] = None,
+    cond_noise: Optional[Tensor] = None,
+    autocast: Optional[Callable[[], object]] = None,
+) -> ModelFn:
+    """model_fn(x_t, t) -> float32 output of `stage` with its X-rays (B, V, P, P) and condition bound."""
+    ctx = autocast or nullcontext
+
+    def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        with ctx():
+            return stage(x_t, t, xray, prev, cond_noise).float()
+
+    return model_fn
