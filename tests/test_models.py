@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from hybrid_vit_cascade.config import GeometryConfig, StageConfig
-from hybrid_vit_cascade.models.blocks import Attention, DiTBlock, manual_attention, modulate
-from hybrid_vit_cascade.models.embeddings import PatchEmbed3D, sincos_pos_embed_3d, timestep_embedding
+from hybrid_vit_cascade.models.denoiser import (
+    Attention, DiTBlock, PatchEmbed3D, modulate, sincos_pos_embed_3d, timestep_embedding,
+)
 from hybrid_vit_cascade.models.stage import CascadeStage
 
 P = 16  # detector pixels
@@ -41,17 +42,14 @@ def test_modulate():
 
 
 @pytest.mark.parametrize("heads", [1, 2, 4])
-def test_sdpa_matches_manual_attention(heads):
+def test_sdpa_attention_matches_the_textbook_formula(heads):
     torch.manual_seed(0)
     attn = Attention(32, heads)
     x = torch.randn(3, 27, 32)
-    fused = attn(x)
-    attn.fused = False
-    torch.testing.assert_close(fused, attn(x), rtol=1e-5, atol=1e-5)
-    # and the manual reference is the textbook formula
-    q, k, v = torch.randn(3, 2, 3, 5, 4).unbind(0)
-    ref = torch.softmax(torch.einsum("bhnd,bhmd->bhnm", q, k) / 2.0, dim=-1) @ v
-    torch.testing.assert_close(manual_attention(q, k, v), ref)
+    q, k, v = attn.qkv(x).reshape(3, 27, 3, heads, 32 // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    ref = torch.softmax(torch.einsum("bhnd,bhmd->bhnm", q, k) / (32 // heads) ** 0.5, dim=-1) @ v  # (B, h, N, d)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), attn.proj(ref.transpose(1, 2).reshape(3, 27, 32)), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("index", [0, 1])

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .blocks import ResBlock, conv_norm_act
+from .denoiser import ResBlock, conv_norm_act
 
 
 class ViewEncoder(nn.Module):
@@ -28,7 +28,6 @@ class XrayEncoder(nn.Module):
 
     def __init__(self, n_views: int, channels: int, downsample: int):
         super().__init__()
-        self.channels = channels
         self.encoders = nn.ModuleList(ViewEncoder(channels, downsample) for _ in range(n_views))
 
     def forward(self, xray: Tensor) -> Tensor:

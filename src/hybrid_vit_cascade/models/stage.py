@@ -12,7 +12,7 @@ from ..config import GeometryConfig, StageConfig
 from ..geometry.physics import DEFAULT_HU_WINDOW, DEFAULT_MU_WATER
 from .encoder2d import XrayEncoder
 from .lifting import DepthLifting
-from .vit3d import HybridViT3D
+from .denoiser import HybridViT3D
 
 
 class CascadeStage(nn.Module):
