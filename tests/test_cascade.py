@@ -24,7 +24,7 @@ def tiny_cascade(resolutions, views=("ap", "lateral")) -> Cascade:
             "data": {"views": list(views), "fov_mm": 256.0, "geometry": {"det_pixels": P}},
         }
     )
-    return Cascade.from_config(cfg)
+    return Cascade(cfg)
 
 
 def open_output_path(module: torch.nn.Module) -> None:
@@ -39,13 +39,13 @@ def open_output_path(module: torch.nn.Module) -> None:
 @pytest.mark.parametrize("resolutions", [[16, 32], [16, 24, 32]])
 def test_chain_shapes(resolutions, views):
     cascade = tiny_cascade(resolutions, views)
-    assert cascade.resolutions == resolutions and len(cascade) == len(resolutions)
+    assert cascade.resolutions == resolutions and len(cascade.stages) == len(resolutions)
     B = 2
     xray = torch.rand(B, len(views), P, P) * 2 - 1
     prev = None
     with torch.no_grad():
         for k, res in enumerate(resolutions):
-            stage = cascade.stage(k)
+            stage = cascade.stages[k]
             assert stage.resolution == res and stage.has_prev == (k > 0)
             x_t = torch.randn(B, 1, res, res, res)
             cond = torch.full((B,), 0.1) if k else None
@@ -57,45 +57,42 @@ def test_chain_shapes(resolutions, views):
 def test_frozen_stage_gets_no_gradient_and_stays_bit_identical():
     cascade = tiny_cascade([16, 32])
     open_output_path(cascade)
+    s0, s1 = cascade.stages
     cascade.freeze_except(1)
     cascade.train()
-    assert not cascade.stage(0).training and cascade.stage(1).training  # train() keeps frozen stages in eval
-    assert cascade.frozen_stages == [0]
-    before = {k: v.clone() for k, v in cascade.stage(0).state_dict().items()}
-    trainable = cascade.trainable_parameters(1)
-    assert len(trainable) == len(list(cascade.stage(1).parameters()))
-    assert not any(p.requires_grad for p in cascade.stage(0).parameters())
-    opt = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.1)
+    assert not s0.training and s1.training  # train() keeps frozen stages in eval
+    before = {k: v.clone() for k, v in s0.state_dict().items()}
+    assert all(p.requires_grad for p in s1.parameters())
+    assert not any(p.requires_grad for p in s0.parameters())
+    # The optimiser sees every cascade parameter: freezing alone must keep stage 0 fixed.
+    opt = torch.optim.AdamW(cascade.parameters(), lr=1e-2, weight_decay=0.1)
     xray = torch.rand(2, 2, P, P) * 2 - 1
     # Run stage 0 with autograd on: its output still must not carry gradients into stage 0.
-    prev = cascade.stage(0)(torch.randn(2, 1, 16, 16, 16), torch.rand(2), xray)
-    v = cascade.stage(1)(torch.randn(2, 1, 32, 32, 32), torch.rand(2), xray, prev, torch.zeros(2))
+    prev = s0(torch.randn(2, 1, 16, 16, 16), torch.rand(2), xray)
+    v = s1(torch.randn(2, 1, 32, 32, 32), torch.rand(2), xray, prev, torch.zeros(2))
     v.square().mean().backward()
     opt.step()
-    assert all(p.grad is None for p in cascade.stage(0).parameters())
-    assert any(p.grad is not None and torch.count_nonzero(p.grad) for p in cascade.stage(1).parameters())
-    for k, val in cascade.stage(0).state_dict().items():
+    assert all(p.grad is None for p in s0.parameters())
+    assert any(p.grad is not None and torch.count_nonzero(p.grad) for p in s1.parameters())
+    for k, val in s0.state_dict().items():
         assert torch.equal(val, before[k]), k
-    cascade.freeze_except(None)
-    assert cascade.frozen_stages == [] and all(p.requires_grad for p in cascade.parameters())
+    cascade.freeze_except(0)
+    assert all(p.requires_grad for p in s0.parameters()) and not any(p.requires_grad for p in s1.parameters())
 
 
-def test_stage_index_errors_and_negative_index():
+def test_freeze_except_rejects_a_stage_index_out_of_range():
     cascade = tiny_cascade([16, 32])
-    assert cascade.stage(-1) is cascade.stage(1)
-    with pytest.raises(IndexError, match="stage index 2 out of range"):
-        cascade.stage(2)
-    with pytest.raises(IndexError):
-        cascade.freeze_except(5)
+    with pytest.raises(IndexError, match="stage index 2 out of range for a 2-stage cascade"):
+        cascade.freeze_except(2)
 
 
 def test_state_dict_round_trips_through_safetensors(tmp_path):
     a = tiny_cascade([16, 32])
     open_output_path(a)
     path = tmp_path / "stage.safetensors"
-    save_file(a.stage(1).state_dict(), str(path))  # fails on shared / non-contiguous tensors
+    save_file(a.stages[1].state_dict(), str(path))  # fails on shared / non-contiguous tensors
     b = tiny_cascade([16, 32])
-    b.stage(1).load_state_dict(load_file(str(path)))
+    b.stages[1].load_state_dict(load_file(str(path)))
     args = (torch.randn(1, 1, 32, 32, 32), torch.rand(1), torch.rand(1, 2, P, P), torch.randn(1, 1, 16, 16, 16), None)
     with torch.no_grad():
-        torch.testing.assert_close(a.stage(1)(*args), b.stage(1)(*args), rtol=0, atol=0)
+        torch.testing.assert_close(a.stages[1](*args), b.stages[1](*args), rtol=0, atol=0)
