@@ -139,8 +139,8 @@ def weights_hash(sd: dict[str, torch.Tensor]) -> str:
 # ---------------------------------------------------------------- RNG state (weights_only safe)
 
 
-def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """Python, NumPy, torch (CPU + CUDA) and named generator states as tensors / plain types."""
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU + CUDA) generator states as tensors / plain types."""
     py = random.getstate()
     np_state = np.random.get_state()
     st: dict[str, Any] = {
@@ -149,12 +149,11 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str,
                   int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
     }
     return st
 
 
-def set_rng_state(st: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+def set_rng_state(st: dict[str, Any]) -> None:
     """Inverse of `rng_state`."""
     py = st["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -163,9 +162,6 @@ def set_rng_state(st: dict[str, Any], generators: dict[str, torch.Generator] | N
     torch.set_rng_state(st["torch"])
     if torch.cuda.is_available() and st["cuda"]:
         torch.cuda.set_rng_state_all(st["cuda"])
-    for k, g in (generators or {}).items():
-        if k in st["generators"]:
-            g.set_state(st["generators"][k])
 
 
 # ---------------------------------------------------------------- reading a checkpoint directory
@@ -195,11 +191,6 @@ def stage_snapshot(checkpoint_dir: str | Path, cfg: Config, k: int, which: str =
     sd = stage_dir(checkpoint_dir, k, cfg.stages[k - 1].name)
     other = "last" if which == "best" else "best"
     return resolve_snapshot(sd / which) or resolve_snapshot(sd / other)
-
-
-def trained_stages(checkpoint_dir: str | Path, cfg: Config) -> list[int]:
-    """1-based indices of stages that have weights in `checkpoint_dir`."""
-    return [k for k in range(1, len(cfg.stages) + 1) if stage_snapshot(checkpoint_dir, cfg, k) is not None]
 
 
 def load_cascade(checkpoint_dir: str | Path, which: str = "best", ema: bool = True):
