@@ -6,7 +6,6 @@ saved with each checkpoint: a model can be rebuilt from it alone.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Literal, Optional
@@ -220,13 +219,6 @@ class Config(_Strict):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
-
-    def hash(self, *sections: str) -> str:
-        """A short stable hash of the given sections (all if none), for cache keys."""
-        d = self.to_dict()
-        if sections:
-            d = {k: d[k] for k in sections}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
