@@ -10,13 +10,11 @@ from hybrid_vit_cascade.diffusion.schedule import (
     SCHEDULES,
     alpha_sigma,
     broadcast_to,
-    discrete_to_t,
     eps_from_v,
     log_snr,
     min_snr_weight,
     q_sample,
     t_from_log_snr,
-    v_from_x0,
     v_target,
     x0_from_v,
 )
@@ -90,7 +88,6 @@ def test_identities_round_trip(schedule):
     v = v_target(x0, eps, t, schedule)
     torch.testing.assert_close(x0_from_v(x_t, v, t, schedule), x0, atol=1e-6, rtol=0)
     torch.testing.assert_close(eps_from_v(x_t, v, t, schedule), eps, atol=1e-6, rtol=0)
-    torch.testing.assert_close(v_from_x0(x_t, x0, t, schedule)[2:], v[2:], atol=1e-6, rtol=0)
     a, s = alpha_sigma(t, schedule)
     torch.testing.assert_close(x_t, broadcast_to(a, x0) * x0 + broadcast_to(s, x0) * eps)
 
@@ -158,9 +155,3 @@ def test_bad_inputs_named():
         log_snr(torch.tensor([float("nan")]))
     with pytest.raises(ValueError, match="same shape"):
         x0_from_v(torch.zeros(2, 1, 2, 2, 2), torch.zeros(2, 1, 2, 2, 3), torch.rand(2))
-
-
-def test_discrete_to_t():
-    torch.testing.assert_close(discrete_to_t(torch.tensor([0, 250, 1000]), 1000), torch.tensor([0.0, 0.25, 1.0]))
-    with pytest.raises(ValueError):
-        discrete_to_t(1001, 1000)

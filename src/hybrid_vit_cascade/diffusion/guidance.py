@@ -1,8 +1,4 @@
-"""Guidance as wrappers of `model_fn(x_t, t) -> v`, so it composes with any sampler and with each other.
-
-Classifier-free guidance (Ho & Salimans 2022) mixes conditional and unconditional predictions.
-Because x̂0 = α·x_t − σ·v and ε̂ = σ·x_t + α·v are affine in v for fixed x_t, mixing v with weights
-(1 − w, w) is exactly the same as mixing ε̂ (or x̂0) with those weights.
+"""Guidance as a wrapper of `model_fn(x_t, t) -> v`, so it composes with any sampler.
 
 DRR-consistency guidance pulls the clean estimate toward volumes whose projections match the
 measured X-rays, in the spirit of DPS (Chung et al. 2023) / classifier guidance (Dhariwal & Nichol
@@ -37,21 +33,6 @@ from torch import Tensor
 from .schedule import alpha_sigma, broadcast_to, x0_from_v
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def cfg_wrap(model_fn_cond: ModelFn, model_fn_uncond: ModelFn, scale: float) -> ModelFn:
-    """Classifier-free guidance: v = v_uncond + scale·(v_cond − v_uncond); 0 → uncond, 1 → cond."""
-
-    def guided(x_t: Tensor, t: Tensor) -> Tensor:
-        if scale == 1.0:
-            return model_fn_cond(x_t, t)  # skip the unconditional pass when it has no effect
-        v_u = model_fn_uncond(x_t, t)
-        if scale == 0.0:
-            return v_u
-        v_c = model_fn_cond(x_t, t)
-        return v_u + scale * (v_c - v_u)
-
-    return guided
 
 
 def drr_consistency_wrap(
@@ -101,8 +82,8 @@ def drr_consistency_wrap(
             eta = broadcast_to(scale * torch.where(gg > 0, ratio, torch.zeros_like(ratio)), x_t)
         else:
             eta = scale
-        # (3)+(4): x̂0' = x̂0 − η·g  ⇔  v' = v + η·g/σ (= v_from_x0(x_t, x̂0', t) without the
-        # cancellation in α·x_t − x̂0'); detached so the sampler stays grad-free.
+        # (3)+(4): x̂0' = x̂0 − η·g  ⇔  v' = v + η·g/σ (= (α·x_t − x̂0')/σ without the cancellation
+        # in α·x_t − x̂0'); detached so the sampler stays grad-free.
         sigma = broadcast_to(alpha_sigma(t, schedule)[1], x_t).to(x_t.dtype)
         return (v.detach() + eta * g / sigma).detach()
 

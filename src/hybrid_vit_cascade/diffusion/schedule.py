@@ -121,16 +121,6 @@ def alpha_sigma(t: Tensor, schedule: str = "cosine") -> tuple[Tensor, Tensor]:
     return alpha.to(t.dtype), sigma.to(t.dtype)
 
 
-def discrete_to_t(step: Tensor | int, num_steps: int) -> Tensor:
-    """Map a discrete timestep index k ∈ {0, …, num_steps} to continuous t = k / num_steps."""
-    if num_steps <= 0:
-        raise ValueError(f"num_steps must be positive, got {num_steps}")
-    k = torch.as_tensor(step, dtype=torch.get_default_dtype())
-    if bool(((k < 0) | (k > num_steps)).any()):
-        raise ValueError(f"discrete step must lie in [0, {num_steps}], got {k.flatten()[0].item()}")
-    return k / num_steps
-
-
 def broadcast_to(coef: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-sample coefficient (B,) to (B, 1, …, 1) so it multiplies x of shape (B, …)."""
     if coef.ndim == 0:
@@ -180,13 +170,6 @@ def eps_from_v(x_t: Tensor, v: Tensor, t: Tensor, schedule: str = "cosine") -> T
     _same_shape(x_t, v, "x_t", "v")
     alpha, sigma = _coefs(t, x_t, schedule)
     return sigma * x_t + alpha * v
-
-
-def v_from_x0(x_t: Tensor, x0: Tensor, t: Tensor, schedule: str = "cosine") -> Tensor:
-    """The v consistent with x_t and a clean estimate x0: v = (α_t·x_t − x0) / σ_t."""
-    _same_shape(x_t, x0, "x_t", "x0")
-    alpha, sigma = _coefs(t, x_t, schedule)
-    return (alpha * x_t - x0) / sigma
 
 
 def min_snr_weight(t: Tensor, gamma: float, schedule: str = "cosine", floor: float = 0.0) -> Tensor:
