@@ -75,19 +75,16 @@ def physics_loss(
     hu_window: tuple[float, float],
     mu_water: float,  # 1/mm
     li_max: float,
-    views_mask: Optional[Tensor] = None,
 ) -> PhysicsLoss:
     """DRR loss: MSE between projections of the predicted volume and the input X-rays, view by view.
 
     x0_pred (B, 1, D, H, W) in [-1, 1]; xray (B, V, P, P) normalised with the same li_max, its views in
     the projector's order (the lateral prediction is compared with the lateral X-ray).
-    views_mask (B, V) marks which views each sample really has (1/True) — missing views are skipped.
     """
     if x0_pred.ndim != 5 or x0_pred.shape[1] != 1:
         raise ValueError(f"x0_pred must be (B, 1, D, H, W), got {tuple(x0_pred.shape)}")
     if xray.ndim != 4 or xray.shape[0] != x0_pred.shape[0]:
         raise ValueError(f"xray must be (B, V, P, P) with B = {x0_pred.shape[0]}, got {tuple(xray.shape)}")
-    B, V = xray.shape[:2]
     # Under autocast the projector's sums would run in half precision; the loss is small, keep float32.
     pred = predicted_xray(x0_pred.float(), projector, spacing_mm, hu_window, mu_water, li_max)
     if pred.shape != xray.shape:
@@ -95,17 +92,8 @@ def physics_loss(
             f"projector output {tuple(pred.shape)} does not match the X-rays {tuple(xray.shape)}: "
             "check the views (their number and order) and the detector size"
         )
-    per_sample_view = (pred - xray.float()).pow(2).mean(dim=(2, 3))  # (B, V)
-    if views_mask is None:
-        per_view = per_sample_view.mean(0)  # (V,)
-        return PhysicsLoss(per_view.mean(), per_view)
-    if views_mask.shape != (B, V):
-        raise ValueError(f"views_mask must be (B, V) = ({B}, {V}), got {tuple(views_mask.shape)}")
-    m = views_mask.to(per_sample_view)
-    # Per view: mean over the samples that have it (0 if none does); total: mean over present pairs.
-    per_view = (per_sample_view * m).sum(0) / m.sum(0).clamp_min(1)
-    total = (per_sample_view * m).sum() / m.sum().clamp_min(1)
-    return PhysicsLoss(total, per_view)
+    per_view = (pred - xray.float()).pow(2).mean(dim=(2, 3)).mean(0)  # (B, V) → (V,)
+    return PhysicsLoss(per_view.mean(), per_view)
 
 
 __all__ = ["v_loss", "physics_loss", "predicted_xray", "PhysicsLoss"]
