@@ -7,10 +7,14 @@ saved with each checkpoint: a model can be rebuilt from it alone.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from hybrid_vit_cascade.files import safe_component
+from hybrid_vit_cascade.metrics import MIN_VOLUME_EDGE
 
 
 class ConfigError(ValueError):
@@ -20,15 +24,16 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     # extra="forbid": an unknown key (a typo) is an error, not a silently ignored field.
     # strict=True: a wrong type ("4" for 4, 1 for true) is an error, not a silent coercion.
+    # allow_inf_nan=False: no float setting here can work at Inf or NaN (it would fail deep in a run).
     # Tuple fields opt out (Field(strict=False)) only so JSON arrays are accepted for them.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class StageConfig(_Strict):
     """One cascade stage: the seed's fields plus what the network needs."""
 
-    name: str
-    volume_size: tuple[int, int, int] = Field(strict=False)  # voxels (D, H, W); must be a cube
+    name: str  # becomes the folder stage<k>_<name> under the checkpoint dir: one safe path component
+    volume_size: tuple[int, int, int] = Field(strict=False)  # voxels (D, H, W); a cube, ≥ metrics.MIN_VOLUME_EDGE
     voxel_dim: int = Field(256, gt=0)  # transformer width
     vit_depth: int = Field(4, ge=0)  # transformer blocks
     num_heads: int = Field(4, gt=0)
@@ -49,6 +54,11 @@ class StageConfig(_Strict):
     lift_fusion: Literal["conv", "mean"] = "conv"  # fuse lifted views by a learned 1×1×1 conv or their mean
     unpatch_channels: int = Field(8, gt=0)  # channels per voxel the ViT hands to the refinement head
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return safe_component(v, "stage name")  # "../../x" would put best/ and last/ outside the checkpoint dir
+
     @field_validator("volume_size", mode="before")
     @classmethod
     def _three(cls, v):
@@ -63,6 +73,10 @@ class StageConfig(_Strict):
             raise ValueError(f"volume_size must be a cube (D == H == W), got {list(v)}")
         if v[0] <= 0:
             raise ValueError(f"volume_size must be positive, got {list(v)}")
+        # Validation scores every stage with SSIM-3D: a smaller stage would train until then and crash.
+        if v[0] < MIN_VOLUME_EDGE:
+            raise ValueError(f"volume_size {v[0]} is below {MIN_VOLUME_EDGE}, the smallest cube the "
+                             f"validation metrics can score (SSIM-3D's {MIN_VOLUME_EDGE}³ window)")
         return v
 
     # Field validators (not a model validator) so the error's key is the offending field itself.
@@ -103,8 +117,10 @@ class GeometryConfig(_Strict):
     kind: Literal["cone", "parallel"] = "cone"
     sid: float = Field(850.0, gt=0)  # source–isocentre distance, mm
     sdd: float = Field(1050.0, gt=0)  # source–detector distance, mm
-    det_pixels: int = Field(128, gt=0)  # detector is det_pixels × det_pixels
-    det_spacing: Optional[float] = None  # mm at the detector; None = cover the FOV magnified, plus a margin
+    # detector is det_pixels × det_pixels; ≤ 4096 (no flat panel has more, and the projector's sampling
+    # grids grow as det_pixels² × volume edge: 4096² at 256³ would need ~100 GB)
+    det_pixels: int = Field(128, gt=0, le=4096)
+    det_spacing: Optional[float] = Field(None, gt=0)  # mm at the detector; None = cover the FOV magnified, plus a margin
 
     @model_validator(mode="after")
     def _order(self) -> "GeometryConfig":
@@ -149,11 +165,31 @@ class DataConfig(_Strict):
             raise ValueError(f"views must be one or two distinct views, got {v}")
         return v
 
+    @field_validator("geometry")
+    @classmethod
+    def _source_outside(cls, g: GeometryConfig, info: ValidationInfo) -> GeometryConfig:
+        # A cone-beam source inside the cube would integrate the slices behind it as well (garbage DRRs).
+        fov = info.data.get("fov_mm")  # declared before geometry: present if it was valid
+        if fov is not None and g.kind == "cone" and g.sid <= fov / 2:
+            raise ValueError(f"sid ({g.sid} mm) must exceed half of fov_mm ({fov} mm): "
+                             "the X-ray source would sit inside the volume")
+        return g
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        # Fractions are normalised by their sum (need not add to 1); training needs a share of the cases.
+        if any(f < 0 for f in v):
+            raise ValueError(f"split fractions must be ≥ 0, got {list(v)}")
+        if v[0] <= 0:
+            raise ValueError(f"split's train fraction must be > 0 (training needs cases), got {list(v)}")
+        return v
+
 
 class DiffusionConfig(_Strict):
     schedule: Literal["cosine", "linear"] = "cosine"
     objective: Literal["v"] = "v"
-    min_snr_gamma: Optional[float] = 5.0  # None disables min-SNR weighting
+    min_snr_gamma: Optional[float] = Field(5.0, gt=0)  # None disables min-SNR weighting (else γ > 0, see min_snr_weight)
     min_snr_floor: float = Field(0.0, ge=0)  # x0 loss weight is clamp(SNR, floor, γ); > 0 trains high noise
     sampler: Literal["ddim", "dpmpp"] = "ddim"
     sample_steps: int = Field(25, gt=0)
@@ -179,7 +215,7 @@ class TrainingConfig(_Strict):
 
     batch_size: int = Field(4, gt=0)
     num_epochs: int = Field(50, gt=0)  # per stage
-    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate: float = Field(1e-4, gt=0, le=1.0)  # peak AdamW step; above 1 a run diverges at once
     num_workers: int = Field(4, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(500, ge=0)
@@ -194,9 +230,17 @@ class TrainingConfig(_Strict):
     cond_sample_steps: int = Field(10, gt=0)  # sampler steps for caching stage k-1 outputs
     cond_aug_max: float = Field(0.3, ge=0, le=1)  # max noise level of the previous-stage conditioning
     log_every: int = Field(10, gt=0)
-    max_steps_per_stage: Optional[int] = None  # cap (for tests and smoke runs)
+    max_steps_per_stage: Optional[int] = Field(None, gt=0)  # cap (for tests and smoke runs)
     objective: Literal["diffusion", "regression"] = "diffusion"  # regression = direct-MSE baseline
     save_every_epochs: int = Field(1, gt=0)  # write `last` every N epochs (and always at the end of a stage)
+
+    @model_validator(mode="after")
+    def _decay(self) -> "TrainingConfig":
+        # AdamW scales every weight by (1 − lr·wd) each step: at ≥ 1 it zeroes or flips them.
+        if self.learning_rate * self.weight_decay >= 1:
+            raise ValueError(f"learning_rate × weight_decay ({self.learning_rate} × {self.weight_decay}) must be "
+                             "below 1: AdamW would zero the weights every step")
+        return self
 
 
 class Config(_Strict):
@@ -215,6 +259,11 @@ class Config(_Strict):
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
+        P = self.data.geometry.det_pixels
+        for i, s in enumerate(self.stages):
+            if 2**s.encoder_downsample > P:
+                raise ValueError(f"stages.{i}.encoder_downsample {s.encoder_downsample} halves the {P}-pixel "
+                                 "X-ray (data.geometry.det_pixels) below one pixel")
         return self
 
     def to_dict(self) -> dict:
@@ -249,12 +298,39 @@ def load_config(path: str | Path) -> Config:
     # The seed documents configs with `// comments`; strip them outside strings.
     cleaned = "\n".join(_strip_line_comment(line) for line in text.splitlines())
     try:
-        d = json.loads(cleaned)
+        # Objects stay (key, value) pairs so duplicate keys can be reported instead of the last one winning.
+        d = _checked(json.loads(cleaned, object_pairs_hook=_Pairs), "", path)
     except json.JSONDecodeError as err:
         raise ConfigError(f"invalid JSON in {path}: line {err.lineno} col {err.colno}: {err.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"invalid JSON in {path}: nested too deeply") from None
     if not isinstance(d, dict):
         raise ConfigError(f"invalid config {path}: top level must be an object")
     return config_from_dict(d, str(path))
+
+
+class _Pairs(list):
+    """A JSON object as parsed: its (key, value) pairs in file order, duplicates kept."""
+
+
+def _checked(node, key: str, path: Path):
+    """Parsed JSON → plain dicts/lists; a duplicate key or a non-finite number is an error naming its key."""
+    if isinstance(node, _Pairs):
+        out = {}
+        for k, v in node:
+            sub = f"{key}.{k}" if key else k
+            if k in out:
+                raise ConfigError(f"invalid config {path}: {sub}: duplicate key (the later value would "
+                                  "silently replace the earlier)")
+            out[k] = _checked(v, sub, path)
+        return out
+    if isinstance(node, list):
+        return [_checked(v, f"{key}.{i}", path) for i, v in enumerate(node)]
+    # Python's json accepts Infinity, -Infinity and NaN (and 1e999 overflows to Infinity).
+    if isinstance(node, float) and not math.isfinite(node):
+        text = "NaN" if node != node else ("Infinity" if node > 0 else "-Infinity")
+        raise ConfigError(f"invalid config {path}: {key or '<root>'}: {text} is not a finite number")
+    return node
 
 
 def _strip_line_comment(line: str) -> str:
@@ -270,6 +346,7 @@ def _strip_line_comment(line: str) -> str:
         elif not in_str and line.startswith("//", i):
             return line[:i]
     return line
+
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -28,6 +28,12 @@ ArrayLike = np.ndarray | torch.Tensor
 # are sagittal, along axis 1 (y, A) coronal, along axis 2 (z, S) axial.
 AXIS_NAMES = ("sagittal", "coronal", "axial")
 
+SSIM_WINDOW = 11  # voxels per edge of ssim3d's Gaussian window (σ = 1.5: Wang et al. 2004, scikit-image)
+X2CT_SSIM_WINDOW = 7  # pixels per edge of the X2CT-GAN protocol's uniform 2-D window
+# The smallest cube edge every volume metric here can score. Validation and evaluation score each
+# stage at its own size, so config.py refuses smaller stages at load time (not at the first validation).
+MIN_VOLUME_EDGE = max(SSIM_WINDOW, X2CT_SSIM_WINDOW)
+
 
 def _as64(a: ArrayLike) -> torch.Tensor:
     """Any array/tensor -> float64 CPU tensor (no grad)."""
@@ -94,7 +100,7 @@ def _ssim_map(x: torch.Tensor, y: torch.Tensor, kernels, data_range: float, k1: 
 
 
 def ssim3d(pred: ArrayLike, target: ArrayLike, data_range: float = 1.0, sigma: float = 1.5,
-           win_size: int = 11, k1: float = 0.01, k2: float = 0.03) -> float:
+           win_size: int = SSIM_WINDOW, k1: float = 0.01, k2: float = 0.03) -> float:
     """3-D SSIM with a Gaussian window (σ=1.5, 11³), population covariance, mean over the valid region.
 
     Equals scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
@@ -195,7 +201,7 @@ def x2ct_ssim_slices(a01: torch.Tensor, b01: torch.Tensor, axis: int) -> float:
     # Move the slice axis first: (S, 1, h, w)
     x = a01.movedim(axis, 0)[:, None]
     y = b01.movedim(axis, 0)[:, None]
-    win = 7
+    win = X2CT_SSIM_WINDOW
     if min(x.shape[-2:]) < win:
         raise ValueError(f"slices {tuple(x.shape[-2:])} are smaller than the 7×7 SSIM window")
     box = torch.full((win,), 1.0 / win, dtype=torch.float64)
