@@ -32,7 +32,7 @@ def test_item_layout(dataset):
     assert item["ct"][16].dtype == torch.float32
     assert item["xray"].shape == (2, 16, 16)
     assert item["meta"] == {"case_id": ds.cases[0]["case_id"], "index": 0}
-    assert ds.manifest["views"] == ["ap", "lateral"] and ds.li_max == m["xray_scale"]["li_max"]
+    assert ds.views == ["ap", "lateral"] and ds.li_max == m["xray_scale"]["li_max"]
     only = CTXrayDataset(dataset, "train", resolutions=[8])[0]
     assert set(only["ct"]) == {8}
 
@@ -44,7 +44,7 @@ def test_dataloader_workers(dataset):
     for batch in loader:
         assert batch["ct"][8].shape[1:] == (1, 8, 8, 8) and batch["xray"].shape[1:] == (2, 16, 16)
         seen += list(batch["meta"]["case_id"])
-    assert seen == ds.case_ids
+    assert seen == [c["case_id"] for c in ds.cases]
 
 
 def test_errors(dataset, tmp_path):

@@ -8,7 +8,6 @@ from hybrid_vit_cascade.geometry.physics import (
     hu_to_unit,
     mu_to_hu,
     normalize_xray,
-    transmission,
     unit_to_hu,
     unit_to_mu,
 )
@@ -59,11 +58,6 @@ def test_xray_normalisation_round_trip():
     torch.testing.assert_close(denormalize_xray(x, 7.0), li)
     assert normalize_xray(torch.tensor(0.0), 5.0).item() == -1.0
     assert normalize_xray(torch.tensor(5.0), 5.0).item() == 1.0
-
-
-def test_transmission_beer_lambert():
-    li = torch.tensor([0.0, 1.0, 2.0])
-    torch.testing.assert_close(transmission(li), torch.exp(-li))
 
 
 @pytest.mark.parametrize(

@@ -54,14 +54,6 @@ class CTXrayDataset(Dataset):
             raise ValueError(f"{self.root}: split {split!r} is empty (cases per split: {counts})")
 
     @property
-    def manifest(self) -> dict:
-        return self._manifest
-
-    @property
-    def case_ids(self) -> list[str]:
-        return [c["case_id"] for c in self.cases]
-
-    @property
     def views(self) -> list[str]:
         return list(self._manifest["views"])
 

@@ -71,8 +71,3 @@ def denormalize_xray(x: Tensor, li_max: float) -> Tensor:
         raise ValueError(f"li_max must be positive, got {li_max}")
     return (x + 1.0) * 0.5 * li_max
 
-
-def transmission(li: Tensor) -> Tensor:
-    """Beer–Lambert transmitted fraction I/I0 = exp(-li) for line integrals li."""
-    return torch.exp(-li)
-
