@@ -10,7 +10,6 @@ outputs. Conventions (DESIGN.md "Physics"):
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 DEFAULT_HU_WINDOW = (-1024.0, 1476.0)
