@@ -162,11 +162,11 @@ class Projector(nn.Module):
         return grid.to(device=device), step.to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, mu: Tensor, spacing_mm: float, check_finite: bool = False) -> Tensor:
+    def forward(self, mu: Tensor, spacing_mm: float) -> Tensor:
         """(B, 1, D, H, W) attenuation in 1/mm on a cube of `spacing_mm` voxels → (B, V, P, P) line integrals.
 
         Non-finite μ propagate to the pixels whose rays meet them (so a trainer can count and skip
-        bad steps); `check_finite=True` raises instead (for data preparation).
+        bad steps); CTs are checked for NaN/Inf when read (`data.io.read_ct`).
         """
         if mu.dim() != 5 or mu.shape[1] != 1:
             raise ValueError(f"mu must be (B, 1, D, H, W), got shape {tuple(mu.shape)}")
@@ -177,8 +177,6 @@ class Projector(nn.Module):
             raise ValueError(f"mu must be a floating-point tensor, got {mu.dtype}")
         if not (isinstance(spacing_mm, (int, float)) and math.isfinite(spacing_mm) and spacing_mm > 0):
             raise ValueError(f"spacing_mm must be a positive number (mm), got {spacing_mm!r}")
-        if check_finite and not bool(torch.isfinite(mu).all()):
-            raise ValueError("mu contains NaN or Inf values")
         if mu.dtype in (torch.float16, torch.bfloat16):
             mu = mu.float()  # line integrals sum hundreds of samples: half precision is too coarse
         n = D

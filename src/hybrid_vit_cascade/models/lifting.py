@@ -90,14 +90,13 @@ def depth_prior_from_volumes(
     grid: int,
     hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
     mu_water: float = DEFAULT_MU_WATER,
-    uniform_mix: float = PRIOR_UNIFORM_MIX,
 ) -> Tensor:
     """Mean attenuation profile along each ray of training CTs → depth probabilities (V, bins, grid, grid).
 
     volumes: (B, 1, D', D', D') in [-1, 1] (or an iterable of such batches), resampled to the geometry's
     D if needed. Per view, voxels are binned by depth bin and by the coarse detector cell they project
     to; the mean μ per (bin, cell), normalised over bins, is the profile (cells no voxel reaches are
-    uniform), mixed with `uniform_mix` of the uniform distribution.
+    uniform), mixed with PRIOR_UNIFORM_MIX of the uniform distribution.
     """
     V, D, H, W, _ = uv.shape
     batches = [volumes] if isinstance(volumes, Tensor) else volumes
@@ -128,7 +127,7 @@ def depth_prior_from_volumes(
         prof = (sums / hits.clamp(min=1)).reshape(bins, grid, grid)  # mean μ per (bin, cell)
         norm = prof.sum(0, keepdim=True)
         prof = torch.where(norm > 0, prof / norm.clamp(min=1e-30), torch.full_like(prof, 1.0 / bins))
-        profiles.append((1 - uniform_mix) * prof + uniform_mix / bins)
+        profiles.append((1 - PRIOR_UNIFORM_MIX) * prof + PRIOR_UNIFORM_MIX / bins)
     return torch.stack(profiles).float()  # (V, bins, grid, grid)
 
 
