@@ -168,21 +168,17 @@ def find_dicom_series(root: str | os.PathLike) -> list[tuple[Path, str, list[Pat
     return out
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None, files: list[Path] | None = None) -> CTVolume:
-    """Read one DICOM series (the largest in `folder` if `series_uid` is None, or exactly `files`)."""
+def read_dicom_series(folder: str | os.PathLike, files: list[Path] | None = None) -> CTVolume:
+    """Read one DICOM series: exactly `files` if given, else the largest series in `folder`."""
     import pydicom
 
     folder = Path(folder)
     if files:
-        series = [(folder, series_uid or "", list(files))]
+        series = [(folder, "", list(files))]
     else:
         series = [s for s in find_dicom_series(folder) if s[0] == folder]
     if not series:
         raise CTReadError(folder, "no DICOM CT image files in this folder")
-    if series_uid is not None:
-        series = [s for s in series if s[1] == series_uid]
-        if not series:
-            raise CTReadError(folder, f"no series {series_uid} in this folder")
     _, uid, files = max(series, key=lambda s: len(s[2]))
     if uid == "?unreadable":
         raise CTReadError(folder, f"unreadable DICOM file(s): {', '.join(f.name for f in files[:3])}")

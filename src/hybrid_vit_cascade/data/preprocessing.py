@@ -70,14 +70,11 @@ def _block_mean(hu: np.ndarray, affine: np.ndarray, k: list[int]) -> tuple[np.nd
     return hu, new
 
 
-def canonicalize(
-    ct: CTVolume, fov_mm: float, size: int, center_mm: np.ndarray | None = None,
-    threshold_hu: float = BODY_THRESHOLD_HU,
-) -> np.ndarray:
+def canonicalize(ct: CTVolume, fov_mm: float, size: int, center_mm: np.ndarray | None = None) -> np.ndarray:
     """Resample a CT onto a size³ RAS+ cube of edge fov_mm centred on the body; HU float32, −1024 outside."""
     if size <= 0 or fov_mm <= 0:
         raise ValueError(f"size and fov_mm must be positive, got size={size}, fov_mm={fov_mm}")
-    centre = body_center(ct, threshold_hu) if center_mm is None else np.asarray(center_mm, dtype=float)
+    centre = body_center(ct) if center_mm is None else np.asarray(center_mm, dtype=float)
     out_sp = fov_mm / size  # mm, isotropic
     hu = np.maximum(ct.hu, AIR_HU).astype(np.float32, copy=False)
     affine = ct.affine

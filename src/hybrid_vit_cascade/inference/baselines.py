@@ -13,6 +13,8 @@ from torch import Tensor
 from hybrid_vit_cascade.geometry.physics import hu_to_unit, mu_to_hu
 from hybrid_vit_cascade.models.lifting import backproject, depth_prior_from_volumes
 
+PRIOR_BINS, PRIOR_GRID = 32, 16  # depth bins along each ray, coarse detector cells per edge of the prior
+
 
 def training_volumes(dataset_root: str, res: int, batch: int = 8) -> Iterable[Tensor]:
     """The training split's CTs at `res` as batches (B, 1, res, res, res) in [-1, 1]."""
@@ -35,14 +37,15 @@ class BackprojectionBaseline:
     volumes it falls back to a trained stage's learned prior, else a uniform one.
     """
 
-    def __init__(self, rec, res: int, volumes: Optional[Iterable[Tensor]] = None, bins: int = 32, grid: int = 16):
+    def __init__(self, rec, res: int, volumes: Optional[Iterable[Tensor]] = None):
         self.rec = rec
         self.res = res
         proj = rec.projector
         self.uv, self.depth = proj.voxel_to_detector(res, rec.spacing_mm(res))  # (V, D,H,W, 2), (V, D,H,W)
         self.prior_source = "training-set mean attenuation profile"
         if volumes is not None:
-            self.prior = depth_prior_from_volumes(volumes, self.uv, self.depth, bins, grid, rec.window, rec.mu_water)
+            self.prior = depth_prior_from_volumes(volumes, self.uv, self.depth, PRIOR_BINS, PRIOR_GRID, rec.window,
+                                                  rec.mu_water)
         else:
             lifted = [s.lifting for s in rec.cascade.stages if getattr(s, "lifting", None) is not None]
             if lifted:
@@ -50,7 +53,7 @@ class BackprojectionBaseline:
                     self.prior = lifted[0].prior_probs().detach().float()
                 self.prior_source = "stage 1 learned depth prior"
             else:
-                self.prior = torch.full((len(rec.views), bins, 1, 1), 1.0 / bins)
+                self.prior = torch.full((len(rec.views), PRIOR_BINS, 1, 1), 1.0 / PRIOR_BINS)
                 self.prior_source = "uniform"
 
     @torch.no_grad()

@@ -53,9 +53,11 @@ def display_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.n
     return s[::-1, ::-1].T
 
 
+ERROR_MAX_HU = 500.0  # top of the |error| colour scale: a few hundred HU already means a wrong tissue
+
+
 def case_montage(path: str | os.PathLike, truth_hu: np.ndarray | None, pred_hu: np.ndarray,
-                 std_hu: np.ndarray | None, window: tuple[float, float], title: str = "",
-                 error_max: float = 500.0) -> Path:
+                 std_hu: np.ndarray | None, window: tuple[float, float], title: str = "") -> Path:
     """Axial/coronal/sagittal mid-slices of truth, prediction, |error| and uncertainty (HU)."""
     plt = _plt()
     rows: list[tuple[str, np.ndarray, dict]] = []
@@ -66,7 +68,7 @@ def case_montage(path: str | os.PathLike, truth_hu: np.ndarray | None, pred_hu: 
     if truth_hu is not None:
         lo, hi = window
         err = np.abs(np.clip(pred_hu, lo, hi) - np.clip(truth_hu, lo, hi))
-        rows.append(("|error| (HU)", err, dict(cmap="magma", vmin=0, vmax=error_max)))
+        rows.append(("|error| (HU)", err, dict(cmap="magma", vmin=0, vmax=ERROR_MAX_HU)))
     if std_hu is not None:
         rows.append(("uncertainty: std (HU)", std_hu, dict(cmap="viridis", vmin=0,
                                                            vmax=max(float(np.percentile(std_hu, 99.5)), 1.0))))
@@ -114,14 +116,16 @@ def xray_montage(path: str | os.PathLike, inputs: np.ndarray, drrs: np.ndarray, 
     return _save(fig, path)
 
 
-def metrics_bar_chart(path: str | os.PathLike, rows: Sequence[dict[str, Any]],
-                      metrics: Sequence[str] = ("psnr3d", "ssim3d", "mae_hu", "drr_psnr")) -> Path:
-    """One panel per metric, one bar (mean ± std over cases) per row (method / stage)."""
+BAR_METRICS = ("psnr3d", "ssim3d", "mae_hu", "drr_psnr")  # one panel each in metrics_bar.png
+
+
+def metrics_bar_chart(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+    """One panel per metric of BAR_METRICS, one bar (mean ± std over cases) per row (method / stage)."""
     plt = _plt()
     labels = [_row_label(r) for r in rows]
     headers = {k: h for k, h, _ in MAIN_METRICS + X2CT_METRICS}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], metrics):
+    fig, axes = plt.subplots(1, len(BAR_METRICS), figsize=(3.2 * len(BAR_METRICS), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], BAR_METRICS):
         means = [r["summary"].get(key, {}).get("mean", math.nan) for r in rows]
         stds = [r["summary"].get(key, {}).get("std", math.nan) for r in rows]
         means = [m if math.isfinite(m) else math.nan for m in means]

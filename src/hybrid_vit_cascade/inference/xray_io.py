@@ -7,7 +7,7 @@ Two kinds of input:
   exactly what the training DRRs went through.
 - **display radiographs** (PNG/JPEG/TIFF 8/16-bit, DICOM CR/DX) whose pixels are processed
   intensities, not line integrals. They are mapped to [-1, 1] by robust percentiles — the
-  `low_pct` percentile to -1 and the `high_pct` percentile to `high_value` (bright = attenuating;
+  `LOW_PCT` percentile to -1 and the `HIGH_PCT` percentile to 1 (bright = attenuating;
   DICOM MONOCHROME1 is inverted first). This is an approximation: clinical processing (log,
   unsharp masking, LUTs) is not undone, so expect a domain gap.
 
@@ -230,14 +230,16 @@ def _has_dicom_preamble(path: str) -> bool:
 # ------------------------------------------------------------------------------ normalisation
 
 
-def percentile_normalize(pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5,
-                         high_value: float = 1.0) -> np.ndarray:
-    """Display intensities (bright = attenuating) -> [-1, high_value] by robust percentiles."""
-    lo, hi = np.percentile(pixels, [low_pct, high_pct])
+LOW_PCT, HIGH_PCT = 0.5, 99.5  # robust ends of a display radiograph's intensities (ignore a few outliers)
+
+
+def percentile_normalize(pixels: np.ndarray) -> np.ndarray:
+    """Display intensities (bright = attenuating) -> [-1, 1] by robust percentiles."""
+    lo, hi = np.percentile(pixels, [LOW_PCT, HIGH_PCT])
     if not hi > lo:
         raise ValueError("image is (nearly) constant; nothing to reconstruct from")
-    x = (pixels - lo) / (hi - lo) * (high_value + 1.0) - 1.0
-    return np.clip(x, -1.0, high_value)
+    x = (pixels - lo) / (hi - lo) * 2.0 - 1.0
+    return np.clip(x, -1.0, 1.0)
 
 
 def resample_square(img: np.ndarray, size: int) -> np.ndarray:
@@ -256,7 +258,7 @@ def resample_square(img: np.ndarray, size: int) -> np.ndarray:
     return out[0, 0].numpy()
 
 
-def to_model_input(raw: RawXray, li_max: float, det_pixels: int, high_value: float = 1.0) -> np.ndarray:
+def to_model_input(raw: RawXray, li_max: float, det_pixels: int) -> np.ndarray:
     """One RawXray (H, W) -> (det_pixels, det_pixels) in the model's X-ray range."""
     from hybrid_vit_cascade.geometry.physics import normalize_xray
 
@@ -264,15 +266,14 @@ def to_model_input(raw: RawXray, li_max: float, det_pixels: int, high_value: flo
         x = normalize_xray(torch.as_tensor(raw.pixels, dtype=torch.float64), li_max).numpy()
     else:
         try:
-            x = percentile_normalize(raw.pixels, high_value=high_value)
+            x = percentile_normalize(raw.pixels)
         except ValueError as err:
             raise XrayReadError(raw.path, str(err)) from None
     return resample_square(x, det_pixels)
 
 
 def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], li_max: float,
-               det_pixels: int, views: Sequence[str] | None = None,
-               high_value: float = 1.0) -> tuple[torch.Tensor, list[RawXray]]:
+               det_pixels: int, views: Sequence[str] | None = None) -> tuple[torch.Tensor, list[RawXray]]:
     """Read the X-rays of one case -> ((V, P, P) float32 in the model's order, the RawXrays).
 
     `views` names the view of each path; without it the paths are taken in the model's view order.
@@ -307,5 +308,5 @@ def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], l
         r.view = v
     by_view = {r.view: r for r in raws}
     ordered = [by_view[v] for v in model_views]
-    x = np.stack([to_model_input(r, li_max, det_pixels, high_value) for r in ordered])  # (V, P, P)
+    x = np.stack([to_model_input(r, li_max, det_pixels) for r in ordered])  # (V, P, P)
     return torch.as_tensor(x, dtype=torch.float32), ordered
