@@ -79,9 +79,9 @@ class CTXrayDataset(Dataset):
         return {"ct": ct, "xray": xray, "meta": {"case_id": case["case_id"], "index": int(index)}}
 
 
-def mean_volume(root: str | os.PathLike, res: int, split: str = "train") -> torch.Tensor:
-    """Voxel-wise mean of `ct_<res>` over a split, (1, res, res, res) in [-1, 1] (a baseline)."""
-    ds = CTXrayDataset(root, split, [res])
+def mean_volume(root: str | os.PathLike, res: int) -> torch.Tensor:
+    """Voxel-wise mean of `ct_<res>` over the training split, (1, res, res, res) in [-1, 1] (a baseline)."""
+    ds = CTXrayDataset(root, "train", [res])
     total = torch.zeros(1, res, res, res, dtype=torch.float64)
     for i in range(len(ds)):
         total += ds[i]["ct"][res]

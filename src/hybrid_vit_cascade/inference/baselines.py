@@ -16,8 +16,9 @@ from hybrid_vit_cascade.models.lifting import backproject, depth_prior_from_volu
 PRIOR_BINS, PRIOR_GRID = 32, 16  # depth bins along each ray, coarse detector cells per edge of the prior
 
 
-def training_volumes(dataset_root: str, res: int, batch: int = 8) -> Iterable[Tensor]:
+def training_volumes(dataset_root: str, res: int) -> Iterable[Tensor]:
     """The training split's CTs at `res` as batches (B, 1, res, res, res) in [-1, 1]."""
+    batch = 8  # bounds memory only: the prior is a mean over all of them
     from hybrid_vit_cascade.data.datasets import CTXrayDataset
 
     ds = CTXrayDataset(dataset_root, "train", [res])
