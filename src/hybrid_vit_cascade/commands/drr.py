@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def _stem(path: Path) -> str:
     return name or "ct"
 
 
+def render_bytes(size: int, det_pixels: int, n_views: int) -> int:
+    """Peak memory of one render, measured: ~4 float32 copies of the cube plus each view's ray grids."""
+    return 16 * size**3 + 24 * n_views * size * det_pixels**2
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory (16 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 16 << 30
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -54,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         data_cfg = DataConfig.model_validate(data)
         if args.size < 2:
             raise ValueError(f"--size must be ≥ 2, got {args.size}")
+        need, have = render_bytes(args.size, data_cfg.geometry.det_pixels, len(data_cfg.views)), _memory_bytes()
+        if need > have:  # refuse up front rather than die allocating (--size 4000 would need ~950 GiB)
+            raise ValueError(f"--size {args.size} with {data_cfg.geometry.det_pixels}² detector pixels needs ~{need / 2**30:.0f} GiB "
+                             f"of memory, more than this machine's {have / 2**30:.0f} GiB; lower --size or --det-pixels")
         ct = read_ct(args.ct)
     except (ConfigError, ValueError, CTReadError) as err:
         print(f"hvc drr: error: {err}", file=sys.stderr)

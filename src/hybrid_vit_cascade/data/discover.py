@@ -80,6 +80,7 @@ def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], li
                 pid = _sidecar_patient(root) or _stem(root)
                 found.append(CaseInput(root, kind, pid, _sanitize(_stem(root))))
             continue
+        before = (len(found), len(skipped))
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
@@ -88,7 +89,7 @@ def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], li
                 if kind in ("nifti", "itk") and not name.startswith("."):
                     pid = _sidecar_patient(f) or _stem(f)
                     found.append(CaseInput(f, kind, pid, _sanitize(_stem(f))))
-        for folder, uid, files in find_dicom_series(root):
+        for folder, uid, files in find_dicom_series(root, skipped=skipped):
             rel = folder.relative_to(root).parts
             top = rel[0] if rel else root.name  # LIDC layout: patient/study/series
             pid = _dicom_patient(files) or top
@@ -96,6 +97,8 @@ def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], li
                 found.append(CaseInput(folder, "dicom", pid, _sanitize(pid) + "_unreadable", None, files))
             else:
                 found.append(CaseInput(folder, "dicom", pid, _sanitize(pid), uid, files))
+        if (len(found), len(skipped)) == before:  # say so rather than silently contribute nothing
+            skipped.append({"source": str(root), "reason": "no CT in this folder (no NIfTI/MHA/NRRD file or DICOM series)"})
     # the same input reached twice (a folder and a file inside it) is one case
     unique: dict[tuple[str, str | None], CaseInput] = {}
     for c in found:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .io import write_nifti
+from .io import SPACING_RANGE_MM, write_nifti
 
 # Orientations `write_phantom` picks from (weights): mostly RAS/LPS as scanners write them.
 ORIENTATIONS = (("RAS", 4), ("LPS", 3), ("LAS", 1), ("RPI", 1), ("PRS", 1))
@@ -49,7 +49,8 @@ def make_phantom(
     sz = extent_z / size
     nz = size
     if anisotropic:  # thick slices, as older or low-dose protocols write them
-        sz = sxy * u(1.6, 2.5)
+        # capped: at 8–13 voxels per edge 2.5× the in-plane size would exceed what read_ct accepts
+        sz = min(sxy * u(1.6, 2.5), SPACING_RANGE_MM[1])
         nz = max(8, int(round(extent_z / sz)))
     nx = ny = size
     x = ((np.arange(nx, dtype=np.float32) - (nx - 1) / 2) * sxy)[:, None, None]

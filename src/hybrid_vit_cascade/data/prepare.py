@@ -32,6 +32,14 @@ LI_MAX_FACTOR = 1.5  # li_max = mu_water * fov_mm * 1.5: a water cylinder across
 # ---------------------------------------------------------------- splits
 
 
+def check_split(fractions) -> None:
+    """Raise ValueError unless `fractions` are 3 finite numbers ≥ 0 with a positive sum."""
+    f = np.asarray(fractions, dtype=float)
+    if f.shape != (3,) or not np.isfinite(f).all() or (f < 0).any() or f.sum() <= 0:
+        raise ValueError(f"split fractions must be 3 finite numbers ≥ 0 (train, val, test) with a positive sum, "
+                         f"got {list(fractions)}")
+
+
 def assign_splits(patient_ids: list[str], fractions: tuple[float, float, float], seed: int = 0) -> dict[str, str]:
     """Deterministic train/val/test by patient: patients ordered by a hash, exact quota per split.
 
@@ -39,10 +47,9 @@ def assign_splits(patient_ids: list[str], fractions: tuple[float, float, float],
     """
     pids = sorted(set(patient_ids), key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
     n = len(pids)
+    check_split(fractions)
     f_train, f_val, f_test = (float(f) for f in fractions)
     total = f_train + f_val + f_test
-    if total <= 0:
-        raise ValueError(f"split fractions must sum to a positive number, got {fractions}")
     n_val = int(round(n * f_val / total))
     n_test = int(round(n * f_test / total))
     if n >= 3:
@@ -164,6 +171,7 @@ def prepare_dataset(
     from tqdm.auto import tqdm
 
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    check_split(data_cfg.split)  # before any work: a DataConfig built in code is not validated
     views = list(views or data_cfg.views)
     out = Path(out)
     (out / "cases").mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,8 @@ def _check_geometry(rec: Reconstructor, manifest: dict, root: str) -> None:
                          + " — evaluate a raw CT folder instead to render matching X-rays")
 
 
-def prepare_on_the_fly(folder: str, rec: Reconstructor, out_dir: Path, log: Callable[[str], None]) -> str:
+def prepare_on_the_fly(folder: str, rec: Reconstructor, out_dir: Path, log: Callable[[str], None],
+                       progress: bool = True) -> str:
     """A folder of CTs (NIfTI/DICOM/…) → a dataset prepared with the checkpoint's settings, all cases 'test'."""
     from hybrid_vit_cascade.data.prepare import prepare_dataset
 
@@ -49,7 +50,7 @@ def prepare_on_the_fly(folder: str, rec: Reconstructor, out_dir: Path, log: Call
     # The training data's render resolution too, so the DRRs are rendered as the model saw them.
     sizes = sorted({s.resolution for s in rec.cfg.stages} | {render_size(rec)})
     log(f"{folder} is not a prepared dataset: preparing its CTs into {out_dir} (all cases → split 'test')")
-    manifest = prepare_dataset([folder], out_dir, sizes, rec.views, data_cfg, progress=True, log=log)
+    manifest = prepare_dataset([folder], out_dir, sizes, rec.views, data_cfg, progress=progress, log=log)
     if not manifest["cases"]:
         raise ValueError(f"{folder}: no readable CT found ({len(manifest.get('skipped', []))} skipped)")
     return str(out_dir)
@@ -143,7 +144,7 @@ def evaluate(
     if not (Path(data) / "manifest.json").is_file():
         if not Path(data).exists():
             raise FileNotFoundError(f"--data {data}: no such dataset or CT folder")
-        data = prepare_on_the_fly(data, rec, out_dir / "prepared", log)
+        data = prepare_on_the_fly(data, rec, out_dir / "prepared", log, progress)
         split = "test"
     manifest = load_manifest(data)
     _check_geometry(rec, manifest, data)

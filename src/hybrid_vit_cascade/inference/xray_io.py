@@ -123,6 +123,9 @@ def _read_pil(path: str) -> RawXray:
             li_max = float(text[PNG_LI_MAX_KEY])
         except (KeyError, ValueError):
             raise XrayReadError(path, f"hvc PNG without a valid '{PNG_LI_MAX_KEY}' entry") from None
+        if not (np.isfinite(li_max) and li_max > 0):
+            raise XrayReadError(path, f"hvc PNG with an invalid '{PNG_LI_MAX_KEY}' of {li_max!r} "
+                                      "(the line-integral scale must be a positive number)")
         return RawXray(path, "line_integral", pixels / 65535.0 * li_max, text.get(PNG_VIEW_KEY),
                        note=f"hvc DRR PNG, line integrals up to {li_max:.4g}")
     bits = {"L": 8, "1": 1, "P": 8, "RGB": 8, "RGBA": 8}.get(mode, 16 if mode.startswith("I;16") else 32)
@@ -258,10 +261,29 @@ def resample_square(img: np.ndarray, size: int) -> np.ndarray:
     return out[0, 0].numpy()
 
 
+# Line integrals above this multiple of the model's li_max are not a body X-ray (the training DRRs
+# stay near or below 1 × li_max): wrong units, or garbage that would overflow the sampler.
+LI_RANGE_FACTOR = 4.0
+
+
+def check_view(raw: RawXray, li_max: float) -> None:
+    """Refuse an (H, W) view the model cannot use: non-finite, constant, or out-of-range line integrals."""
+    px = raw.pixels
+    if not np.isfinite(px).all():
+        raise XrayReadError(raw.path, f"{int(px.size - np.isfinite(px).sum())} NaN/Inf pixel(s)")
+    lo, hi = float(px.min()), float(px.max())
+    if hi - lo <= 1e-9 * max(abs(hi), abs(lo), 1e-12):
+        raise XrayReadError(raw.path, f"constant image (every pixel {hi:g}): no contrast to reconstruct from")
+    if raw.kind == "line_integral" and hi > LI_RANGE_FACTOR * li_max:
+        raise XrayReadError(raw.path, f"line integrals up to {hi:.4g}, more than {LI_RANGE_FACTOR:g} × the model's "
+                                      f"li_max {li_max:.4g}: not line integrals of a body (wrong units?)")
+
+
 def to_model_input(raw: RawXray, li_max: float, det_pixels: int) -> np.ndarray:
     """One RawXray (H, W) -> (det_pixels, det_pixels) in the model's X-ray range."""
     from hybrid_vit_cascade.geometry.physics import normalize_xray
 
+    check_view(raw, li_max)
     if raw.kind == "line_integral":
         x = normalize_xray(torch.as_tensor(raw.pixels, dtype=torch.float64), li_max).numpy()
     else:
