@@ -15,6 +15,7 @@ from hybrid_vit_cascade.inference.pipeline import Reconstructor
 from hybrid_vit_cascade.inference.xray_io import write_drr_png
 from hybrid_vit_cascade.models.cascade import Cascade
 from hybrid_vit_cascade.runtime.checkpoint import save_resolved_config, save_snapshot, stage_dir, write_json_atomic
+from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 
 P, FOV, LI_MAX = 16, 256.0, 8.0
 TINY = dict(voxel_dim=32, num_heads=2, vit_depth=1, patch_size=4, lift_channels=4, depth_bins=8,
@@ -100,11 +101,10 @@ def test_guidance_moves_reprojection_toward_xrays(ckpt):
 
 def test_samples_and_guidance_default_to_the_config(ckpt):
     rec = Reconstructor(ckpt)
-    assert rec.sampling_defaults(None, None) == (1, 0.0)
+    got = resolve_sampling(rec.cfg)
+    assert (got.samples, got.guidance_scale) == (1, 0.0)
     rec.cfg.diffusion.samples = 2
     rec.cfg.diffusion.guidance_scale = 1.0
-    assert rec.sampling_defaults(None, None) == (2, 1.0)
-    assert rec.sampling_defaults(3, 0.0) == (3, 0.0)  # explicit values win, 0 included
     x = _xray()
     auto = rec.reconstruct(x, stop_at_stage=1, steps=2, seed=4)
     explicit = rec.reconstruct(x, stop_at_stage=1, steps=2, seed=4, samples=2, guidance_scale=1.0)
@@ -144,7 +144,8 @@ def test_untrained_stage_and_regression(tmp_path):
     out = reg.reconstruct(_xray(), samples=2)
     torch.testing.assert_close(out[-1].samples[:, 0], out[-1].samples[:, 1])  # one deterministic forward
     reg.cfg.diffusion.samples, reg.cfg.diffusion.guidance_scale = 4, 1.0
-    assert reg.sampling_defaults(None, None) == (1, 0.0)  # the diffusion defaults never apply to regression
+    got = resolve_sampling(reg.cfg)
+    assert (got.samples, got.guidance_scale) == (1, 0.0)  # the diffusion defaults never apply to regression
     with pytest.raises(ValueError, match="regression"):
         reg.reconstruct(_xray(), guidance_scale=1.0)
 

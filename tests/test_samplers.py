@@ -4,18 +4,16 @@ import torch
 from torch import nn
 
 from hybrid_vit_cascade.diffusion.guidance import drr_consistency_wrap
-from hybrid_vit_cascade.diffusion.samplers import (
-    SPACINGS,
-    ddim_sample,
-    dpmpp_2m_sample,
-    noise_to,
-    sample,
-    sample_from,
-    timesteps,
-)
-from hybrid_vit_cascade.diffusion.schedule import SCHEDULES, alpha_sigma, broadcast_to, x0_from_v
+from hybrid_vit_cascade.diffusion.samplers import SPACINGS, ddim_sample, dpmpp_2m_sample, sample, timesteps
+from hybrid_vit_cascade.diffusion.schedule import SCHEDULES, alpha_sigma, broadcast_to, q_sample, x0_from_v
 
 SHAPE = (2, 1, 8, 8, 8)
+
+
+def noise(seed, shape=SHAPE, dtype=torch.float32):
+    """A starting volume x_T ~ N(0, I) and the generator it was drawn from (for DDIM's η-noise)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=dtype), g
 
 
 def _coefs(t, x, schedule):
@@ -93,15 +91,16 @@ def test_oracle_recovers_x0_and_follows_the_exact_trajectory(x0, schedule, steps
 
     for sampler in (ddim_sample, dpmpp_2m_sample):
         seen.clear()
-        out = sampler(oracle(x0, schedule), x_T, steps, schedule=schedule, spacing=spacing, callback=check)
+        ts = timesteps(steps, spacing=spacing, schedule=schedule)
+        out = sampler(oracle(x0, schedule), x_T, ts, schedule=schedule, callback=check)
         assert seen == list(range(steps))
         torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_ddim_eta1_with_oracle_recovers_x0(x0, schedule):
-    g = torch.Generator().manual_seed(2)
-    out = ddim_sample(oracle(x0, schedule), SHAPE, 10, eta=1.0, schedule=schedule, generator=g)
+    x_T, g = noise(2)
+    out = ddim_sample(oracle(x0, schedule), x_T, timesteps(10), schedule=schedule, eta=1.0, generator=g)
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
 
 
@@ -123,31 +122,39 @@ def test_gaussian_data_ode_convergence(schedule):
     model = gaussian_denoiser(schedule)
     err = {}
     for n in (25, 50):
-        kw = dict(schedule=schedule, spacing="uniform")
-        err["ddim", n] = (ddim_sample(model, x_T, n, **kw) - exact).abs().max().item()
-        err["dpm", n] = (dpmpp_2m_sample(model, x_T, n, **kw) - exact).abs().max().item()
+        ts = timesteps(n, spacing="uniform", schedule=schedule)
+        err["ddim", n] = (ddim_sample(model, x_T, ts, schedule) - exact).abs().max().item()
+        err["dpm", n] = (dpmpp_2m_sample(model, x_T, ts, schedule) - exact).abs().max().item()
     assert 1.6 < err["ddim", 25] / err["ddim", 50] < 2.4, err
     assert err["dpm", 25] < err["ddim", 25] / 4 and err["dpm", 50] < err["ddim", 50] / 4, err
 
 
 def test_gaussian_data_ancestral_statistics():
     # DDIM with η = 1 (DDPM-like) samples N(mu, c²) as the step count grows.
-    g = torch.Generator().manual_seed(3)
-    out = ddim_sample(gaussian_denoiser("cosine"), (2, 1, 16, 16, 16), 200, eta=1.0, generator=g, dtype=torch.float64)
+    x_T, g = noise(3, (2, 1, 16, 16, 16), torch.float64)
+    out = ddim_sample(gaussian_denoiser("cosine"), x_T, timesteps(200), eta=1.0, generator=g)
     assert abs(out.mean().item() - MU) < 0.02
     assert abs(out.std().item() - C) < 0.02
 
 
 def test_determinism_with_generator():
     model = gaussian_denoiser("cosine")
-    runs = [
-        ddim_sample(model, SHAPE, 8, eta=1.0, generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6)
-    ]
+    ts = timesteps(8)
+
+    def ddim_eta1(seed):
+        x_T, g = noise(seed)  # x_T, then the η-noise, from one generator
+        return ddim_sample(model, x_T, ts, eta=1.0, generator=g)
+
+    runs = [ddim_eta1(s) for s in (5, 5, 6)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.allclose(runs[0], runs[2])
-    a = dpmpp_2m_sample(model, SHAPE, 8, generator=torch.Generator().manual_seed(5))
-    b = dpmpp_2m_sample(model, SHAPE, 8, generator=torch.Generator().manual_seed(5))
+    x_T, _ = noise(5)
+    other_path = ddim_sample(model, x_T, ts, eta=1.0, generator=torch.Generator().manual_seed(9))
+    assert not torch.allclose(runs[0], other_path)  # η > 0: the path noise comes from `generator`
+    a = dpmpp_2m_sample(model, x_T, ts)
+    b = dpmpp_2m_sample(model, x_T.clone(), ts)
     assert torch.equal(a, b)
+    assert torch.equal(x_T, noise(5)[0])  # the starting volume is not modified in place
 
 
 class TinyNet(nn.Module):
@@ -164,7 +171,8 @@ class TinyNet(nn.Module):
 
 
 def test_fixed_seed_regression_values():
-    # Values obtained once by running exactly this code (torch 2.13 CPU, float32) and printing
+    # Values obtained once by running this code (torch 2.13 CPU, float32; the same numbers before and after the
+    # samplers took x_T and the grid from the caller) and printing
     # out.sum(), out.abs().sum(), out[0, 0, 1, 2, 3]; they guard against unintended sampler changes.
     torch.manual_seed(0)
     net = TinyNet().eval()
@@ -177,7 +185,9 @@ def test_fixed_seed_regression_values():
     ]
     for name, kw in runs:
         sampler = "dpmpp" if name.startswith("dpmpp") else "ddim"
-        out = sample(net, (1, 1, 6, 6, 6), 6, sampler=sampler, generator=torch.Generator().manual_seed(0), **kw)
+        x_T, g = noise(0, (1, 1, 6, 6, 6))
+        ts = timesteps(6, spacing=kw.pop("spacing", "uniform"))
+        out = sample(net, x_T, ts, sampler=sampler, generator=g, **kw)
         got[name] = (out.sum().item(), out.abs().sum().item(), out[0, 0, 1, 2, 3].item())
     expected = {
         "ddim": (25.49444, 130.1721, -0.06029169),
@@ -190,13 +200,13 @@ def test_fixed_seed_regression_values():
         assert got[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-4), (name, got[name])
 
 
-def test_x_T_keyword_matches_positional_start():
+def test_sample_dispatches_by_name():
     model = gaussian_denoiser("cosine")
-    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7))
-    for sampler in (ddim_sample, dpmpp_2m_sample):
-        torch.testing.assert_close(sampler(model, SHAPE, 4, x_T=x_T), sampler(model, x_T, 4))
-        with pytest.raises(ValueError, match="conflicts"):
-            sampler(model, (1, 1, 2, 2, 2), 4, x_T=x_T)
+    x_T, _ = noise(7)
+    ts = timesteps(4)
+    assert torch.equal(sample(model, x_T, ts, "dpmpp"), dpmpp_2m_sample(model, x_T, ts))
+    got = sample(model, x_T, ts, "ddim", eta=0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, ddim_sample(model, x_T, ts, eta=0.5, generator=torch.Generator().manual_seed(1)))
 
 
 def test_t_min_stops_at_an_intermediate_noise_level(x0):
@@ -204,29 +214,30 @@ def test_t_min_stops_at_an_intermediate_noise_level(x0):
     x_T = torch.randn(SHAPE, generator=g)
     a_T, s_T = _coefs(torch.ones(2), x_T, "cosine")
     eps_T = (x_T - a_T * x0) / s_T
-    out = ddim_sample(oracle(x0, "cosine"), x_T, 5, t_min=0.3)
+    out = ddim_sample(oracle(x0, "cosine"), x_T, timesteps(5, t_min=0.3))
     a, s = _coefs(torch.full((2,), 0.3), x_T, "cosine")
     torch.testing.assert_close(out, a * x0 + s * eps_T, atol=1e-5, rtol=0)
 
 
+def sdedit(model_fn, x0, t_start, steps, sampler):
+    """SDEdit-style refinement: diffuse x0 to t_start with fresh noise, then sample the grid t_start → 0."""
+    eps, _ = noise(0, x0.shape)
+    x = q_sample(x0, eps, torch.full((x0.shape[0],), t_start))
+    return sample(model_fn, x, timesteps(steps, t_max=t_start), sampler)
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp"])
-def test_sample_from_partially_noised_volume(x0, sampler):
+def test_sampling_from_a_partially_noised_volume(x0, sampler):
     # Oracle: starting anywhere on the trajectory still lands on x0.
-    out = sample_from(oracle(x0, "cosine"), x0, 0.4, 5, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    out = sdedit(oracle(x0, "cosine"), x0, 0.4, 5, sampler)
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
     # Gaussian prior: a small t_start keeps the input's structure (SDEdit), t_start = 1 forgets it.
     model = gaussian_denoiser("cosine", mu=0.0, c=0.6)
-    near = sample_from(model, x0, 0.1, 10, sampler=sampler, generator=torch.Generator().manual_seed(0))
-    far = sample_from(model, x0, 1.0, 10, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    near = sdedit(model, x0, 0.1, 10, sampler)
+    far = sdedit(model, x0, 1.0, 10, sampler)
     corr = lambda a, b: torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()  # noqa: E731
     assert corr(near, x0) > 0.95
     assert abs(corr(far, x0)) < 0.2
-
-
-def test_noise_to_matches_schedule(x0):
-    x = noise_to(x0, 1.0, generator=torch.Generator().manual_seed(0))
-    assert abs(x.std().item() - 1.0) < 0.1  # t = 1 is (near) pure noise
-    torch.testing.assert_close(noise_to(x0, 0.0), x0, atol=5e-4, rtol=0)  # σ(0) ≈ 4.5e-5
 
 
 def test_timesteps_grid():
@@ -242,16 +253,38 @@ def test_timesteps_grid():
 
 def test_bad_sampler_inputs():
     model = gaussian_denoiser("cosine")
-    with pytest.raises(ValueError, match="steps"):
-        ddim_sample(model, SHAPE, 0)
-    with pytest.raises(ValueError, match="eta"):
-        ddim_sample(model, SHAPE, 2, eta=-1)
+    x_T, _ = noise(0)
+    ts = timesteps(2)
+    with pytest.raises(ValueError, match="steps must be positive"):
+        timesteps(0)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ddim_sample(model, x_T, ts, eta=-1)
     with pytest.raises(ValueError, match="unknown sampler"):
-        sample(model, SHAPE, 2, sampler="euler")
+        sample(model, x_T, ts, sampler="euler")
+    with pytest.raises(ValueError, match="only meaningful for the DDIM"):
+        sample(model, x_T, ts, sampler="dpmpp", eta=0.5)
     with pytest.raises(ValueError, match="shape of x_t"):
-        ddim_sample(lambda x, t: x[:, :, :4], SHAPE, 2)
+        ddim_sample(lambda x, t: x[:, :, :4], x_T, ts)
     with pytest.raises(FloatingPointError, match="NaN"):
-        ddim_sample(lambda x, t: x * float("nan"), SHAPE, 2)
+        ddim_sample(lambda x, t: x * float("nan"), x_T, ts)
+
+
+@pytest.mark.parametrize("sampler", [ddim_sample, dpmpp_2m_sample])
+@pytest.mark.parametrize(
+    "x_T, ts, words",
+    [
+        (torch.full(SHAPE, float("nan")), timesteps(2), "starting volume x contains NaN"),
+        (torch.zeros(SHAPE), torch.tensor([1.0], dtype=torch.float64), "at least 2 entries"),
+        (torch.zeros(SHAPE), torch.zeros(2, 3, dtype=torch.float64), "1-D"),
+        (torch.zeros(SHAPE), torch.tensor([1.5, 0.5, 0.0], dtype=torch.float64), r"within \[0, 1\]"),
+        (torch.zeros(SHAPE), torch.tensor([1.0, 0.0, -0.1], dtype=torch.float64), r"within \[0, 1\]"),
+        (torch.zeros(SHAPE), torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), "strictly decreasing"),
+        (torch.zeros(SHAPE), torch.tensor([1.0, 0.5, 0.5, 0.0], dtype=torch.float64), "strictly decreasing"),
+    ],
+)
+def test_bad_start_or_time_grid_named(sampler, x_T, ts, words):
+    with pytest.raises(ValueError, match=words):
+        sampler(gaussian_denoiser("cosine"), x_T, ts)
 
 
 # ---------------------------------------------------------------- guidance
@@ -291,7 +324,7 @@ def test_drr_guidance_reduces_projection_error(through_model):
     guided = drr_consistency_wrap(model, toy_projector, target, scale=500.0, through_model=through_model)
     err = {}
     for name, fn in [("plain", model), ("guided", guided)]:
-        out = ddim_sample(fn, SHAPE, 20, generator=torch.Generator().manual_seed(0))
+        out = ddim_sample(fn, noise(0)[0], timesteps(20))
         err[name] = (toy_projector(out) - target).pow(2).mean().item()
     assert err["guided"] < 0.01 * err["plain"], err
 
@@ -309,7 +342,7 @@ def test_drr_guidance_normalized_step_is_unit_free(through_model):
         guided = drr_consistency_wrap(model, proj, target, 1.0, through_model=through_model, normalize=True)
         err = {}
         for name, fn in [("plain", model), ("guided", guided)]:
-            out = ddim_sample(fn, SHAPE, 20, generator=torch.Generator().manual_seed(0))
+            out = ddim_sample(fn, noise(0)[0], timesteps(20))
             err[name] = (proj(out) - target).pow(2).mean().item()
         assert err["guided"] < 0.01 * err["plain"], err
         rel[units] = err["guided"] / err["plain"]

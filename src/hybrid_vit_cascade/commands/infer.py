@@ -57,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.inference.pipeline import Reconstructor, xrays_from_ct
     from hybrid_vit_cascade.inference.xray_io import load_xrays
     from hybrid_vit_cascade.metrics import volume_metrics
+    from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 
     if not args.out.endswith((".nii", ".nii.gz")):
         raise ValueError(f"--out must end in .nii or .nii.gz, got {args.out}")
@@ -72,11 +73,11 @@ def _run(args: argparse.Namespace) -> int:
         xray, raws = load_xrays(paths, rec.views, rec.li_max, rec.det_pixels, views=args.views)
         for r in raws:
             print(f"  {r.view}: {r.path} — {r.note}")
-    samples, guidance_scale = rec.sampling_defaults(args.samples, args.guidance_scale)
-    if samples > 1 and not rec.is_diffusion:
+    settings = resolve_sampling(rec.cfg, args.steps, args.sampler, args.samples, args.guidance_scale)
+    if settings.samples > 1 and not rec.is_diffusion:
         print("note: a regression checkpoint is deterministic; all samples are identical (std = 0)")
-    results = rec.reconstruct(xray, steps=args.steps, sampler=args.sampler, samples=samples,
-                              stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=guidance_scale,
+    results = rec.reconstruct(xray, steps=settings.steps, sampler=settings.sampler, samples=settings.samples,
+                              stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=settings.guidance_scale,
                               batch_size=args.batch_size, log=lambda s: print("  " + s))
     stem = _stem(args.out)
     written = []

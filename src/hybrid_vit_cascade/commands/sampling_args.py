@@ -1,7 +1,8 @@
 """The sampling flags `hvc infer` and `hvc evaluate` share, declared once so they read the same.
 
 Flags left unset fall back to the checkpoint's `diffusion` config (sample_steps, sampler, samples,
-guidance_scale), so a model reconstructs the way its config says unless the user overrides it.
+guidance_scale), so a model reconstructs the way its config says unless the user overrides it; the
+values are resolved and checked in one place, runtime/sampling.py `resolve_sampling`.
 """
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
 """Samplers for a v-prediction model: DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022).
 
-`model_fn(x_t, t) -> v` with x_t (B, …) and t (B,). Every sampler turns v into the clean estimate
-x̂0 and noise estimate ε̂ with the schedule identities (never uses v as ε — the public attempt's
-bug), and walks a grid t_0 = t_max > t_1 > … > t_N = t_min.
+`model_fn(x_t, t) -> v` with x_t (B, …) and t (B,). As in k-diffusion, the caller passes the
+starting volume x (at time ts[0]) and the time grid ts = (t_0 > t_1 > … > t_N), usually from
+`timesteps`; the samplers draw no starting noise themselves. Every sampler turns v into the clean
+estimate x̂0 and noise estimate ε̂ with the schedule identities (never uses v as ε — the public
+attempt's bug).
 
-The last step (into t_min = 0) returns x̂0 of the final model call: no leftover noise. With
-t_min > 0 the result is the sample at noise level t_min instead (a partially denoised volume).
-Starting at t_max < 1 from a partially noised volume gives SDEdit-style refinement (`sample_from`).
+The last step (into t_N = 0) returns x̂0 of the final model call: no leftover noise. With
+t_N > 0 the result is the sample at noise level t_N instead (a partially denoised volume).
+Starting at t_0 < 1 from a partially noised volume (schedule.q_sample) gives SDEdit-style refinement.
 
 Step grids (`timesteps`): "uniform" (the default for both samplers) spaces the N + 1 times uniformly
 in t; "logsnr" spaces them uniformly in log-SNR λ (Lu et al. suggest it for DPM-Solver on
@@ -18,12 +20,12 @@ Everything runs under torch.no_grad(); guidance wrappers re-enable gradients whe
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-from .schedule import alpha_sigma, eps_from_v, log_snr, q_sample, t_from_log_snr, x0_from_v
+from .schedule import alpha_sigma, eps_from_v, log_snr, t_from_log_snr, x0_from_v
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict], None]
@@ -51,29 +53,18 @@ def timesteps(
     raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
 
 
-def _start(
-    shape_or_x: Union[Sequence[int], torch.Size, Tensor, None],
-    x_T: Optional[Tensor],
-    generator: Optional[torch.Generator],
-    device: Optional[torch.device],
-    dtype: torch.dtype,
-) -> Tensor:
-    if x_T is not None:  # DESIGN.md spelling: shape plus x_T=...
-        if isinstance(shape_or_x, Tensor) or (shape_or_x is not None and tuple(shape_or_x) != tuple(x_T.shape)):
-            raise ValueError(f"x_T of shape {tuple(x_T.shape)} conflicts with shape_or_x={shape_or_x!r}")
-        shape_or_x = x_T
-    if shape_or_x is None:
-        raise ValueError("give the sample shape (B, C, ...) or a starting volume x_T")
-    if isinstance(shape_or_x, Tensor):
-        if not torch.isfinite(shape_or_x).all():
-            raise ValueError("the starting volume x_T contains NaN or Inf")
-        return shape_or_x.clone()
-    shape = tuple(int(s) for s in shape_or_x)
-    if len(shape) < 2 or any(s <= 0 for s in shape):
-        raise ValueError(f"sample shape must be (B, C, ...) with positive sizes, got {shape}")
-    if generator is not None:
-        device = generator.device if device is None else device
-    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+def _check(x: Tensor, ts: Tensor) -> Tensor:
+    """Validate the starting volume and the time grid; the grid as float64."""
+    if not torch.isfinite(x).all():
+        raise ValueError("the starting volume x contains NaN or Inf")
+    ts = torch.as_tensor(ts, dtype=torch.float64)
+    if ts.dim() != 1 or ts.numel() < 2:
+        raise ValueError(f"the time grid ts must be 1-D with at least 2 entries, got shape {tuple(ts.shape)}")
+    if not bool(((ts >= 0) & (ts <= 1)).all()):
+        raise ValueError(f"the time grid ts must lie within [0, 1], got min {ts.min().item():.4g}, max {ts.max().item():.4g}")
+    if not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError("the time grid ts must be strictly decreasing")
+    return ts
 
 
 def _call(model_fn: ModelFn, x: Tensor, t: float, schedule: str) -> tuple[Tensor, Tensor]:
@@ -94,24 +85,18 @@ def _call(model_fn: ModelFn, x: Tensor, t: float, schedule: str) -> tuple[Tensor
 @torch.no_grad()
 def ddim_sample(
     model_fn: ModelFn,
-    shape_or_x: Union[Sequence[int], torch.Size, Tensor, None],
-    steps: int,
-    eta: float = 0.0,
+    x: Tensor,
+    ts: Tensor,
     schedule: str = "cosine",
+    eta: float = 0.0,
     generator: Optional[torch.Generator] = None,
-    t_max: float = 1.0,
-    t_min: float = 0.0,
     callback: Optional[Callback] = None,
-    spacing: str = "uniform",
-    device: Optional[torch.device] = None,
-    dtype: torch.dtype = torch.float32,
-    x_T: Optional[Tensor] = None,
 ) -> Tensor:
-    """DDIM (η = 0 deterministic, η = 1 ≈ DDPM ancestral) from pure noise or a given x at t_max."""
+    """DDIM (η = 0 deterministic, η = 1 ≈ DDPM ancestral) from x at ts[0] along the grid ts; η-noise from `generator`."""
     if eta < 0:
         raise ValueError(f"DDIM eta must be >= 0, got {eta}")
-    x = _start(shape_or_x, x_T, generator, device, dtype)
-    ts = timesteps(steps, t_max, t_min, spacing, schedule)
+    ts = _check(x, ts)
+    steps = len(ts) - 1
     alphas, sigmas = alpha_sigma(ts, schedule)
     for i in range(steps):
         t, s = float(ts[i]), float(ts[i + 1])
@@ -139,21 +124,14 @@ def ddim_sample(
 @torch.no_grad()
 def dpmpp_2m_sample(
     model_fn: ModelFn,
-    shape_or_x: Union[Sequence[int], torch.Size, Tensor, None],
-    steps: int,
+    x: Tensor,
+    ts: Tensor,
     schedule: str = "cosine",
-    generator: Optional[torch.Generator] = None,
-    t_max: float = 1.0,
-    t_min: float = 0.0,
     callback: Optional[Callback] = None,
-    spacing: str = "uniform",
-    device: Optional[torch.device] = None,
-    dtype: torch.dtype = torch.float32,
-    x_T: Optional[Tensor] = None,
 ) -> Tensor:
-    """DPM-Solver++(2M), data-prediction multistep solver (Lu et al. 2022, Algorithm 2); deterministic."""
-    x = _start(shape_or_x, x_T, generator, device, dtype)
-    ts = timesteps(steps, t_max, t_min, spacing, schedule)
+    """DPM-Solver++(2M), data-prediction multistep solver (Lu et al. 2022, Algorithm 2), from x at ts[0]; deterministic."""
+    ts = _check(x, ts)
+    steps = len(ts) - 1
     alphas, sigmas = alpha_sigma(ts, schedule)
     # Lu et al.'s λ is the half log-SNR: λ_t = log(α_t/σ_t).
     lams = torch.log(alphas) - torch.log(sigmas)
@@ -187,51 +165,23 @@ def dpmpp_2m_sample(
 SAMPLERS = {"ddim": ddim_sample, "dpmpp": dpmpp_2m_sample}
 
 
-def sample(model_fn: ModelFn, shape_or_x, steps: int, sampler: str = "ddim", eta: float = 0.0, **kw) -> Tensor:
-    """Dispatch to a sampler by its config name ("ddim" | "dpmpp"); eta applies to DDIM only."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {tuple(SAMPLERS)}")
-    if sampler == "ddim":
-        return ddim_sample(model_fn, shape_or_x, steps, eta=eta, **kw)
-    if eta != 0:
-        raise ValueError(f"eta={eta} is only meaningful for the DDIM sampler, not {sampler!r}")
-    return dpmpp_2m_sample(model_fn, shape_or_x, steps, **kw)
-
-
-def noise_to(x0: Tensor, t_start: float, schedule: str = "cosine", generator: Optional[torch.Generator] = None) -> Tensor:
-    """Diffuse a clean volume to time t_start: x = α·x0 + σ·ε with fresh ε from `generator`."""
-    if not 0.0 <= t_start <= 1.0:
-        raise ValueError(f"t_start must lie in [0, 1], got {t_start}")
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    t = torch.full((x0.shape[0],), t_start, dtype=x0.dtype, device=x0.device)
-    return q_sample(x0, eps, t, schedule)
-
-
-def sample_from(
+def sample(
     model_fn: ModelFn,
-    x_start: Tensor,
-    t_start: float,
-    steps: int,
+    x: Tensor,
+    ts: Tensor,
     sampler: str = "ddim",
     eta: float = 0.0,
     schedule: str = "cosine",
     generator: Optional[torch.Generator] = None,
-    **kw,
 ) -> Tensor:
-    """SDEdit-style refinement: noise the clean `x_start` to t_start, then sample back to t = 0."""
-    if not 0.0 < t_start <= 1.0:
-        raise ValueError(f"t_start must lie in (0, 1], got {t_start}")
-    x = noise_to(x_start, t_start, schedule, generator)
-    return sample(model_fn, x, steps, sampler=sampler, eta=eta, schedule=schedule, generator=generator, t_max=t_start, **kw)
+    """Dispatch to a sampler by its config name ("ddim" | "dpmpp"); eta and generator apply to DDIM only."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {tuple(SAMPLERS)}")
+    if sampler == "ddim":
+        return ddim_sample(model_fn, x, ts, schedule, eta=eta, generator=generator)
+    if eta != 0:
+        raise ValueError(f"eta={eta} is only meaningful for the DDIM sampler, not {sampler!r}")
+    return dpmpp_2m_sample(model_fn, x, ts, schedule)
 
 
-__all__ = [
-    "timesteps",
-    "ddim_sample",
-    "dpmpp_2m_sample",
-    "sample",
-    "noise_to",
-    "sample_from",
-    "SAMPLERS",
-    "SPACINGS",
-]
+__all__ = ["ModelFn", "timesteps", "ddim_sample", "dpmpp_2m_sample", "sample", "SAMPLERS", "SPACINGS"]

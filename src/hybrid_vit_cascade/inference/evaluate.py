@@ -22,6 +22,7 @@ from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.geometry.physics import normalize_xray
 from hybrid_vit_cascade.inference import report
 from hybrid_vit_cascade.inference.pipeline import Reconstructor, render_size
+from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 
 
 def _check_geometry(rec: Reconstructor, manifest: dict, root: str) -> None:
@@ -126,8 +127,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the evaluation and write metrics.json, report.md and PNGs into `out`; returns the metrics.
 
-    `samples` / `guidance_scale` left None come from the checkpoint's config (diffusion.samples,
-    diffusion.guidance_scale); with K > 1 the mean of the K samples is scored.
+    `steps` / `sampler` / `samples` / `guidance_scale` left None come from the checkpoint's config
+    (runtime/sampling.py `resolve_sampling`); with K > 1 the mean of the K samples is scored.
     """
     from tqdm.auto import tqdm
 
@@ -137,7 +138,8 @@ def evaluate(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rec = Reconstructor(checkpoint, which=which, device=device)
-    samples, guidance_scale = rec.sampling_defaults(samples, guidance_scale)
+    settings = resolve_sampling(rec.cfg, steps, sampler, samples, guidance_scale)
+    samples, guidance_scale = settings.samples, settings.guidance_scale
     n_stages = rec.stages_to_run(None)
     stages = rec.cfg.stages[:n_stages]
     final_res = stages[-1].resolution
@@ -194,7 +196,7 @@ def evaluate(
         bar.set_postfix_str(cid)
         li = to_li(item["xray"])  # (V, P, P)
         x_rec = normalize_xray(li, rec.li_max)
-        results = rec.reconstruct(x_rec, steps=steps, sampler=sampler, samples=samples, seed=seed,
+        results = rec.reconstruct(x_rec, steps=settings.steps, sampler=settings.sampler, samples=samples, seed=seed,
                                   guidance_scale=guidance_scale, case_keys=[cid])
         case = {"case_id": cid, "methods": {}}
         for r in results:
@@ -234,8 +236,7 @@ def evaluate(
     info = {
         "checkpoint": checkpoint, "dataset": data, "split": split, "cases": n_cases,
         "stages evaluated": [f"{s.name} ({s.resolution}³)" for s in stages],
-        "sampler": f"{sampler or rec.cfg.diffusion.sampler}, {steps or rec.cfg.diffusion.sample_steps} steps"
-                   if rec.is_diffusion else "regression (single forward)",
+        "sampler": settings.describe() if rec.is_diffusion else "regression (single forward)",
         "samples per case": samples, "seed": seed, "DRR guidance": guidance_scale,
         "baseline checkpoint": baseline_checkpoint or "none", **info_notes,
     }

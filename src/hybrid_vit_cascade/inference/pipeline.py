@@ -25,6 +25,7 @@ from hybrid_vit_cascade.metrics import drr_psnr
 from hybrid_vit_cascade.runtime.checkpoint import CheckpointError, load_cascade
 from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
 from hybrid_vit_cascade.runtime.objective import Objective
+from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
 
 
@@ -127,15 +128,6 @@ class Reconstructor:
                              f"trained: {self.trained_stages} — use --stop-at-stage {min(missing) - 1 or 1}")
         return last
 
-    def sampling_defaults(self, samples: Optional[int], guidance_scale: Optional[float]) -> tuple[int, float]:
-        """(K, guidance scale): the given values, else the config's (a regression checkpoint: 1 and 0)."""
-        d = self.cfg.diffusion
-        if samples is None:
-            samples = d.samples if self.is_diffusion else 1
-        if guidance_scale is None:
-            guidance_scale = d.guidance_scale if self.is_diffusion else 0.0
-        return samples, guidance_scale
-
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def reconstruct(
@@ -154,10 +146,10 @@ class Reconstructor:
         """Run stages 1..N on X-rays (V, P, P) or (B, V, P, P) in the model range; one StageResult per stage.
 
         `guidance_scale` > 0 adds DRR-consistency guidance (normalised step: 1 = fit the X-rays along
-        the gradient of the clean estimate, see diffusion/guidance.py). `samples` / `guidance_scale`
-        left None come from the config (`sampling_defaults`). Noise of chain (case b,
-        sample i) at stage k comes from its own generator seeded by (seed, k, case key, i), so a
-        result does not depend on the batch size.
+        the gradient of the clean estimate, see diffusion/guidance.py). `steps` / `sampler` / `samples` /
+        `guidance_scale` left None come from the config (runtime/sampling.py `resolve_sampling`). Noise
+        of chain (case b, sample i) at stage k comes from its own generator seeded by (seed, k, case
+        key, i), so a result does not depend on the batch size.
         """
         if xray.dim() == 3:
             xray = xray[None]
@@ -167,16 +159,9 @@ class Reconstructor:
                              f"for views {self.views}, got {tuple(xray.shape)}")
         if not torch.isfinite(xray).all():
             raise ValueError("the X-rays contain NaN or Inf")
-        samples, guidance_scale = self.sampling_defaults(samples, guidance_scale)
-        if samples < 1:
-            raise ValueError(f"samples must be ≥ 1, got {samples}")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance scale must be ≥ 0, got {guidance_scale}")
-        if not self.is_diffusion and guidance_scale > 0:
-            raise ValueError("DRR guidance needs a diffusion checkpoint; this one was trained with the regression objective")
+        settings = resolve_sampling(self.cfg, steps, sampler, samples, guidance_scale)
+        samples, guidance_scale = settings.samples, settings.guidance_scale
         n_stages = self.stages_to_run(stop_at_stage)
-        steps = steps or self.cfg.diffusion.sample_steps
-        sampler = sampler or self.cfg.diffusion.sampler
         keys = [str(k) for k in (case_keys or range(B))]
         chains = [(b, i) for b in range(B) for i in range(samples)]  # (case, sample) per chain
         log = log or (lambda s: None)
@@ -188,7 +173,7 @@ class Reconstructor:
             res = scfg.resolution
             stage = self.cascade.stages[k - 1].to(dev)  # only this stage on the device
             log(f"stage {k} ({scfg.name}, {res}³): {len(chains)} chain(s), "
-                + (f"{sampler} {steps} steps" if self.is_diffusion else "direct regression")
+                + (settings.describe() if self.is_diffusion else "direct regression")
                 + (f", DRR guidance {guidance_scale}" if guidance_scale > 0 else ""))
             outs = []
             for c0 in range(0, len(chains), batch_size):
@@ -206,7 +191,7 @@ class Reconstructor:
                 if guidance_scale > 0:
                     fn = drr_consistency_wrap(model_fn, self.project, x_ray, guidance_scale,
                                               self.cfg.diffusion.schedule, through_model=False, normalize=True)
-                out = self.objective.generate(fn, (len(chunk), 1, res, res, res), steps, dev, gens, sampler)
+                out = self.objective.generate(fn, (len(chunk), 1, res, res, res), dev, gens, settings)
                 outs.append(out.float().cpu())
             stage.to("cpu")
             if dev.type == "cuda":

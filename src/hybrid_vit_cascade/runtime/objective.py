@@ -3,7 +3,8 @@
 - "diffusion" (default): v-prediction. x_t = α_t·x0 + σ_t·ε with t ~ U[0, 1]; the network predicts
   v = α_t·ε − σ_t·x0; loss = MSE(v̂, v) (min-SNR-γ weighted if diffusion.min_snr_gamma, x0 weight
   floored at diffusion.min_snr_floor);
-  x̂0 = α_t·x_t − σ_t·v̂ feeds the physics loss. Sampling runs DDIM / DPM-Solver++ from noise.
+  x̂0 = α_t·x_t − σ_t·v̂ feeds the physics loss. Sampling runs DDIM / DPM-Solver++ from noise
+  with the settings of runtime/sampling.py `resolve_sampling`.
 - "regression" (the direct-MSE baseline, same backbone): the network gets x_t = 0 and a fixed
   t = 1 (the "no information in x_t" end of the schedule), and its output IS x̂0; loss = MSE(x̂0, x0).
   "Sampling" is that single forward pass. No noise, no sampler, so it measures what the diffusion
@@ -15,16 +16,16 @@ depends only on (seed, stage, epoch, case) — not on batch size, accumulation, 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.diffusion.losses import v_loss
-from hybrid_vit_cascade.diffusion.samplers import sample as run_sampler
+from hybrid_vit_cascade.diffusion.samplers import ModelFn, sample
 from hybrid_vit_cascade.diffusion.schedule import q_sample, v_target, x0_from_v
-from hybrid_vit_cascade.diffusion.samplers import ModelFn
+from hybrid_vit_cascade.runtime.sampling import SamplingSettings
 from hybrid_vit_cascade.runtime.seeding import per_sample_rand, per_sample_randn
 
 REGRESSION_T = 1.0  # fixed time fed to the network in regression mode
@@ -43,8 +44,6 @@ class Objective:
         self.schedule = cfg.diffusion.schedule
         self.min_snr_gamma = cfg.diffusion.min_snr_gamma
         self.min_snr_floor = cfg.diffusion.min_snr_floor
-        self.sampler = cfg.diffusion.sampler
-        self.eta = cfg.diffusion.eta
 
     @property
     def is_diffusion(self) -> bool:
@@ -74,12 +73,11 @@ class Objective:
         self,
         model_fn: ModelFn,
         shape: Sequence[int],
-        steps: int,
         device: torch.device,
         gens: Sequence[torch.Generator],
-        sampler: Optional[str] = None,
+        settings: SamplingSettings,
     ) -> Tensor:
-        """A clean volume (B, 1, D, H, W): sampler from noise (diffusion) or one forward (regression).
+        """A clean volume (B, 1, D, H, W): `settings.sampler` from noise (diffusion) or one forward (regression).
 
         x_T of item b comes from gens[b], so a case's sample does not depend on its batch-mates
         (with η = 0; DDIM's η > 0 noise is drawn from gens[0]).
@@ -88,10 +86,6 @@ class Objective:
         if not self.is_diffusion:
             t = torch.full((B,), REGRESSION_T, device=device)
             return model_fn(torch.zeros(tuple(shape), device=device), t).float().clamp(-1, 1)
-        name = sampler or self.sampler
         x_T = per_sample_randn(gens, shape[1:], device)
-        x = run_sampler(
-            model_fn, x_T, steps, sampler=name, eta=self.eta if name == "ddim" else 0.0,
-            schedule=self.schedule, generator=gens[0],
-        )
+        x = sample(model_fn, x_T, settings.grid(self.schedule), settings.sampler, settings.eta, self.schedule, gens[0])
         return x.clamp(-1, 1)

@@ -25,6 +25,7 @@ from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.runtime.checkpoint import weights_hash
 from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
 from hybrid_vit_cascade.runtime.objective import Objective
+from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import case_seed, mix_seed, sample_generators
 
 COMPLETE = "complete.json"
@@ -112,8 +113,10 @@ def build_condition_cache(
     res = cfg.stages[j - 1].resolution
     level = cfg.stages[j - 1].cond_noise_level
     objective = Objective(cfg)
+    # One unguided chain per case, the config's sampler with training.cond_sample_steps.
+    settings = resolve_sampling(cfg, steps=cfg.training.cond_sample_steps, samples=1, guidance_scale=0.0)
     mine = [c for i, c in enumerate(cases) if i % world == rank and not cache.path(c[0]).is_file()]
-    log(f"conditioning: sampling stage {j} ({res}³, {cfg.training.cond_sample_steps} steps) for {len(cases)} cases")
+    log(f"conditioning: sampling stage {j} ({res}³, {settings.describe()}) for {len(cases)} cases")
     stage.eval()
     for b in range(0, len(mine), batch_size):
         chunk = mine[b : b + batch_size]
@@ -127,7 +130,7 @@ def build_condition_cache(
             prev, cond_noise = make_condition(low, res, cfg, aug_gens, level)
         model_fn = stage_model_fn(stage, xray, prev, cond_noise, autocast)
         with torch.no_grad():
-            out = objective.generate(model_fn, (len(ids), 1, res, res, res), cfg.training.cond_sample_steps, device, gens)
+            out = objective.generate(model_fn, (len(ids), 1, res, res, res), device, gens, settings)
         for c, o in zip(ids, out.cpu().numpy()):
             cache.save(c, o)
     barrier()

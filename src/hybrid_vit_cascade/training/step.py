@@ -4,13 +4,12 @@ The stage is called through runtime.conditioning (`make_condition`, `stage_model
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from hybrid_vit_cascade.diffusion.losses import physics_loss
 from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
+from hybrid_vit_cascade.runtime.sampling import SamplingSettings
 from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
 
 
@@ -51,8 +50,8 @@ class StageStepper:
         return res
 
     @torch.no_grad()
-    def sample(self, batch: dict, steps: int, sampler: Optional[str] = None) -> Tensor:
-        """Clean volumes (B, 1, D, D, D) for a batch, conditioned as at inference."""
+    def sample(self, batch: dict, settings: SamplingSettings) -> Tensor:
+        """Clean volumes (B, 1, D, D, D) for a batch, conditioned and sampled as at inference."""
         ctx = self.ctx
         ids = batch["case_id"]
         gens = sample_generators([mix_seed("val-sample", ctx.cfg.training.seed, ctx.k, c) for c in ids], ctx.device)
@@ -62,4 +61,4 @@ class StageStepper:
         model_fn = stage_model_fn(self.model, xray, prev, cond_noise, ctx.accelerator.autocast)
         B = xray.shape[0]
         r = ctx.resolution
-        return ctx.objective.generate(model_fn, (B, 1, r, r, r), steps, ctx.device, gens, sampler)
+        return ctx.objective.generate(model_fn, (B, 1, r, r, r), ctx.device, gens, settings)

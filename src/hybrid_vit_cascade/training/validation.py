@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from hybrid_vit_cascade import metrics
 from hybrid_vit_cascade.diffusion.losses import physics_loss, predicted_xray
+from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
 from hybrid_vit_cascade.training.step import StageStepper
 
@@ -60,9 +61,10 @@ def validate(ctx, ema_model: torch.nn.Module, val_ds, log: Callable[[str], None]
         psnrs, ssims = [], []
         sub = DataLoader(Subset(val_ds, list(range(n_samp))), batch_size=cfg.training.batch_size, shuffle=False)
         first = True
+        settings = resolve_sampling(cfg, samples=1, guidance_scale=0.0)  # diffusion.sample_steps, diffusion.sampler
         for batch in sub:
             batch = to_device(batch, ctx.device)
-            pred = stepper.sample(batch, cfg.diffusion.sample_steps)
+            pred = stepper.sample(batch, settings)
             truth = batch["x0"].float()
             for p, t in zip(pred, truth):
                 # [-1, 1] → [0, 1] is exactly the HU window mapped to [0, 1] (DESIGN.md physics).

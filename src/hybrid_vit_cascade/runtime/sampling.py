@@ -1,0 +1,74 @@
+"""How a cascade is sampled — the ONE place that resolves (steps, sampler, K samples, guidance, η).
+
+A value given by the caller (a CLI flag or a keyword argument) wins; an unset one (None) comes from
+the checkpoint's `diffusion` config (sample_steps, sampler, samples, guidance_scale, eta). A
+regression checkpoint (`training.objective == "regression"`) has nothing to sample or guide, so it
+defaults to 1 sample and guidance 0, and refuses guidance > 0. η is DDIM's noise level: the
+config's η is dropped for DPM-Solver++ (deterministic), an explicit η > 0 with it is an error.
+Training validation and the conditioning cache resolve here too (with their own step counts), so
+every sampled volume of the project is drawn with the settings this function returns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import Tensor
+
+from hybrid_vit_cascade.config import Config
+from hybrid_vit_cascade.diffusion.samplers import SAMPLERS, timesteps
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Resolved sampling settings of one run (see resolve_sampling)."""
+
+    steps: int  # sampler steps (model calls per chain and stage)
+    sampler: str  # "ddim" | "dpmpp"
+    samples: int  # K chains per case; K > 1: mean = reconstruction, std = uncertainty
+    guidance_scale: float  # DRR-consistency guidance, 0 = off
+    eta: float  # DDIM η (0 = deterministic); always 0 for "dpmpp"
+
+    def grid(self, schedule: str) -> Tensor:
+        """The (steps + 1,) float64 time grid 1 → 0 the samplers walk (uniform in t)."""
+        return timesteps(self.steps, schedule=schedule)
+
+    def describe(self) -> str:
+        """'ddim, 25 steps' (η added when > 0), for logs and reports."""
+        return f"{self.sampler}, {self.steps} steps" + (f", η={self.eta:g}" if self.eta > 0 else "")
+
+
+def resolve_sampling(
+    cfg: Config,
+    steps: Optional[int] = None,
+    sampler: Optional[str] = None,
+    samples: Optional[int] = None,
+    guidance_scale: Optional[float] = None,
+    eta: Optional[float] = None,
+) -> SamplingSettings:
+    """The given values, else the config's (a regression checkpoint: 1 sample, no guidance); validated."""
+    d = cfg.diffusion
+    diffusion = cfg.training.objective == "diffusion"
+    steps = d.sample_steps if steps is None else int(steps)
+    sampler = d.sampler if sampler is None else sampler
+    samples = (d.samples if diffusion else 1) if samples is None else int(samples)
+    guidance_scale = (d.guidance_scale if diffusion else 0.0) if guidance_scale is None else float(guidance_scale)
+    if steps < 1:
+        raise ValueError(f"sampler steps must be ≥ 1, got {steps}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {tuple(SAMPLERS)}")
+    if samples < 1:
+        raise ValueError(f"samples must be ≥ 1, got {samples}")
+    if guidance_scale < 0:
+        raise ValueError(f"guidance scale must be ≥ 0, got {guidance_scale}")
+    if guidance_scale > 0 and not diffusion:
+        raise ValueError("DRR guidance needs a diffusion checkpoint; this one was trained with the regression objective")
+    if eta is not None and eta < 0:
+        raise ValueError(f"DDIM eta must be ≥ 0, got {eta}")
+    if sampler == "ddim":
+        eta = d.eta if eta is None else float(eta)
+    elif eta:
+        raise ValueError(f"eta={eta} is only meaningful for the DDIM sampler, not {sampler!r}")
+    else:
+        eta = 0.0  # the config's η belongs to DDIM; DPM-Solver++ is deterministic
+    return SamplingSettings(steps, sampler, samples, guidance_scale, eta)
