@@ -71,6 +71,17 @@ def make_dirs(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create `folder` and prove a file can be written there, so a bad --out fails before any compute."""
+    folder = make_dirs(folder)
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # os.access says yes to root even on a read-only mount
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write into {what} {folder}: {err.strerror or err}") from None
+    return folder
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any],
                  root: Optional[str | os.PathLike] = None) -> Path:
     """Write `path` through `write(binary file)` into a temp file + rename; `root` confines the target."""

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.data.io import CTReadError, read_ct, write_nifti
     from hybrid_vit_cascade.data.prepare import render_li
     from hybrid_vit_cascade.data.preprocessing import canonicalize
+    from hybrid_vit_cascade.files import check_writable
     from hybrid_vit_cascade.geometry.projector import Projector
     from hybrid_vit_cascade.inference.xray_io import write_drr_png
 
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         if need > have:  # refuse up front rather than die allocating (--size 4000 would need ~950 GiB)
             raise ValueError(f"--size {args.size} with {data_cfg.geometry.det_pixels}² detector pixels needs ~{need / 2**30:.0f} GiB "
                              f"of memory, more than this machine's {have / 2**30:.0f} GiB; lower --size or --det-pixels")
+        check_writable(args.out, "--out folder")  # an unusable --out fails before the CT is read and rendered
         ct = read_ct(args.ct)
     except (ConfigError, ValueError, CTReadError) as err:
         print(f"hvc drr: error: {err}", file=sys.stderr)

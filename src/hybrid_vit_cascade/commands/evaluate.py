@@ -23,23 +23,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybrid_vit_cascade.data.io import CTReadError
+    """Errors (checkpoint, dataset, output path) reach cli.main, which prints them on one line."""
+    from hybrid_vit_cascade.files import check_writable
     from hybrid_vit_cascade.inference.evaluate import evaluate, format_summary
-    from hybrid_vit_cascade.runtime.checkpoint import CheckpointError
 
     if args.max_cases is not None and args.max_cases < 1:
         print("hvc evaluate: error: --max-cases must be ≥ 1", file=sys.stderr)
         return 2
-    try:
-        result = evaluate(
-            args.checkpoint, args.data, args.out, split=args.split, steps=args.steps, sampler=args.sampler,
-            samples=args.samples, baseline_checkpoint=args.baseline_checkpoint, max_cases=args.max_cases,
-            montage_cases=args.montage_cases, seed=args.seed, guidance_scale=args.guidance_scale,
-            device=args.device, which=args.which, progress=not args.no_progress,
-        )
-    except (CheckpointError, CTReadError, ValueError, FileNotFoundError) as err:
-        print(f"hvc evaluate: error: {err}", file=sys.stderr)
-        return 2
+    check_writable(args.out, "--out folder")  # before loading and sampling, not at the first PNG
+    result = evaluate(
+        args.checkpoint, args.data, args.out, split=args.split, steps=args.steps, sampler=args.sampler,
+        samples=args.samples, baseline_checkpoint=args.baseline_checkpoint, max_cases=args.max_cases,
+        montage_cases=args.montage_cases, seed=args.seed, guidance_scale=args.guidance_scale,
+        device=args.device, which=args.which, progress=not args.no_progress,
+    )
     print(f"evaluated {result['info']['cases']} case(s) of {result['info']['dataset']} ({result['info']['split']}):")
     print(format_summary(result["summary"]))
     print(f"report: {args.out}/report.md (metrics.json, PNGs beside it)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +37,10 @@ def _stem(out: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybrid_vit_cascade.data.io import CTReadError
-    from hybrid_vit_cascade.inference.xray_io import XrayReadError
-    from hybrid_vit_cascade.runtime.checkpoint import CheckpointError
-
-    try:
-        return _run(args)
-    except (XrayReadError, CTReadError, CheckpointError, ValueError, FileNotFoundError) as err:
-        print(f"hvc infer: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Errors (bad X-rays, checkpoint, output path) reach cli.main, which prints them on one line."""
     import torch
 
+    from hybrid_vit_cascade.files import check_writable
     from hybrid_vit_cascade.inference import report
     from hybrid_vit_cascade.inference.nifti_out import write_cube_nifti
     from hybrid_vit_cascade.inference.pipeline import Reconstructor, xrays_from_ct
@@ -61,6 +50,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.out.endswith((".nii", ".nii.gz")):
         raise ValueError(f"--out must end in .nii or .nii.gz, got {args.out}")
+    if Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; give a file name ending in .nii.gz")
+    check_writable(Path(args.out).parent, "--out folder")  # before minutes of sampling, not after
     rec = Reconstructor(args.checkpoint, which=args.which, ema=not args.no_ema, device=args.device)
     print(f"checkpoint {args.checkpoint}: stages {[s.name for s in rec.cfg.stages]}, trained {rec.trained_stages}, "
           f"views {rec.views}, objective {rec.objective.kind}, device {rec.device}")

@@ -20,30 +20,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybrid_vit_cascade.config import ConfigError, DataConfig, load_config
+    from hybrid_vit_cascade.config import DataConfig, load_config
     from hybrid_vit_cascade.data.prepare import prepare_dataset
+    from hybrid_vit_cascade.files import check_writable
 
-    try:
-        if args.config:
-            cfg = load_config(args.config)
-            data = cfg.data.model_dump(mode="json")
-            sizes = args.size or [s.resolution for s in cfg.stages]
-        else:
-            data = DataConfig().model_dump(mode="json")
-            sizes = args.size or [64, 128]
-        if args.fov_mm is not None:
-            data["fov_mm"] = args.fov_mm
-        if args.det_pixels is not None:
-            data["geometry"]["det_pixels"] = args.det_pixels
-        if args.views:
-            data["views"] = args.views
-        data_cfg = DataConfig.model_validate(data)
-    except (ConfigError, ValueError) as err:
-        print(f"hvc prepare: error: {err}", file=sys.stderr)
-        return 2
+    # A bad config or --out is an error that cli.main prints on one line.
+    if args.config:
+        cfg = load_config(args.config)
+        data = cfg.data.model_dump(mode="json")
+        sizes = args.size or [s.resolution for s in cfg.stages]
+    else:
+        data = DataConfig().model_dump(mode="json")
+        sizes = args.size or [64, 128]
+    if args.fov_mm is not None:
+        data["fov_mm"] = args.fov_mm
+    if args.det_pixels is not None:
+        data["geometry"]["det_pixels"] = args.det_pixels
+    if args.views:
+        data["views"] = args.views
+    data_cfg = DataConfig.model_validate(data)
     if any(s <= 0 for s in sizes):
         print(f"hvc prepare: error: --size must be positive, got {sizes}", file=sys.stderr)
         return 2
+    check_writable(args.out, "--out folder")
 
     manifest = prepare_dataset(args.input, args.out, sizes, data_cfg.views, data_cfg, seed=args.seed,
                                progress=not args.no_progress)

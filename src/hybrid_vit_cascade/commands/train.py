@@ -25,21 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybrid_vit_cascade.config import ConfigError, load_config
-    from hybrid_vit_cascade.runtime.checkpoint import CheckpointError
+    from hybrid_vit_cascade.config import load_config
     from hybrid_vit_cascade.training.progressive import train_progressive
     from hybrid_vit_cascade.training.trainer import TrainingDiverged
 
+    # Bad configs, checkpoints, datasets and paths reach cli.main, which prints them on one line.
     if args.max_steps is not None and args.max_steps <= 0:
-        print(f"error: --max-steps must be positive, got {args.max_steps}", file=sys.stderr)
+        print(f"hvc train: error: --max-steps must be positive, got {args.max_steps}", file=sys.stderr)
         return 2
-    try:
-        cfg = load_config(args.config) if args.config else None
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config) if args.config else None
     if cfg is None and not args.resume_from:
-        print("error: --config is required (unless --resume_from is given)", file=sys.stderr)
+        print("hvc train: error: --config is required (unless --resume_from is given)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:
@@ -48,11 +44,10 @@ def run(args: argparse.Namespace) -> int:
             use_wandb=args.wandb, wandb_project=args.wandb_project, device=args.device,
             max_steps=args.max_steps, overwrite=args.overwrite,
         )
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
+    except TrainingDiverged as err:  # exit 1: the run itself failed (the input was fine); last good checkpoint kept
+        if getattr(args, "debug", False):
+            raise
+        print(f"hvc train: error: {err}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun / accelerate launch only the main process reports

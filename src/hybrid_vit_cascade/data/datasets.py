@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import UnsafePathError, safe_component
+
 SPLITS = ("train", "val", "test")
 
 
@@ -28,7 +30,33 @@ def load_manifest(root: str | os.PathLike) -> dict:
     for key in ("cases", "sizes", "views", "xray_scale"):
         if key not in manifest:
             raise ValueError(f"{path}: missing key {key!r}; not a dataset written by `hvc prepare`")
+    check_case_names(manifest, path)
     return manifest
+
+
+def check_case_names(manifest: dict, path: str | os.PathLike) -> None:
+    """Every case's `case_id` is one safe file name and its `file` a relative path of them.
+
+    Case ids become file names under output folders (the conditioning cache, evaluation
+    montages) and `file` is read and deleted under the dataset: checked once, here, where a
+    manifest enters, so `a/../../../x` can never reach a writer.
+    """
+    cases = manifest.get("cases")
+    if not isinstance(cases, list):
+        raise ValueError(f"{path}: 'cases' must be a list")
+    for i, case in enumerate(cases):
+        if not isinstance(case, dict):
+            raise ValueError(f"{path}: cases[{i}] must be an object")
+        safe_component(case.get("case_id"), f"{path}: cases[{i}].case_id")
+        rel = case.get("file")
+        try:
+            if not isinstance(rel, str):
+                raise UnsafePathError("not a string")
+            for part in rel.split("/"):
+                safe_component(part, "part")
+        except UnsafePathError:
+            raise UnsafePathError(f"{path}: cases[{i}].file {rel!r} is not a relative path inside the dataset "
+                                  "(names of letters, digits, '.', '_', '-' joined by '/')") from None
 
 
 class CTXrayDataset(Dataset):
@@ -73,7 +101,7 @@ class CTXrayDataset(Dataset):
             with np.load(path) as z:  # closes the file; reads only the requested arrays
                 arrays = {k: z[k] for k in keys}
         except (OSError, ValueError, KeyError) as err:
-            raise RuntimeError(f"case {case['case_id']}: cannot read {path} ({err})") from None
+            raise OSError(f"case {case['case_id']}: cannot read {path} ({err})") from None  # one line at the CLI
         ct = {r: torch.from_numpy(np.ascontiguousarray(arrays[f"ct_{r}"], dtype=np.float32))[None] for r in self.resolutions}
         xray = torch.from_numpy(np.ascontiguousarray(arrays["xray"], dtype=np.float32))
         return {"ct": ct, "xray": xray, "meta": {"case_id": case["case_id"], "index": int(index)}}

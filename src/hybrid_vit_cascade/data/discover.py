@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import safe_component
 from .io import ct_kind, find_dicom_series
 
 
@@ -26,8 +27,15 @@ class CaseInput:
     files: list[Path] | None = None  # DICOM: the series' slice files (found once, reused to hash and read)
 
 
+_MAX_ID = 96  # leaves room for the "_unreadable" and "_<hash>" suffixes below files.safe_component's 128
+
+
 def _sanitize(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+    """A case id from a file stem / DICOM PatientID that files.safe_component accepts (no leading '-' or '.')."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip("._-").rstrip("._") or "case"
+    if len(s) > _MAX_ID:  # keep it unique: a hash of the full name replaces the tail
+        s = f"{s[:_MAX_ID - 9].rstrip('._')}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return s
 
 
 def _stem(path: Path) -> str:
@@ -112,6 +120,8 @@ def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], li
         if counts[c.base_id] > 1:
             tag = hashlib.sha1(f"{c.source}|{c.series_uid}".encode()).hexdigest()[:6]
             c.base_id = f"{c.base_id}_{tag}"
+    for c in found:  # case ids become file names (cases/<id>.npz, caches, montages)
+        safe_component(c.base_id, f"case id of {c.source}")
     return found, skipped
 
 

@@ -156,9 +156,14 @@ def load_manifest_if_any(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # a damaged manifest: redo everything rather than trust it
+    if isinstance(manifest, dict) and "cases" in manifest:
+        from .datasets import check_case_names
+
+        check_case_names(manifest, path)  # its cases' files are deleted when the settings change
+    return manifest
 
 
 def prepare_dataset(

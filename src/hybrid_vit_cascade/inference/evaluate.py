@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from hybrid_vit_cascade import metrics as M
+from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.geometry.physics import normalize_xray
 from hybrid_vit_cascade.inference import report
 from hybrid_vit_cascade.inference.pipeline import Reconstructor, render_size
@@ -220,12 +221,14 @@ def evaluate(
             last = results[-1]
             truth_hu = rec.to_hu(item["ct"][last.res][0])
             std = rec.std_to_hu(last.std[0, 0]) if last.std is not None else None
-            f = report.case_montage(out_dir / f"case_{cid}_slices.png", truth_hu, rec.to_hu(last.mean[0, 0]), std,
+            # case ids are checked at manifest load; `inside` keeps the PNGs in --out regardless
+            slices_png, xray_png = (inside(out_dir / f"case_{cid}_{k}.png", out_dir) for k in ("slices", "xray"))
+            f = report.case_montage(slices_png, truth_hu, rec.to_hu(last.mean[0, 0]), std,
                                     rec.window, title=f"{cid}: {last.name} {last.res}³ (K={samples})")
             with torch.no_grad():
                 drr = rec.project(last.mean)[0].numpy()
             scores = [case["methods"][cascade_key(last.index, last.name)][f"drr_psnr_{v}"] for v in rec.views]
-            g = report.xray_montage(out_dir / f"case_{cid}_xray.png", x_rec.numpy(), drr, rec.views, scores,
+            g = report.xray_montage(xray_png, x_rec.numpy(), drr, rec.views, scores,
                                     title=f"{cid}: input X-rays vs DRRs of the prediction")
             images += [f.name, g.name]
     bar.close()

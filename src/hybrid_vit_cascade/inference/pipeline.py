@@ -124,8 +124,11 @@ class Reconstructor:
             raise ValueError(f"--stop-at-stage must be in 1..{n_cfg} for this {n_cfg}-stage cascade, got {last}")
         missing = [k for k in range(1, last + 1) if k not in self.trained_stages]
         if missing:
-            raise ValueError(f"stage(s) {missing} of {self.checkpoint_dir} have no trained weights; "
-                             f"trained: {self.trained_stages} — use --stop-at-stage {min(missing) - 1 or 1}")
+            # Advice only when it works: stopping before the first missing stage needs stage 1.
+            advice = (f"use --stop-at-stage {min(missing) - 1} to run the stages before it" if min(missing) > 1
+                      else "every stage needs stage 1: train it first")
+            raise ValueError(f"stage(s) {missing} of {self.checkpoint_dir} have no trained weights "
+                             f"(trained: {self.trained_stages}); {advice}")
         return last
 
     # ------------------------------------------------------------------------------ sampling

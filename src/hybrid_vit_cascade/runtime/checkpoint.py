@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hybrid_vit_cascade.config import Config, ConfigError, load_config
+from hybrid_vit_cascade.files import inside
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -34,8 +35,12 @@ class CheckpointError(RuntimeError):
 
 
 def stage_dir(checkpoint_dir: str | Path, k: int, name: str) -> Path:
-    """Directory of stage k (1-based) of the cascade."""
-    return Path(checkpoint_dir) / f"stage{k}_{name}"
+    """Directory of stage k (1-based) of the cascade; never outside `checkpoint_dir`.
+
+    Every write and delete of a stage (snapshots, their `.old` cleanup, --overwrite) goes through
+    here, so a stage name like `../../x` or a stage folder symlinked elsewhere is refused.
+    """
+    return inside(Path(checkpoint_dir) / f"stage{k}_{name}", checkpoint_dir, f"stage {k} ({name!r}) folder")
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -112,16 +117,39 @@ def load_weights(snapshot: str | Path, ema: bool = True) -> dict[str, torch.Tens
     """State dict of a snapshot: EMA weights if asked and present, else the raw weights."""
     snapshot = Path(snapshot)
     f = snapshot / EMA_FILE if ema and (snapshot / EMA_FILE).is_file() else snapshot / MODEL_FILE
-    return load_file(str(f))
+    try:
+        return load_file(str(f))
+    except OSError:
+        raise
+    except Exception as err:  # safetensors raises its own SafetensorError (not exported by every version)
+        raise CheckpointError(f"{f} is truncated or corrupt ({_reason(err)})") from None
+
+
+def _reason(err: BaseException) -> str:
+    """The first sentence of a library's error (torch appends a paragraph of advice)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.split(". ")[0]
 
 
 def load_state(snapshot: str | Path) -> dict[str, Any]:
     """The training state (optimizer, scheduler, RNG, position) of a snapshot."""
+    import pickle
+
     f = Path(snapshot) / STATE_FILE
     if not f.is_file():
         raise CheckpointError(f"{snapshot} has no {STATE_FILE}; cannot resume from it")
-    # Everything in state.pt is tensors / plain python (see rng_state), so weights_only works.
-    return torch.load(f, map_location="cpu", weights_only=True)
+    # Everything in state.pt is tensors / plain python (see rng_state), so weights_only works;
+    # anything else is refused, never unpickled (torch's advice to retry with
+    # weights_only=False would run whatever code the file holds).
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(f"{f} is refused as unsafe: it holds pickled Python objects, not only tensors "
+                                  "and plain values (was it written by hvc?)") from None
+        raise CheckpointError(f"{f} is truncated or corrupt ({_reason(err)})") from None
+    except (RuntimeError, EOFError, ValueError) as err:  # a cut-off zip archive / pickle stream
+        raise CheckpointError(f"{f} is truncated or corrupt ({_reason(err)})") from None
 
 
 def weights_hash(sd: dict[str, torch.Tensor]) -> str:
@@ -209,8 +237,9 @@ def load_cascade(checkpoint_dir: str | Path, which: str = "best", ema: bool = Tr
         snap = stage_snapshot(checkpoint_dir, cfg, k, which)
         if snap is None:
             continue
+        weights = load_weights(snap, ema=ema)
         try:
-            cascade.stages[k - 1].load_state_dict(load_weights(snap, ema=ema), strict=True)
+            cascade.stages[k - 1].load_state_dict(weights, strict=True)
         except RuntimeError as err:
             raise CheckpointError(f"weights in {snap} do not match config.json: {err}") from None
         loaded.append(k)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor
 
 from hybrid_vit_cascade.config import Config
+from hybrid_vit_cascade.files import atomic_write, inside, safe_component
 from hybrid_vit_cascade.runtime.checkpoint import weights_hash
 from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
 from hybrid_vit_cascade.runtime.objective import Objective
@@ -44,7 +43,8 @@ class ConditionCache:
         return (self.root / COMPLETE).is_file()
 
     def path(self, case_id: str) -> Path:
-        return self.root / f"{case_id}.npy"
+        # Case ids are checked where a manifest is loaded; re-checked here because this path is written.
+        return self.root / f"{safe_component(case_id, 'case id')}.npy"
 
     def load(self, case_id: str) -> np.ndarray:
         p = self.path(case_id)
@@ -55,11 +55,7 @@ class ConditionCache:
         return np.load(p)
 
     def save(self, case_id: str, arr: np.ndarray) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{case_id}.", suffix=".npy")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr.astype(np.float32))
-        os.replace(tmp, self.path(case_id))
+        atomic_write(self.path(case_id), lambda f: np.save(f, arr.astype(np.float32)), root=self.root)
 
 
 def cache_key(cfg: Config, j: int, stage_weights: dict[str, Tensor], prev_key: Optional[str], data_id: str) -> str:
@@ -106,7 +102,8 @@ def build_condition_cache(
         )
     stage = stages[j - 1]
     key = cache_key(cfg, j, stage.state_dict(), prev_cache.key if prev_cache else None, data_id)
-    cache = ConditionCache(Path(cache_root) / f"stage{j}_{cfg.stages[j - 1].name}_{key}", j, key)
+    folder = inside(Path(cache_root) / f"stage{j}_{cfg.stages[j - 1].name}_{key}", cache_root, "conditioning cache")
+    cache = ConditionCache(folder, j, key)
     if cache.complete:
         log(f"conditioning: reusing cached stage-{j} samples in {cache.root}")
         return cache
