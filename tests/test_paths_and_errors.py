@@ -77,6 +77,16 @@ def test_evaluate_refuses_an_escaping_case_id(ckpt, tmp_path, capsys):
     assert not list((tmp_path / "rep").glob("*.png"))
 
 
+def test_prepare_rerun_never_deletes_outside_the_dataset(tmp_path, capsys):
+    # A re-run with changed settings deletes the old manifest's case files: `file` must stay inside.
+    victim = tmp_path / "victim.npz"
+    victim.write_bytes(b"keep me")
+    _manifest_only(tmp_path / "ds", case_id="gone", file="../victim.npz")
+    assert hvc(["prepare", "--input", str(tmp_path / "none"), "--out", str(tmp_path / "ds"), "--no-progress"]) == 2
+    assert "cases[0].file '../victim.npz'" in _error_line(capsys, "prepare")
+    assert victim.read_bytes() == b"keep me"
+
+
 def test_discovered_case_ids_are_safe_file_names(tmp_path):
     names = ["-rf", "_.x", "__y", "a b (1)", "z" * 200]  # (hidden files are skipped)
     for n in names:
