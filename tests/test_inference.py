@@ -14,7 +14,8 @@ from hybrid_vit_cascade.config import config_from_dict
 from hybrid_vit_cascade.inference.pipeline import Reconstructor
 from hybrid_vit_cascade.inference.xray_io import write_drr_png
 from hybrid_vit_cascade.models.cascade import Cascade
-from hybrid_vit_cascade.runtime.checkpoint import save_resolved_config, save_snapshot, stage_dir, write_json_atomic
+from hybrid_vit_cascade.files import write_json_atomic
+from hybrid_vit_cascade.runtime.checkpoint import save_resolved_config, save_snapshot, stage_dir
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 
 P, FOV, LI_MAX = 16, 256.0, 8.0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from hybrid_vit_cascade.data.io import (
-    CTReadError, find_dicom_series, read_ct, write_dicom_series, write_nifti,
+    CTReadError, file_stem, find_dicom_series, has_dicom_preamble, read_ct, sidecar_path, write_dicom_series,
+    write_nifti,
 )
 from hybrid_vit_cascade.data.phantoms import make_phantom, phantom_affine, reorient
 
@@ -167,3 +168,19 @@ def test_dicom_reader_agrees_with_simpleitk(tmp_path, phantom):
     np.testing.assert_allclose(ours.affine, ref_ct.affine, atol=1e-4)
     np.testing.assert_allclose(ours.hu, ref_ct.hu, atol=0.5)
     np.testing.assert_allclose(ours.hu, hu, atol=0.5)
+
+
+@pytest.mark.parametrize("name,stem", [
+    ("ct.nii.gz", "ct"), ("CT.NII", "CT"), ("scan.v2.mha", "scan.v2"), ("x.nrrd", "x"), ("1.2.840.113654", "1.2.840.113654"),
+])
+def test_file_stem_and_sidecar(name, stem):
+    assert file_stem(f"/data/{name}") == stem
+    assert sidecar_path(f"/data/{name}").name == stem + ".json"
+
+
+def test_dicom_preamble(tmp_path):
+    (tmp_path / "part10").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    (tmp_path / "short").write_bytes(b"\0" * 130)
+    assert has_dicom_preamble(tmp_path / "part10")
+    assert not has_dicom_preamble(tmp_path / "short")
+    assert not has_dicom_preamble(tmp_path / "missing")

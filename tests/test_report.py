@@ -10,6 +10,7 @@ from PIL import Image
 
 from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.inference import report as R
+from hybrid_vit_cascade.slices import display_slice
 
 N = 16
 
@@ -27,14 +28,19 @@ def _marked() -> np.ndarray:
 def test_radiological_display_orientation(plane, top, left):
     v = _marked()
     idx = N - 3  # the slice through the R/A/S marker
-    img = R.display_slice(v, plane, index=idx)
+    img = display_slice(v, plane, index=idx)
     r, c = np.argwhere(img == 1.0)[0]
     # The R/A/S marker sits near the top (row small) when 'top' is A or S, and on the left (column
     # small) when 'left' is R or A: both are the high ends of RAS+ axes.
     assert r == 2 and c == 2, (plane, r, c)
-    img2 = R.display_slice(v, plane, index=2)
+    img2 = display_slice(v, plane, index=2)
     r2, c2 = np.argwhere(img2 == 2.0)[0]
     assert r2 == N - 3 and c2 == N - 3
+
+
+def test_display_slice_unknown_plane():
+    with pytest.raises(ValueError, match="unknown plane 'transverse'; expected one of sagittal, coronal, axial"):
+        display_slice(_marked(), "transverse")
 
 
 def _rows():

@@ -17,6 +17,11 @@ from hybrid_vit_cascade.files import safe_component
 from hybrid_vit_cascade.metrics import MIN_VOLUME_EDGE
 
 
+# The physics defaults (their one home; geometry/physics.py uses them as its functions' defaults).
+DEFAULT_HU_WINDOW = (-1024.0, 1476.0)  # as X2CT-GAN, so results compare
+DEFAULT_MU_WATER = 0.0193  # 1/mm, water at ≈ 70 keV
+
+
 class ConfigError(ValueError):
     """A config file or value is invalid; the message names the key (and file)."""
 
@@ -146,8 +151,8 @@ class DataConfig(_Strict):
     phantoms: PhantomSource = PhantomSource()
     views: list[Literal["ap", "pa", "lateral"]] = ["ap", "lateral"]
     fov_mm: float = Field(360.0, gt=0)  # physical edge of the prepared cube, mm
-    hu_window: tuple[float, float] = Field((-1024.0, 1476.0), strict=False)  # as X2CT-GAN, so results compare
-    mu_water: float = Field(0.0193, gt=0)  # 1/mm, ≈ 70 keV
+    hu_window: tuple[float, float] = Field(DEFAULT_HU_WINDOW, strict=False)
+    mu_water: float = Field(DEFAULT_MU_WATER, gt=0)  # 1/mm
     geometry: GeometryConfig = GeometryConfig()
     split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), strict=False)  # train/val/test fractions, by patient id
 
@@ -347,8 +352,3 @@ def _strip_line_comment(line: str) -> str:
             return line[:i]
     return line
 
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config (all defaults filled in) as JSON."""
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

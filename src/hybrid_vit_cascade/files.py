@@ -28,7 +28,16 @@ class UnsafePathError(ValueError):
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    # Linux reports it without changing it; os.umask (set and restore) is the portable fallback,
+    # but it briefly sets umask 0 for every thread of the process.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0)
     os.umask(mask)
     return mask
 
@@ -134,10 +143,14 @@ def atomic_dir(dst: str | os.PathLike, fill: Callable[[Path], Any], root: Option
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
     try:
         fill(tmp)
-        os.chmod(tmp, dir_mode())
-        for f in tmp.iterdir():
-            if f.is_file():
-                os.chmod(f, file_mode())
+        fmode, dmode = file_mode(), dir_mode()
+        for folder, dirs, names in os.walk(tmp):
+            os.chmod(folder, dmode)
+            for name in names:
+                f = os.path.join(folder, name)
+                os.chmod(f, fmode)
+                with open(f, "rb") as fh:  # the renames must not reach the disk before the data does
+                    os.fsync(fh.fileno())
         old = dst.with_name(dst.name + ".old")
         if old.exists():
             shutil.rmtree(old)

@@ -22,11 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ArrayLike = np.ndarray | torch.Tensor
+from hybrid_vit_cascade.slices import AXIS_NAMES  # per-axis metrics are named by slice plane
 
-# Our axis names: canonical arrays are RAS+ (DESIGN.md), so slices taken along array axis 0 (x, R)
-# are sagittal, along axis 1 (y, A) coronal, along axis 2 (z, S) axial.
-AXIS_NAMES = ("sagittal", "coronal", "axial")
+ArrayLike = np.ndarray | torch.Tensor
 
 SSIM_WINDOW = 11  # voxels per edge of ssim3d's Gaussian window (σ = 1.5: Wang et al. 2004, scikit-image)
 X2CT_SSIM_WINDOW = 7  # pixels per edge of the X2CT-GAN protocol's uniform 2-D window

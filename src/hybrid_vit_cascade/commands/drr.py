@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,14 +22,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fov-mm", type=float, help="edge of the canonical cube, mm")
 
 
-def _stem(path: Path) -> str:
-    name = path.name.rstrip("/")
-    for suf in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name or "ct"
-
-
 def render_bytes(size: int, det_pixels: int, n_views: int) -> int:
     """Peak memory of one render, measured: ~4 float32 copies of the cube plus each view's ray grids."""
     return 16 * size**3 + 24 * n_views * size * det_pixels**2
@@ -48,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from hybrid_vit_cascade.config import ConfigError, DataConfig, load_config
-    from hybrid_vit_cascade.data.io import CTReadError, read_ct, write_nifti
+    from hybrid_vit_cascade.data.io import CTReadError, file_stem, read_ct, write_nifti
     from hybrid_vit_cascade.data.prepare import render_li
     from hybrid_vit_cascade.data.preprocessing import canonicalize
-    from hybrid_vit_cascade.files import check_writable
+    from hybrid_vit_cascade.files import atomic_write, check_writable, make_dirs, write_json_atomic
     from hybrid_vit_cascade.geometry.projector import Projector
     from hybrid_vit_cascade.inference.xray_io import write_drr_png
 
@@ -84,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     hu = canonicalize(ct, data_cfg.fov_mm, args.size)
     li = render_li(hu, data_cfg.fov_mm, tuple(data_cfg.hu_window), data_cfg.mu_water, projector).numpy()  # (V, P, P)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = _stem(Path(args.ct))
+    make_dirs(out)
+    stem = file_stem(args.ct) or "ct"
     det_spacing = projector.det_spacing(data_cfg.fov_mm)
-    np.save(out / f"{stem}_li.npy", li.astype(np.float32))
+    atomic_write(out / f"{stem}_li.npy", lambda f: np.save(f, li.astype(np.float32)))
     written = [out / f"{stem}_li.npy"]
     for v, name in enumerate(views):
         # 16-bit PNG, scaled to its own max (display), with the scale in a text chunk so
@@ -101,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             "det_spacing_mm": det_spacing, "fov_mm": data_cfg.fov_mm, "size": args.size,
             "hu_window": list(data_cfg.hu_window), "mu_water": data_cfg.mu_water,
             "li_max_per_view": [float(x.max()) for x in li]}
-    (out / f"{stem}_drr.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json_atomic(out / f"{stem}_drr.json", info)
     for w in written:
         print(w)
     return 0

@@ -27,20 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--png", action="store_true", help="also write <out>.png (slices) and <out>_xray.png (X-ray vs DRR)")
 
 
-def _stem(out: str) -> Path:
-    p = Path(out)
-    name = p.name
-    for suf in (".nii.gz", ".nii"):
-        if name.endswith(suf):
-            return p.with_name(name[: -len(suf)])
-    return p
-
-
 def run(args: argparse.Namespace) -> int:
     """Errors (bad X-rays, checkpoint, output path) reach cli.main, which prints them on one line."""
     import torch
 
     from hybrid_vit_cascade.files import check_writable
+    from hybrid_vit_cascade.data.io import file_stem
     from hybrid_vit_cascade.inference import report
     from hybrid_vit_cascade.inference.nifti_out import write_cube_nifti
     from hybrid_vit_cascade.inference.pipeline import Reconstructor, xrays_from_ct
@@ -71,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     results = rec.reconstruct(xray, steps=settings.steps, sampler=settings.sampler, samples=settings.samples,
                               stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=settings.guidance_scale,
                               batch_size=args.batch_size, log=lambda s: print("  " + s))
-    stem = _stem(args.out)
+    stem = Path(args.out).with_name(file_stem(args.out))  # siblings: <stem>_std.nii.gz, <stem>.png, ...
     written = []
     for res in results:
         final = res is results[-1]
@@ -82,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         write_cube_nifti(base, rec.to_hu(res.mean[0, 0]), rec.fov_mm, desc, rec.window)
         written.append(base)
         if res.std is not None:
-            sbase = _stem(str(base)).with_name(_stem(str(base)).name + "_std.nii.gz")
+            sbase = base.with_name(file_stem(base) + "_std.nii.gz")
             write_cube_nifti(sbase, rec.std_to_hu(res.std[0, 0]), rec.fov_mm, f"hvc {res.name} voxel std HU")
             written.append(sbase)
         scores = rec.drr_scores(res.mean, xray[None])[0]

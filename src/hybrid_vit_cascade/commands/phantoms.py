@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from hybrid_vit_cascade.data.phantoms import case_seed, write_phantom
+    from hybrid_vit_cascade.data.phantoms import phantom_seed, write_phantom
 
     if args.n <= 0 or args.size < 8:
         print(f"hvc phantoms: error: need --n > 0 and --size ≥ 8, got --n {args.n} --size {args.size}", file=sys.stderr)
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     for i in tqdm(range(args.n), desc="phantoms", unit="ct", disable=args.no_progress, file=sys.stderr):
-        writer(out / f"{prefix}_{i:04d}.nii.gz", case_seed(args.seed, i))
+        writer(out / f"{prefix}_{i:04d}.nii.gz", phantom_seed(args.seed, i))
     dt = time.perf_counter() - t0
     print(f"wrote {args.n} CT(s) to {out} ({dt / args.n:.2f} s each)")
     return 0

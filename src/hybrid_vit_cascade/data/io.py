@@ -7,8 +7,8 @@ affine maps voxel indices to RAS+ world millimetres. Anything wrong with a file 
 """
 from __future__ import annotations
 
+import gzip
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..files import atomic_write, make_dirs
+
+# File suffixes (lower case) of the formats read here; inference/xray_io.py uses the same lists.
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -57,9 +60,23 @@ def ct_kind(path: str | os.PathLike) -> str | None:
         return "nifti"
     if name.endswith(ITK_SUFFIXES):
         return "itk"
-    if name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(p):
+    if name.endswith(DICOM_SUFFIXES) or has_dicom_preamble(p):
         return "dicom"
     return None
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """The name of a CT file without its format suffix (`ct.nii.gz` → `ct`); other names (folders) whole."""
+    name = Path(path).name
+    for suf in NIFTI_SUFFIXES[::-1] + ITK_SUFFIXES:  # .nii.gz before .nii
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where a CT file's JSON sidecar (patient_id, generator, ...) lives: `<stem>.json` beside it."""
+    return Path(path).with_name(file_stem(path) + ".json")
 
 
 def read_ct(path: str | os.PathLike, files: list[Path] | None = None) -> CTVolume:
@@ -117,19 +134,20 @@ def _read_itk(p: Path) -> CTVolume:
 # ---------------------------------------------------------------- DICOM
 
 
-def _has_dicom_preamble(p: Path) -> bool:
+def has_dicom_preamble(path: str | os.PathLike) -> bool:
+    """True if the file carries the DICOM Part 10 marker ('DICM' after a 128-byte preamble)."""
     try:
-        with open(p, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
+        with open(path, "rb") as f:
+            head = f.read(132)
     except OSError:
         return False
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _dicom_files(folder: Path) -> list[Path]:
     return sorted(
         f for f in folder.iterdir()
-        if f.is_file() and (f.name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_preamble(f))
+        if f.is_file() and (f.name.lower().endswith(DICOM_SUFFIXES) or has_dicom_preamble(f))
     )
 
 
@@ -330,35 +348,27 @@ def implausible_ct(hu: np.ndarray, spacing: tuple[float, float, float]) -> str |
     return None
 
 
-
-def canonical_affine(size: int, spacing: float) -> np.ndarray:
-    """Affine of a canonical cube: RAS+ axes, isotropic `spacing` mm, centred on the world origin."""
-    aff = np.diag([spacing, spacing, spacing, 1.0])
-    aff[:3, 3] = -(size - 1) / 2.0 * spacing
-    return aff
-
-
 def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray, dtype=np.float32) -> Path:
-    """Write a NIfTI atomically (temporary file + rename), so a killed run leaves no half file."""
+    """Write an array as NIfTI (mm units) atomically, so a killed run leaves no half file."""
     img = nib.Nifti1Image(np.asarray(array).astype(dtype), affine)
     img.header.set_xyzt_units("mm")
-    return save_nifti_atomic(img, path)
+    return save_nifti(img, path)
 
 
-def save_nifti_atomic(img: nib.Nifti1Image, path: str | os.PathLike) -> Path:
-    """Save a NIfTI image via a temporary file + rename: a killed run never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+def save_nifti(img: nib.Nifti1Image, path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Save a NIfTI image (.nii, or gzipped .nii.gz) through the atomic writer; `root` confines it."""
+    if not str(path).lower().endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"a NIfTI file name ends in .nii or .nii.gz, got {path}")
+
+    def write(f) -> None:
+        if str(path).lower().endswith(".gz"):
+            # As nib.save writes it: compression level 1, no name or time stamp in the gzip header.
+            with gzip.GzipFile(filename="", mode="wb", fileobj=f, compresslevel=1, mtime=0) as gz:
+                img.to_stream(gz)
+        else:
+            img.to_stream(f)
+
+    return atomic_write(path, write, root)
 
 
 def write_dicom_series(
@@ -371,7 +381,7 @@ def write_dicom_series(
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
     sp = np.linalg.norm(lps[:3, :3], axis=0)
     row_cos, col_cos = lps[:3, 0] / sp[0], lps[:3, 1] / sp[1]
@@ -401,6 +411,6 @@ def write_dicom_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:g}", f"{intercept:g}", "HU"
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T.astype("<i2")).tobytes()  # (rows, cols)
-        pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
+        atomic_write(folder / name, lambda f: pydicom.dcmwrite(f, ds, enforce_file_format=True), root=folder)
         paths.append(folder / name)
     return paths

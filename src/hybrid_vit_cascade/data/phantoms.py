@@ -9,7 +9,6 @@ axis order and with anisotropic slices, so the reading pipeline's reorientation 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -19,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .io import SPACING_RANGE_MM, write_nifti
+from ..files import write_json_atomic
+from .io import SPACING_RANGE_MM, sidecar_path, write_nifti
 
 # Orientations `write_phantom` picks from (weights): mostly RAS/LPS as scanners write them.
 ORIENTATIONS = (("RAS", 4), ("LPS", 3), ("LAS", 1), ("RPI", 1), ("PRS", 1))
 
 
-def case_seed(seed: int, index: int) -> int:
+def phantom_seed(seed: int, index: int) -> int:
     """Seed of case `index` of a set generated with `seed` (sets with different seeds don't overlap)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
@@ -208,8 +208,5 @@ def write_phantom(path: str | os.PathLike, seed: int, size: int = 128, vary: boo
     write_nifti(path, arr, aff, dtype=np.int16)
     meta = {"patient_id": path.name.split(".")[0], "generator": "hvc phantoms", "seed": seed,
             "size": size, "orientation": axcodes, "spacing_mm": [round(s, 4) for s in spacing]}
-    sidecar = path.with_name(path.name.split(".")[0] + ".json")
-    tmp = sidecar.with_name("." + sidecar.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, sidecar)
+    write_json_atomic(sidecar_path(path), meta)
     return meta

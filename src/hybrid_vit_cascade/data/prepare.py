@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
+from ..files import atomic_write, write_json_atomic
 from .discover import CaseInput, discover_inputs, source_sha256  # noqa: F401  (re-exported)
 from .io import CTReadError, read_ct
 from .preprocessing import BODY_THRESHOLD_HU, body_center, canonicalize, resize_cube
@@ -88,26 +88,6 @@ def prep_settings(sizes: list[int], views: list[str], data_cfg: DataConfig) -> d
 
 def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def atomic_write_json(path: Path, obj: dict) -> None:
-    """Write JSON via a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # uncompressed: loading is the DataLoader's hot path
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def render_li(hu: np.ndarray, fov_mm: float, window: tuple[float, float], mu_water: float, projector) -> torch.Tensor:
@@ -222,7 +202,7 @@ def prepare_dataset(
         manifest["cases"] = [cases[k] for k in sorted(cases)]
         manifest["skipped"] = run["skipped"]
         manifest["last_run"] = run
-        atomic_write_json(out / "manifest.json", manifest)
+        write_json_atomic(out / "manifest.json", manifest)
 
     def drop(cid: str) -> None:  # an input that now fails leaves the dataset
         c = cases.pop(cid, None)
@@ -254,7 +234,8 @@ def prepare_dataset(
             drop(cid)
             continue
         rel = f"cases/{cid}.npz"
-        _atomic_savez(out / rel, arrays)
+        # uncompressed: loading is the DataLoader's hot path; root: a case id cannot leave the dataset
+        atomic_write(out / rel, lambda f: np.savez(f, **arrays), root=out)
         if meta["li_observed_max"] > settings["li_max"]:
             log(f"warning: {cid}: line integral {meta['li_observed_max']:.2f} exceeds li_max "
                 f"{settings['li_max']:.2f}; its X-ray exceeds +1")
@@ -282,7 +263,7 @@ def generate_phantom_set(data_cfg: DataConfig, folder: Path, progress: bool = Fa
     from tqdm.auto import tqdm
 
     from .ct_variants import write_ct_variant
-    from .phantoms import case_seed, write_phantom
+    from .phantoms import phantom_seed, write_phantom
 
     ph = data_cfg.phantoms
     folder.mkdir(parents=True, exist_ok=True)
@@ -290,7 +271,7 @@ def generate_phantom_set(data_cfg: DataConfig, folder: Path, progress: bool = Fa
     jobs += [(folder / f"cxr_variant_{i:04d}.nii.gz", write_ct_variant, i) for i in range(ph.ct_variants)]
     for path, writer, i in tqdm(jobs, desc="phantoms", unit="ct", disable=not progress, file=sys.stderr):
         if not path.is_file():
-            writer(path, case_seed(ph.seed, i), ph.size)
+            writer(path, phantom_seed(ph.seed, i), ph.size)
     return [p for p, _, _ in jobs]
 
 

@@ -17,14 +17,7 @@ import numpy as np
 import torch
 
 from ..config import GeometryConfig
-from .views import View, make_view, resolve_det_spacing
-
-
-def canonical_affine(n: int, spacing_mm: float) -> np.ndarray:
-    """Affine of a canonical RAS+ cube centred at the origin (DESIGN.md)."""
-    aff = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
-    aff[:3, 3] = -(n - 1) / 2 * spacing_mm
-    return aff
+from .views import View, canonical_affine, make_view, resolve_det_spacing
 
 
 def diffdrr_pose(view: View) -> torch.Tensor:

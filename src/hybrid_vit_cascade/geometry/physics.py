@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-DEFAULT_HU_WINDOW = (-1024.0, 1476.0)
-DEFAULT_MU_WATER = 0.0193  # 1/mm, water at ≈ 70 keV
+from ..config import DEFAULT_HU_WINDOW, DEFAULT_MU_WATER  # one home, shared with DataConfig's defaults
 
 
 def _check_window(window: tuple[float, float]) -> tuple[float, float]:

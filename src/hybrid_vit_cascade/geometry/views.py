@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -123,3 +124,10 @@ def resolve_det_spacing(view: View, fov_mm: float) -> float:
         raise ValueError(f"fov_mm must be positive, got {fov_mm}")
     mag = 1.0 if view.kind == "parallel" else view.sdd / view.sid
     return fov_mm * mag * (1.0 + DET_MARGIN) / view.det_pixels
+
+
+def canonical_affine(n: int, spacing_mm: float) -> np.ndarray:
+    """Voxel → RAS+ world (mm) affine of a canonical n³ cube of `spacing_mm` voxels centred on the isocentre."""
+    aff = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
+    aff[:3, 3] = -(n - 1) / 2.0 * spacing_mm
+    return aff

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.files import inside
-from hybrid_vit_cascade.geometry.physics import normalize_xray
+from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
 from hybrid_vit_cascade.inference import report
 from hybrid_vit_cascade.inference.pipeline import Reconstructor, render_size
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
@@ -184,9 +184,6 @@ def evaluate(
     bp = BackprojectionBaseline(rec, final_res, training_volumes(train_root, final_res) if train_ok else None)
     info_notes["back-projection prior"] = bp.prior_source
 
-    def to_li(x: Tensor) -> Tensor:  # dataset X-rays → line integrals (undo the dataset's normalisation)
-        return (x.float() + 1) / 2 * data_li_max
-
     per_case: list[dict[str, Any]] = []
     rows_cases: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     images: list[str] = []
@@ -195,7 +192,7 @@ def evaluate(
         item = ds[i]
         cid = item["meta"]["case_id"]
         bar.set_postfix_str(cid)
-        li = to_li(item["xray"])  # (V, P, P)
+        li = denormalize_xray(item["xray"].float(), data_li_max)  # (V, P, P): undo the dataset's normalisation
         x_rec = normalize_xray(li, rec.li_max)
         results = rec.reconstruct(x_rec, steps=settings.steps, sampler=settings.sampler, samples=samples, seed=seed,
                                   guidance_scale=guidance_scale, case_keys=[cid])

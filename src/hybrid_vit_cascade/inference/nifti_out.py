@@ -13,7 +13,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from hybrid_vit_cascade.data.io import canonical_affine, save_nifti_atomic
+from hybrid_vit_cascade.data.io import save_nifti
+from hybrid_vit_cascade.geometry.views import canonical_affine
 
 
 def cube_affine(res: int, fov_mm: float) -> np.ndarray:
@@ -40,4 +41,4 @@ def write_cube_nifti(path: str | os.PathLike, vol_hu: np.ndarray, fov_mm: float,
     hdr["descrip"] = description.encode()[:79]
     if display_window is not None:  # viewers use cal_min/cal_max as the initial display window
         hdr["cal_min"], hdr["cal_max"] = float(display_window[0]), float(display_window[1])
-    return save_nifti_atomic(img, path)
+    return save_nifti(img, path)

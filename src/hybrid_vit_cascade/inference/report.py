@@ -1,13 +1,9 @@
 """Evaluation outputs: slice montages, X-ray vs DRR panels, a metric bar chart, report.md, metrics.json.
 
-Display orientation is radiological (as a radiologist reads): axial seen from the feet, anterior at
-the top and the patient's right on the image's left; coronal superior at the top, patient's right
-on the left; sagittal superior at the top, anterior on the left. Canonical arrays are RAS+, so every
-mid-slice is shown as `slice[::-1, ::-1].T` (see `display_slice`).
+Slices are shown in radiological display orientation (`slices.display_slice`).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -15,8 +11,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# Slice axis of each plane in the RAS+ canonical array (x=R, y=A, z=S).
-PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+from hybrid_vit_cascade.files import atomic_write, write_json_atomic, write_text_atomic
+from hybrid_vit_cascade.slices import display_slice
+
+PLANES = ("axial", "coronal", "sagittal")  # montage columns, left to right
 # Columns of the report table: (key, header, format).
 MAIN_METRICS = [
     ("psnr3d", "PSNR-3D (dB)", "{:.2f}"),
@@ -41,16 +39,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def display_slice(vol: np.ndarray, plane: str, index: int | None = None) -> np.ndarray:
-    """A slice of a RAS+ cube in radiological display orientation (row 0 at the top of the image)."""
-    axis = PLANES[plane]
-    n = vol.shape[axis]
-    idx = n // 2 if index is None else index
-    s = np.take(vol, idx, axis=axis)  # remaining axes in RAS order, e.g. (x, y) for axial
-    # Row 0 = high second axis (A or S), column 0 = high first axis (R, or A for sagittal).
-    return s[::-1, ::-1].T
 
 
 ERROR_MAX_HU = 500.0  # top of the |error| colour scale: a few hundred HU already means a wrong tissue
@@ -143,11 +131,11 @@ def _row_label(row: dict[str, Any]) -> str:
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    _plt().close(fig)
-    return path
+    try:
+        fmt = Path(path).suffix.lstrip(".").lower() or "png"  # a file object has no name to infer it from
+        return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100, bbox_inches="tight"))
+    finally:
+        _plt().close(fig)
 
 
 def fmt_stat(s: dict[str, float] | None, fmt: str) -> str:
@@ -235,10 +223,7 @@ def write_report_md(path: str | os.PathLike, rows: Sequence[dict[str, Any]], inf
         for im in images:
             lines.append(f"![{Path(im).stem}]({im})")
         lines.append("")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-    return path
+    return write_text_atomic(path, "\n".join(lines))
 
 
 def _jsonable(o: Any) -> Any:
@@ -265,9 +250,4 @@ def _jsonable(o: Any) -> Any:
 
 def write_metrics_json(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
     """Write metrics as strict JSON (inf → "inf", nan → null)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, _jsonable(obj), allow_nan=False)

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+from hybrid_vit_cascade.data.io import DICOM_SUFFIXES, NIFTI_SUFFIXES, has_dicom_preamble
+from hybrid_vit_cascade.files import atomic_write
+
 # Text chunks of the PNGs written by `write_drr_png`.
 PNG_ENCODING_KEY, PNG_ENCODING = "hvc-encoding", "line-integral-uint16-v1"
 PNG_LI_MAX_KEY, PNG_VIEW_KEY = "hvc-li-max", "hvc-view"
@@ -75,8 +75,7 @@ def write_drr_png(path: str | os.PathLike, li: np.ndarray, view: str | None = No
     info.add_text(PNG_LI_MAX_KEY, repr(li_max))
     if view:
         info.add_text(PNG_VIEW_KEY, view)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(q).save(str(path), pnginfo=info)
+    atomic_write(path, lambda f: Image.fromarray(q).save(f, format="PNG", pnginfo=info))
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -216,18 +215,9 @@ def read_xray(path: str | os.PathLike) -> RawXray:
     name = path.lower()
     if name.endswith(".npy") or name.endswith(NIFTI_SUFFIXES):
         return _read_array(path)
-    if name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
+    if name.endswith(DICOM_SUFFIXES) or has_dicom_preamble(path):
         return _read_dicom(path)
     return _read_pil(path)
-
-
-def _has_dicom_preamble(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 # ------------------------------------------------------------------------------ normalisation

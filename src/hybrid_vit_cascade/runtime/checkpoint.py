@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hybrid_vit_cascade.config import Config, ConfigError, load_config
-from hybrid_vit_cascade.files import inside
+from hybrid_vit_cascade.files import atomic_dir, inside, write_json_atomic
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -43,17 +41,6 @@ def stage_dir(checkpoint_dir: str | Path, k: int, name: str) -> Path:
     return inside(Path(checkpoint_dir) / f"stage{k}_{name}", checkpoint_dir, f"stage {k} ({name!r}) folder")
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON through a temp file + os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def save_resolved_config(cfg: Config, checkpoint_dir: str | Path) -> Path:
     """Save the resolved config (every default filled in) as CHECKPOINT_DIR/config.json."""
     path = Path(checkpoint_dir) / CONFIG_FILE
@@ -73,31 +60,19 @@ def save_snapshot(
     state: dict[str, Any] | None,
     meta: dict[str, Any],
 ) -> Path:
-    """Atomically write a stage snapshot directory (`last` or `best`)."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
-    try:
+    """Atomically write a stage snapshot directory (`last` or `best`); the old one is kept on failure."""
+
+    def fill(tmp: Path) -> None:
         save_file(_cpu_contiguous(model_sd), str(tmp / MODEL_FILE))
         if ema_sd is not None:
             save_file(_cpu_contiguous(ema_sd), str(tmp / EMA_FILE))
         if state is not None:
             torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        # Directories cannot be os.replace'd over a non-empty target: move the old one aside
-        # first; `resolve_snapshot` falls back to it if we crash between the two renames.
-        old = dst.with_name(dst.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if dst.exists():
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+
+    # atomic_dir moves the old snapshot aside to `<dst>.old` before the final rename;
+    # `resolve_snapshot` falls back to it if a crash hits between the two renames.
+    return atomic_dir(dst, fill)
 
 
 def resolve_snapshot(path: str | Path) -> Path | None:
@@ -107,6 +82,15 @@ def resolve_snapshot(path: str | Path) -> Path | None:
         if (p / MODEL_FILE).is_file() and (p / META_FILE).is_file():
             return p
     return None
+
+
+def copy_snapshots(src_stage: str | Path, dst_stage: str | Path) -> None:
+    """Copy a stage's `best` and `last` snapshots into another stage folder, each atomically."""
+    for which in ("best", "last"):
+        src = resolve_snapshot(Path(src_stage) / which)
+        if src is not None:
+            files = [f for f in src.iterdir() if f.is_file()]
+            atomic_dir(Path(dst_stage) / which, lambda tmp: [shutil.copyfile(f, tmp / f.name) for f in files])
 
 
 def read_meta(snapshot: str | Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from hybrid_vit_cascade.config import Config
-from hybrid_vit_cascade.files import atomic_write, inside, safe_component
+from hybrid_vit_cascade.files import atomic_write, inside, safe_component, write_json_atomic
 from hybrid_vit_cascade.runtime.checkpoint import weights_hash
 from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
 from hybrid_vit_cascade.runtime.objective import Objective
@@ -135,7 +135,6 @@ def build_condition_cache(
         missing = [c for c, _ in cases if not cache.path(c).is_file()]
         if missing:
             raise RuntimeError(f"conditioning cache {cache.root} is missing cases {missing[:5]}")
-        cache.root.mkdir(parents=True, exist_ok=True)
-        (cache.root / COMPLETE).write_text(json.dumps({"stage": j, "key": key, "cases": len(cases)}) + "\n")
+        write_json_atomic(cache.root / COMPLETE, {"stage": j, "key": key, "cases": len(cases)})
     barrier()
     return cache

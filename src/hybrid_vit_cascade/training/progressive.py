@@ -15,9 +15,10 @@ import torch
 
 from hybrid_vit_cascade.config import Config, ConfigError
 from hybrid_vit_cascade.runtime.checkpoint import (
-    CheckpointError, load_state, load_weights, read_config, read_meta, resolve_snapshot, save_resolved_config,
-    stage_dir, stage_snapshot, write_json_atomic, DATA_INFO_FILE, CONFIG_FILE,
+    CheckpointError, copy_snapshots, load_state, load_weights, read_config, read_meta, resolve_snapshot,
+    save_resolved_config, stage_dir, stage_snapshot, DATA_INFO_FILE, CONFIG_FILE,
 )
+from hybrid_vit_cascade.files import write_json_atomic
 from hybrid_vit_cascade.training.cond_cache import build_condition_cache
 from hybrid_vit_cascade.training.data import StageDataset
 from hybrid_vit_cascade.training.logging import RunLogger
@@ -234,7 +235,7 @@ def train_progressive(
         src_stage = stage_dir(src_root, j, cfg.stages[j - 1].name)
         dst_stage = stage_dir(ckpt, j, cfg.stages[j - 1].name)
         if is_main and src_stage.resolve() != dst_stage.resolve():
-            shutil.copytree(src_stage, dst_stage, dirs_exist_ok=True)
+            copy_snapshots(src_stage, dst_stage)
 
     logger = RunLogger(ckpt, enabled=is_main, use_wandb=use_wandb, wandb_project=wandb_project,
                        run_config=cfg.to_dict())

@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.geometry.projector import Projector
 from hybrid_vit_cascade.runtime.checkpoint import (
-    rng_state, save_snapshot, set_rng_state, stage_dir, weights_hash, write_json_atomic,
+    rng_state, save_snapshot, set_rng_state, stage_dir, weights_hash,
 )
+from hybrid_vit_cascade.files import write_json_atomic
 from hybrid_vit_cascade.runtime.objective import Objective
 from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
 from hybrid_vit_cascade.training.data import EpochShuffleSampler

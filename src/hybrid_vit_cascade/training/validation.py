@@ -19,16 +19,8 @@ from hybrid_vit_cascade import metrics
 from hybrid_vit_cascade.diffusion.losses import physics_loss, predicted_xray
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
+from hybrid_vit_cascade.slices import AXIS_NAMES, display_slice
 from hybrid_vit_cascade.training.step import StageStepper
-
-AXES = ("sagittal", "coronal", "axial")
-
-
-def display_slice(vol: np.ndarray, axis: int) -> np.ndarray:
-    """Mid-slice of a RAS+ (D, H, W) cube across `axis`, superior (or anterior) up, patient right on the left."""
-    s = np.take(vol, vol.shape[axis] // 2, axis=axis)  # rows = the lower remaining RAS axis
-    return np.flip(s.T, (0, 1))
-
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
@@ -83,7 +75,8 @@ def _images(ctx, pred: Tensor, batch: dict) -> dict[str, np.ndarray]:
     """Mid-slices (prediction | truth) and DRR(prediction) | input X-ray, per view, for case 0."""
     p = pred[0, 0].float().cpu().numpy()
     t = batch["x0"][0, 0].float().cpu().numpy()
-    imgs = {f"slice_{AXES[a]}": np.concatenate([display_slice(p, a), display_slice(t, a)], axis=1) for a in range(3)}
+    imgs = {f"slice_{name}": np.concatenate([display_slice(p, name), display_slice(t, name)], axis=1)
+            for name in AXIS_NAMES}
     drr = predicted_xray(pred[:1].float(), ctx.projector, ctx.spacing_mm, ctx.hu_window, ctx.mu_water, ctx.li_max)
     for v, name in enumerate(ctx.view_names):
         imgs[f"drr_{name}"] = np.concatenate(
