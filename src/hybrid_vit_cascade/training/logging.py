@@ -2,6 +2,9 @@
 
 Only the main process logs; the other ranks get a logger whose methods do nothing. W&B honours
 WANDB_MODE=offline / WANDB_DIR like any wandb run (nothing here talks to the network itself).
+metrics.jsonl holds each (stage, step) once: a resumed stage first drops its records after the
+resume step (logged before a kill, and logged again now), a retrained stage all of its old ones.
+`StageProgress` is the per-stage progress display (a bar on a terminal, plain lines otherwise).
 """
 from __future__ import annotations
 
@@ -10,11 +13,20 @@ import math
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from hybrid_vit_cascade.files import write_text_atomic
+
+# Without a terminal (a log file, a pipe, CI) progress is one plain line per `training.log_every`
+# steps, at most one per PLAIN_EVERY_S seconds (the stage's last step always prints): a long run's
+# log stays a few hundred lines instead of a megabyte of carriage returns.
+PLAIN_EVERY_S = 10.0
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -81,6 +93,20 @@ class RunLogger:
         self.jsonl.write(json.dumps(rec) + "\n")
         self.jsonl.flush()
 
+    def forget(self, prefix: str, after_step: int) -> int:
+        """Drop metrics.jsonl records of `prefix` (a stage) logged after `after_step`; returns how many."""
+        if not self.enabled:
+            return 0
+        path = Path(self.jsonl.name)
+        lines = path.read_text().splitlines(keepends=True)
+        keep = [line for line in lines if not _dropped(line, prefix, after_step)]
+        if len(keep) == len(lines):
+            return 0
+        self.jsonl.close()
+        write_text_atomic(path, "".join(keep))
+        self.jsonl = open(path, "a")
+        return len(lines) - len(keep)
+
     def images(self, images: dict[str, np.ndarray], step: int, prefix: str = "") -> None:
         """Log (H, W) images with values in [-1, 1]."""
         if not self.enabled:
@@ -104,3 +130,60 @@ class RunLogger:
         if self.wandb_run is not None:
             self.wandb_run.finish()
         self.enabled = False
+
+
+def _dropped(line: str, prefix: str, after_step: int) -> bool:
+    if not line.endswith("\n"):
+        return True  # a record cut short by a kill; the next append would glue onto it
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return False  # not ours to judge; keep it
+    return rec.get("step", 0) > after_step and any(key.startswith(prefix) for key in rec)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class StageProgress:
+    """Progress of one stage in optimizer steps: one tqdm bar on a terminal, plain lines (no '\\r') otherwise."""
+
+    def __init__(self, desc: str, total: int, initial: int = 0, enabled: bool = True,
+                 every_s: Optional[float] = None):
+        self.desc, self.total, self.step, self.enabled = desc, total, initial, enabled
+        self.every_s = PLAIN_EVERY_S if every_s is None else every_s
+        self.first, self.t0, self.last_line = initial, time.perf_counter(), -math.inf
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, step: int) -> None:
+        """The stage is at optimizer step `step`."""
+        if self.bar is not None:
+            self.bar.update(step - self.step)
+        self.step = step
+
+    def report(self, loss: float, **extra: str) -> None:
+        """Show the current loss: the bar's postfix, or a plain line when one is due."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", **extra)
+            return
+        now = time.perf_counter()
+        if self.step < self.total and now - self.last_line < self.every_s:
+            return
+        self.last_line = now
+        rate = (self.step - self.first) / max(now - self.t0, 1e-9)
+        left = (self.total - self.step) / rate if rate > 0 else math.inf
+        print(f"{self.desc}: step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.0f}%), "
+              f"loss {loss:.4g}, {rate:.3g} steps/s, {_duration(left)} left", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -7,45 +7,61 @@ clip → AdamW → warm-up/cosine lr → EMA. Mixed precision and gradient accum
 Exact resume: the data order is a permutation seeded by (seed, stage, epoch), a resumed epoch skips
 the batches already consumed, every sample's noise comes from a generator seeded by (seed, stage,
 epoch, case index), and state.pt restores optimizer, scheduler, EMA, RNG and counters.
-Non-finite loss/gradient: the update is skipped and counted; `max_bad_steps` in a row stop the run
-without overwriting the last good checkpoint.
+Unhealthy steps: a non-finite loss/gradient skips the update; a finite loss above EXPLODE_FACTOR ×
+the median of the last EXPLODE_WINDOW healthy steps' losses (checked once EXPLODE_WARMUP healthy
+steps are known) is an exploding one. `max_bad_steps` unhealthy steps in a row stop the run with
+TrainingDiverged, and no snapshot is written while such a streak lasts, so `last`/`best` keep the
+weights of the last healthy step. A snapshot that cannot be written (disk full, folder not
+writable) stops the run with a CheckpointError; the previous snapshot stays as it was.
 """
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.geometry.projector import Projector
 from hybrid_vit_cascade.runtime.checkpoint import (
-    rng_state, save_snapshot, set_rng_state, stage_dir, weights_hash,
+    CheckpointError, read_meta, resolve_snapshot, rng_state, save_snapshot, set_rng_state, stage_dir, weights_hash,
 )
 from hybrid_vit_cascade.files import write_json_atomic
 from hybrid_vit_cascade.runtime.objective import Objective
 from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
 from hybrid_vit_cascade.training.data import EpochShuffleSampler
 from hybrid_vit_cascade.training.ema import EMA
-from hybrid_vit_cascade.training.logging import RunLogger, peak_memory_mb
+from hybrid_vit_cascade.training.logging import RunLogger, StageProgress, peak_memory_mb
 from hybrid_vit_cascade.training.lr import warmup_cosine
 from hybrid_vit_cascade.training.step import StageStepper
 from hybrid_vit_cascade.training.validation import validate
 
+# A diffusion/regression loss on [-1, 1] data varies a few-fold from batch to batch (min-SNR keeps
+# the v-loss of all noise levels comparable), so 100× the running median never happens in a
+# healthy run; it takes max_bad_steps such steps in a row to stop, so a lone odd batch cannot.
+EXPLODE_FACTOR = 100.0
+EXPLODE_WARMUP = 10  # healthy steps before the check starts (the first losses set the level)
+EXPLODE_WINDOW = 50  # healthy steps the running median is taken over
+
 TROUBLESHOOTING = (
-    "Troubleshooting NaN/Inf losses: (1) learning rate too high — try 1e-5 instead of {lr:g} "
+    "Troubleshooting a diverging loss: (1) learning rate too high — try 1e-5 instead of {lr:g} "
     "(training.learning_rate); (2) gradient explosion — gradient clipping is training.grad_clip = {clip:g}; "
     "(3) data normalisation — X-rays and CT volumes must be normalised to [-1, 1] (re-run `hvc prepare`)."
 )
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite steps; the message names step, stage and what to try."""
+    """Too many consecutive non-finite or exploding steps; the message names step, stage and what to try."""
+
+
+def running_level(history: list[float]) -> Optional[float]:
+    """Median of the recent healthy losses, once EXPLODE_WARMUP of them are known."""
+    return statistics.median(history[-EXPLODE_WINDOW:]) if len(history) >= EXPLODE_WARMUP else None
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -119,9 +135,13 @@ class StageTrainer:
         }
 
     def _save(self, which: str, model, opt, sched, ema, pos: dict, val: dict) -> None:
-        """Write a snapshot from the main process; refuses non-finite weights (keeps the last good one)."""
+        """Write a snapshot from the main process; refuses non-finite or diverging weights (keeps the last good one)."""
         acc = self.accelerator
         if not acc.is_main_process:
+            return
+        if pos["bad_consecutive"]:
+            self.log(f"warning: not saving {which} at step {pos['step']}: the last {pos['bad_consecutive']} steps "
+                     f"had a non-finite or exploding loss; {self.dir / which} keeps the last healthy weights")
             return
         sd = acc.unwrap_model(model).state_dict()
         bad = [n for n, t in sd.items() if t.is_floating_point() and not torch.isfinite(t).all()]
@@ -134,7 +154,18 @@ class StageTrainer:
             "prev_stages": {j: weights_hash(self.cascade.stages[j - 1].state_dict()) for j in range(1, self.k)},
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        save_snapshot(self.dir / which, sd, ema.state_dict(), self._state(opt, sched, ema, pos), meta)
+        try:
+            save_snapshot(self.dir / which, sd, ema.state_dict(), self._state(opt, sched, ema, pos), meta)
+        except OSError as err:  # disk full, folder made read-only or unwritable, quota...
+            self._progress.close()
+            prev = resolve_snapshot(self.dir / which)
+            kept = f"the previous {which} snapshot (step {read_meta(prev)['step']}) is intact" if prev else \
+                f"no earlier {which} snapshot exists"
+            raise CheckpointError(
+                f"stage {self.k}: cannot write the {which} snapshot into {self.dir} at step {pos['step']}: "
+                f"{err.strerror or err}; {kept}. Free space or make the folder writable, then continue with "
+                f"--resume_from {self.dir.parent}"
+            ) from None
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
@@ -161,7 +192,7 @@ class StageTrainer:
         names = {id(p): n for n, p in self.cascade.named_parameters()}
         optimized = [names[id(p)] for g in opt_raw.param_groups for p in g["params"]]
         pos = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "bad_consecutive": 0, "bad_total": 0,
-               "best_val": math.inf, "completed": False, "total_steps": total}
+               "best_val": math.inf, "completed": False, "total_steps": total, "loss_history": []}
         if self.resume is not None:
             st = self.resume["state"]
             opt.load_state_dict(st["optimizer"])
@@ -172,6 +203,9 @@ class StageTrainer:
             set_rng_state(st["rng"])
             pos.update({key: st[key] for key in pos if key in st and key != "total_steps"})
             self.log(f"stage {k}: resuming at step {pos['step']} (epoch {pos['epoch'] + 1}, batch {pos['batch_in_epoch']})")
+        # Steps after the resume point (logged before a kill) are logged again below; a fresh start
+        # (--overwrite) logs every step anew.
+        self.logger.forget(self.prefix, pos["step"])
         acc.step = 0  # micro-batch counter of accumulate(); we always resume on an update boundary
         stepper = StageStepper(self, model)
         seen: dict[int, list[str]] = {}
@@ -179,6 +213,9 @@ class StageTrainer:
         t_start = time.perf_counter()
         stopped = pos["step"] >= total
         first_batch = True
+        exploding: Optional[tuple[float, float]] = None  # (loss, running level) in the current bad streak
+        self._progress = StageProgress(f"stage {k} ({self.stage_cfg.name})", total, pos["step"],
+                                       enabled=acc.is_local_main_process)
         self.log(f"stage {k} ({self.stage_cfg.name}, {self.resolution}³): {len(self.train_ds)} train / "
                  f"{len(self.val_ds)} val cases, {updates_per_epoch} updates/epoch, {total} updates")
         for epoch in range(pos["epoch"], n_epochs):
@@ -191,8 +228,6 @@ class StageTrainer:
             skip = pos["batch_in_epoch"] if epoch == pos["epoch"] else 0
             it = acc.skip_first_batches(loader, skip) if skip else loader
             b_in_epoch = skip
-            pbar = tqdm(total=len(loader), initial=skip, disable=not acc.is_local_main_process,
-                        desc=f"stage {k} epoch {epoch + 1}/{n_epochs}", leave=False, dynamic_ncols=True)
             sums: dict[str, torch.Tensor] = {}
             n_micro, bad_micro, t_upd = 0, False, time.perf_counter()
             for batch in it:
@@ -223,30 +258,32 @@ class StageTrainer:
                         sched.step()  # the lr follows the step count, skipped steps included
                         opt.zero_grad(set_to_none=True)
                 b_in_epoch += 1
-                pbar.update(1)
                 if not acc.sync_gradients:
                     continue
                 pos["step"] += 1
                 step = pos["step"]
+                self._progress.advance(step)
                 if bad:
                     pos["bad_consecutive"] += 1
                     pos["bad_total"] += 1
                     self.log(f"warning: stage {k} step {step}: non-finite loss or gradient, update skipped "
                              f"({pos['bad_consecutive']} in a row, {pos['bad_total']} total)")
                     self.logger.scalars({"train/bad_steps_total": pos["bad_total"]}, step, self.prefix)
-                    if pos["bad_consecutive"] >= tc.max_bad_steps:
-                        pbar.close()
-                        last = self.dir / "last"
-                        raise TrainingDiverged(
-                            f"stage {k} ({self.stage_cfg.name}) stopped at step {step} (epoch {epoch + 1}): "
-                            f"{pos['bad_consecutive']} consecutive steps with non-finite (NaN/Inf) loss or gradient "
-                            f"(training.max_bad_steps = {tc.max_bad_steps}). The last good checkpoint "
-                            f"{last if last.exists() else '(none yet)'} was kept.\n"
-                            + TROUBLESHOOTING.format(lr=tc.learning_rate, clip=tc.grad_clip)
-                        )
                 else:
-                    pos["bad_consecutive"] = 0
                     ema.update(acc.unwrap_model(model))
+                    loss_now = acc.reduce(sums["loss"] / n_micro, "mean").item()
+                    level = running_level(pos["loss_history"])
+                    if level is not None and loss_now > EXPLODE_FACTOR * level:
+                        pos["bad_consecutive"] += 1
+                        exploding = (loss_now, level)
+                        self.log(f"warning: stage {k} step {step}: loss {loss_now:.3g} is {loss_now / level:.3g}× its "
+                                 f"running median {level:.3g} ({pos['bad_consecutive']} unhealthy steps in a row)")
+                    else:
+                        pos["bad_consecutive"], exploding = 0, None
+                        pos["loss_history"] = (pos["loss_history"] + [loss_now])[-EXPLODE_WINDOW:]
+                if pos["bad_consecutive"] >= tc.max_bad_steps:
+                    self._progress.close()
+                    raise self._diverged(step, epoch, pos["bad_consecutive"], exploding)
                 if step % tc.log_every == 0 or step == 1 or step == total:
                     means = {key: acc.reduce(v / n_micro, "mean").item() for key, v in sums.items()}
                     dt = time.perf_counter() - t_upd
@@ -256,12 +293,11 @@ class StageTrainer:
                                  "train/voxels_per_s": vox / max(dt, 1e-9),
                                  "train/peak_memory_mb": peak_memory_mb(self.device), "train/epoch": epoch + 1})
                     self.logger.scalars(scal, step, self.prefix)
-                    pbar.set_postfix(loss=f"{means['loss']:.4f}", vox_s=f"{vox / max(dt, 1e-9):.3g}")
+                    self._progress.report(means["loss"], vox_s=f"{vox / max(dt, 1e-9):.3g}")
                 sums, n_micro, bad_micro, t_upd = {}, 0, False, time.perf_counter()
                 if step >= total or (self.stop_at_step is not None and step >= self.stop_at_step):
                     stopped = True
                     break
-            pbar.close()
             epoch_done = b_in_epoch >= len(loader)
             pos["epoch"], pos["batch_in_epoch"] = (epoch + 1, 0) if epoch_done else (epoch, b_in_epoch)
             finished = pos["step"] >= total
@@ -269,7 +305,8 @@ class StageTrainer:
             due = epoch_done and (epoch + 1) % tc.val_every_epochs == 0
             if (due or finished) and len(self.val_ds) > 0:
                 val = self._validate(ema, pos["step"])
-                improved = bool(val) and val["loss"] < pos["best_val"]  # val is main-process only
+                # val is main-process only; mid-streak weights are not saved, so they cannot be the best
+                improved = bool(val) and val["loss"] < pos["best_val"] and not pos["bad_consecutive"]
                 if improved:
                     pos["best_val"] = val["loss"]
             else:
@@ -279,6 +316,7 @@ class StageTrainer:
             if improved:
                 self._save("best", model, opt, sched, ema, pos, val)
             acc.wait_for_everyone()
+        self._progress.close()
         if pos["completed"] and acc.is_main_process and not (self.dir / "best").exists():
             # No validation ran (empty val split): the final weights are the best we know.
             self._save("best", model, opt, sched, ema, pos, val)
@@ -289,6 +327,22 @@ class StageTrainer:
                    "time_s": time.perf_counter() - t_start, "optimized_parameters": optimized}
         acc.free_memory()  # drop accelerate's references to this stage's model/optimizer/loader
         return summary
+
+    def _diverged(self, step: int, epoch: int, streak: int, exploding: Optional[tuple[float, float]]) -> TrainingDiverged:
+        """The one-line stop message: where, which kind of unhealthy steps, what was kept, what to try."""
+        tc = self.cfg.training
+        if exploding is None:
+            what = "a non-finite (NaN/Inf) loss or gradient"
+        else:
+            what = (f"a loss above {EXPLODE_FACTOR:g}× its running median (or non-finite); last exploding loss "
+                    f"{exploding[0]:.3g} vs running median {exploding[1]:.3g}")
+        last = resolve_snapshot(self.dir / "last")
+        kept = f"{last} (step {read_meta(last)['step']})" if last else "(none yet)"
+        return TrainingDiverged(
+            f"stage {self.k} ({self.stage_cfg.name}) stopped at step {step} (epoch {epoch + 1}): {streak} consecutive "
+            f"steps with {what} (training.max_bad_steps = {tc.max_bad_steps}). The last good checkpoint {kept} "
+            "was kept. " + TROUBLESHOOTING.format(lr=tc.learning_rate, clip=tc.grad_clip)
+        )
 
     def _validate(self, ema: EMA, step: int) -> dict[str, float]:
         acc = self.accelerator
