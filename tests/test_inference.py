@@ -41,8 +41,8 @@ def make_checkpoint(root: Path, objective: str = "diffusion", trained=(1, 2), da
         save_snapshot(stage_dir(root, k, cfg.stages[k - 1].name) / "best", sd, sd, None,
                       {"stage": k, "step": 0, "epoch": 0, "val": {}})
     write_json_atomic(root / "data_info.json", {
-        "views": ["ap", "lateral"], "xray_scale": {"li_max": LI_MAX}, "fov_mm": FOV,
-        "hu_window": [-1024.0, 1476.0], "mu_water": 0.0193, "resolutions": [16, 32], "dataset": dataset})
+        "xray_scale": {"li_max": LI_MAX}, "render_size": 32, "dataset": dataset, "settings_hash": None,
+        "splits": {"train": [], "val": [], "test": []}})
     return root
 
 

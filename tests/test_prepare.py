@@ -197,11 +197,11 @@ def test_interrupted_run_keeps_finished_cases(tmp_path, inputs, monkeypatch):
     real = prep.render_case
     calls = []
 
-    def flaky(ct, settings, projector):
+    def flaky(ct, *rest):
         calls.append(ct.source)
         if len(calls) == 3:
             raise KeyboardInterrupt  # the user hits Ctrl-C during the third case
-        return real(ct, settings, projector)
+        return real(ct, *rest)
 
     monkeypatch.setattr(prep, "render_case", flaky)
     (tmp_path / "ds" / "cases").mkdir(parents=True)

@@ -49,8 +49,8 @@ def _held_out_case(root: Path) -> tuple[str, Path]:
 
 def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.config import ConfigError, load_config
-    from hybrid_vit_cascade.commands.drr import _stem as drr_stem
-    from hybrid_vit_cascade.runtime.checkpoint import read_data_info
+    from hybrid_vit_cascade.data.io import file_stem
+    from hybrid_vit_cascade.runtime.checkpoint import read_config, read_data_info
 
     out = Path(args.out)
     for path in filter(None, [args.config, args.baseline_config]):
@@ -72,13 +72,12 @@ def run(args: argparse.Namespace) -> int:
     case_id, source = _held_out_case(Path(info["dataset"]))
     xdir = out / "xrays" / case_id
 
-    views = info["views"]
-    # Same geometry as training (the config's data section), cast through the finest prepared cube.
-    _hvc(["drr", str(source), "--config", args.config, "--size", str(max(info["resolutions"])),
-          *[a for v in views for a in ("--view", v)], "--out", str(xdir)])
+    views = list(read_config(ckpt).data.views)
+    # Rendered exactly as the training X-rays were (geometry, render size: the checkpoint's).
+    _hvc(["drr", str(source), "--checkpoint", str(ckpt), "--out", str(xdir)])
     sampling = (["--steps", str(args.steps)] if args.steps else []) + (
         ["--samples", str(args.samples)] if args.samples else [])
-    stem = drr_stem(source)
+    stem = file_stem(source)
     pngs = [str(xdir / f"{stem}_{v}.png") for v in views]
     _hvc(["infer", "--checkpoint", str(ckpt), "--xray", *pngs, "--views", *views,
           "--out", str(out / "recon" / f"{case_id}.nii.gz"), "--all-stages", "--png", *sampling])

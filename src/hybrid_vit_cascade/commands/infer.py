@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     """Errors (bad X-rays, checkpoint, output path) reach cli.main, which prints them on one line."""
     import torch
 
-    from hybrid_vit_cascade.files import check_writable
     from hybrid_vit_cascade.data.io import file_stem
+    from hybrid_vit_cascade.files import check_writable
     from hybrid_vit_cascade.inference import report
     from hybrid_vit_cascade.inference.nifti_out import write_cube_nifti
     from hybrid_vit_cascade.inference.pipeline import Reconstructor, xrays_from_ct
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         xray, raws = load_xrays(paths, rec.views, rec.li_max, rec.det_pixels, views=args.views)
         for r in raws:
             print(f"  {r.view}: {r.path} — {r.note}")
+            if r.render is not None:  # an `hvc drr` PNG: rendered like the training DRRs? (its view: load_xrays)
+                rec.check_source({**r.render, "views": rec.views}, f"X-ray {r.path}")
     settings = resolve_sampling(rec.cfg, args.steps, args.sampler, args.samples, args.guidance_scale)
     if settings.samples > 1 and not rec.is_diffusion:
         print("note: a regression checkpoint is deterministic; all samples are identical (std = 0)")

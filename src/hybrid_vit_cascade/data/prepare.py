@@ -23,7 +23,8 @@ from ..config import DataConfig
 from ..files import atomic_write, write_json_atomic
 from .discover import CaseInput, discover_inputs, source_sha256  # noqa: F401  (re-exported)
 from .io import CTReadError, read_ct
-from .preprocessing import BODY_THRESHOLD_HU, body_center, canonicalize, resize_cube
+from .preprocessing import BODY_THRESHOLD_HU, body_center, resize_cube
+from .render import render_settings, render_xrays
 
 PREP_VERSION = 2  # bump when the preparation itself changes: every case is then redone
 LI_MAX_FACTOR = 1.5  # li_max = mu_water * fov_mm * 1.5: a water cylinder across the whole FOV, plus headroom
@@ -90,33 +91,15 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def render_li(hu: np.ndarray, fov_mm: float, window: tuple[float, float], mu_water: float, projector) -> torch.Tensor:
-    """Line integrals (V, P, P) of a canonical HU cube, windowed exactly like the `ct_<res>` targets.
-
-    Clipping to the HU window first makes the DRR the one the physics loss computes from a
-    perfect prediction (which can only express HU inside the window).
-    """
-    from ..geometry.physics import hu_to_mu
-
-    lo, hi = window
-    n = hu.shape[-1]
-    hu_w = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32)).clamp(lo, hi)
-    mu = hu_to_mu(hu_w, mu_water)[None, None]  # (1, 1, n, n, n) 1/mm
-    with torch.no_grad():
-        return projector(mu, fov_mm / n)[0]  # (V, P, P)
-
-
-def render_case(ct, settings: dict, projector) -> tuple[dict[str, np.ndarray], dict]:
+def render_case(ct, settings: dict, data_cfg: DataConfig, projector) -> tuple[dict[str, np.ndarray], dict]:
     """One CT → arrays for its .npz (ct_<res>, xray, li) and per-case metadata."""
     from ..geometry.physics import hu_to_unit, normalize_xray
 
-    sizes, fov, window = settings["sizes"], settings["fov_mm"], tuple(settings["hu_window"])
-    n = sizes[-1]
+    sizes, window = settings["sizes"], tuple(settings["hu_window"])
     centre = body_center(ct, settings["body_threshold_hu"])
-    hu = canonicalize(ct, fov, n, center_mm=centre)
+    li, hu = render_xrays(ct, data_cfg, sizes[-1], settings["views"], centre, projector)
     unit = hu_to_unit(torch.from_numpy(hu), window).numpy()  # (n, n, n) in [-1, 1]
     arrays = {f"ct_{s}": resize_cube(unit, s).astype(np.float32) for s in sizes}
-    li = render_li(hu, fov, window, settings["mu_water"], projector)
     arrays["li"] = li.numpy().astype(np.float32)
     arrays["xray"] = normalize_xray(li, settings["li_max"]).numpy().astype(np.float32)
     meta = {
@@ -184,9 +167,8 @@ def prepare_dataset(
     manifest = {
         "format": "hvc-dataset", "version": 1,
         "settings": settings, "settings_hash": shash,
-        "sizes": settings["sizes"], "render_size": settings["sizes"][-1], "views": views, "det_pixels": data_cfg.geometry.det_pixels,
-        "fov_mm": settings["fov_mm"], "hu_window": settings["hu_window"], "mu_water": settings["mu_water"],
-        "geometry": settings["geometry"],
+        "sizes": settings["sizes"], "det_pixels": data_cfg.geometry.det_pixels,
+        **render_settings(data_cfg, settings["sizes"][-1], views),  # what check_render_settings compares
         "spacing_mm": {str(s): settings["fov_mm"] / s for s in settings["sizes"]},
         "xray_scale": {"li_max": settings["li_max"], "rule": f"mu_water * fov_mm * {LI_MAX_FACTOR}"},
         "split_fractions": list(data_cfg.split), "split_seed": seed,
@@ -227,7 +209,7 @@ def prepare_dataset(
             continue
         try:
             ct = read_ct(inp.source, files=inp.files)
-            arrays, meta = render_case(ct, settings, projector)
+            arrays, meta = render_case(ct, settings, data_cfg, projector)
         except CTReadError as err:
             run["skipped"].append({"source": err.path, "reason": err.reason})
             log(f"skipped {err.path}: {err.reason}")

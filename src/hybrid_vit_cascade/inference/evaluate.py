@@ -22,25 +22,8 @@ from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
 from hybrid_vit_cascade.inference import report
-from hybrid_vit_cascade.inference.pipeline import Reconstructor, render_size
+from hybrid_vit_cascade.inference.pipeline import Reconstructor
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
-
-
-def _check_geometry(rec: Reconstructor, manifest: dict, root: str) -> None:
-    """The dataset's X-rays must come from the checkpoint's views, detector and geometry."""
-    problems = []
-    if list(manifest.get("views", [])) != rec.views:
-        problems.append(f"views {manifest.get('views')} vs the checkpoint's {rec.views}")
-    g = rec.cfg.data.geometry.model_dump(mode="json")
-    if manifest.get("geometry") not in (None, g):
-        problems.append(f"geometry {manifest.get('geometry')} vs {g}")
-    if manifest.get("fov_mm") is not None and abs(float(manifest["fov_mm"]) - rec.fov_mm) > 1e-6:
-        problems.append(f"fov_mm {manifest['fov_mm']} vs {rec.fov_mm}")
-    if manifest.get("hu_window") is not None and tuple(float(v) for v in manifest["hu_window"]) != rec.window:
-        problems.append(f"hu_window {manifest['hu_window']} vs {list(rec.window)}")
-    if problems:
-        raise ValueError(f"dataset {root} does not match checkpoint {rec.checkpoint_dir}: " + "; ".join(problems)
-                         + " — evaluate a raw CT folder instead to render matching X-rays")
 
 
 def prepare_on_the_fly(folder: str, rec: Reconstructor, out_dir: Path, log: Callable[[str], None],
@@ -50,7 +33,7 @@ def prepare_on_the_fly(folder: str, rec: Reconstructor, out_dir: Path, log: Call
 
     data_cfg = rec.cfg.data.model_copy(update={"split": (0.0, 0.0, 1.0)})
     # The training data's render resolution too, so the DRRs are rendered as the model saw them.
-    sizes = sorted({s.resolution for s in rec.cfg.stages} | {render_size(rec)})
+    sizes = sorted({s.resolution for s in rec.cfg.stages} | {rec.render_size})
     log(f"{folder} is not a prepared dataset: preparing its CTs into {out_dir} (all cases → split 'test')")
     manifest = prepare_dataset([folder], out_dir, sizes, rec.views, data_cfg, progress=progress, log=log)
     if not manifest["cases"]:
@@ -150,7 +133,7 @@ def evaluate(
         data = prepare_on_the_fly(data, rec, out_dir / "prepared", log, progress)
         split = "test"
     manifest = load_manifest(data)
-    _check_geometry(rec, manifest, data)
+    rec.check_source(manifest, f"dataset {data}")
     data_li_max = float(manifest["xray_scale"]["li_max"])
     resolutions = sorted({s.resolution for s in stages})
     reg = None
@@ -158,7 +141,7 @@ def evaluate(
         reg = Reconstructor(baseline_checkpoint, which=which, device=device)
         if reg.is_diffusion:
             log(f"note: --baseline-checkpoint {baseline_checkpoint} is a diffusion model; scored as 'baseline'")
-        _check_geometry(reg, manifest, data)
+        reg.check_source(manifest, f"dataset {data}")
         reg_res = reg.cfg.stages[reg.stages_to_run(None) - 1].resolution
         resolutions = sorted(set(resolutions) | {reg_res})
     missing = [r for r in resolutions if r not in [int(s) for s in manifest["sizes"]]]

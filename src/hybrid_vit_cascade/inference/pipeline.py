@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hybrid_vit_cascade.data.render import check_render_settings, render_settings
 from hybrid_vit_cascade.diffusion.guidance import drr_consistency_wrap
 from hybrid_vit_cascade.diffusion.losses import predicted_xray
 from hybrid_vit_cascade.geometry.physics import unit_to_hu
 from hybrid_vit_cascade.geometry.projector import Projector
 from hybrid_vit_cascade.metrics import drr_psnr
-from hybrid_vit_cascade.runtime.checkpoint import CheckpointError, load_cascade
+from hybrid_vit_cascade.runtime.checkpoint import load_cascade
 from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
 from hybrid_vit_cascade.runtime.objective import Objective
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
@@ -73,14 +74,11 @@ class Reconstructor:
         self.cascade.to("cpu").eval()
         self.device = pick_device(device)
         d = self.cfg.data
-        try:
-            self.li_max = float(self.data_info["xray_scale"]["li_max"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{checkpoint_dir}/data_info.json has no xray_scale.li_max; "
-                                  "cannot normalise X-rays as in training") from None
-        self.window = tuple(float(v) for v in self.data_info.get("hu_window", d.hu_window))
-        self.mu_water = float(self.data_info.get("mu_water", d.mu_water))
-        self.fov_mm = float(self.data_info.get("fov_mm", d.fov_mm))
+        self.li_max = float(self.data_info["xray_scale"]["li_max"])
+        self.render_size = int(self.data_info["render_size"])  # the training DRRs' cube edge, voxels
+        self.window = tuple(float(v) for v in d.hu_window)
+        self.mu_water = float(d.mu_water)
+        self.fov_mm = float(d.fov_mm)
         self.views = list(d.views)
         self.det_pixels = d.geometry.det_pixels
         self.trained_stages: list[int] = list(getattr(self.cascade, "trained_stages", []))
@@ -203,37 +201,25 @@ class Reconstructor:
             results.append(StageResult(k, scfg.name, res, prev.reshape(B, samples, 1, res, res, res)))
         return results
 
+    def render_settings(self) -> dict:
+        """What X-rays fed to this checkpoint must have been rendered with (data/render.py)."""
+        return render_settings(self.cfg.data, self.render_size)
 
-def render_size(rec: Reconstructor) -> int:
-    """Resolution the training DRRs were rendered from: the training manifest's, else the largest stage."""
-    import json
-    from pathlib import Path
-
-    size = rec.data_info.get("render_size")
-    root = rec.data_info.get("dataset")
-    if size is None and root and (Path(root) / "manifest.json").is_file():
-        try:
-            size = json.loads((Path(root) / "manifest.json").read_text()).get("render_size")
-        except (OSError, ValueError):
-            size = None
-    return int(size or max(s.resolution for s in rec.cfg.stages))
+    def check_source(self, have: dict, source: str) -> None:
+        """Refuse X-rays (a dataset manifest's or a file's settings `have`) rendered unlike the training DRRs."""
+        check_render_settings(self.render_settings(), have, f"checkpoint {self.checkpoint_dir}", source)
 
 
 def xrays_from_ct(rec: Reconstructor, path: str | os.PathLike) -> tuple[Tensor, np.ndarray]:
     """Render the checkpoint's views from a CT exactly as `hvc prepare` did: (X-rays (V, P, P), HU cube).
 
-    The CT is resampled onto the canonical cube (RAS+, `fov_mm`, centred on the body) at the
-    training dataset's render resolution (`render_size`), clipped to the HU
-    window, projected with the checkpoint's geometry (data/prepare.py `render_li`) and normalised
-    with the checkpoint's li_max. The returned cube is the windowed HU reference.
+    `data/render.render_xrays` at the training data's render size (data_info.json), normalised with
+    the checkpoint's li_max. The returned cube is the windowed HU reference.
     """
     from hybrid_vit_cascade.data.io import read_ct
-    from hybrid_vit_cascade.data.prepare import render_li
-    from hybrid_vit_cascade.data.preprocessing import canonicalize
+    from hybrid_vit_cascade.data.render import render_xrays
     from hybrid_vit_cascade.geometry.physics import normalize_xray
 
-    size = render_size(rec)
-    hu = canonicalize(read_ct(path), rec.fov_mm, size)  # (size³) HU, RAS+, centred on the body
-    li = render_li(hu, rec.fov_mm, rec.window, rec.mu_water, rec.projector)  # (V, P, P)
+    li, hu = render_xrays(read_ct(path), rec.cfg.data, rec.render_size, projector=rec.projector)  # (V, P, P)
     lo, hi = rec.window
     return normalize_xray(li, rec.li_max).float(), np.clip(hu, lo, hi)

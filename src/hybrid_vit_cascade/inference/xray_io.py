@@ -21,6 +21,7 @@ the detector's `det_pixels`.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from hybrid_vit_cascade.files import atomic_write
 # Text chunks of the PNGs written by `write_drr_png`.
 PNG_ENCODING_KEY, PNG_ENCODING = "hvc-encoding", "line-integral-uint16-v1"
 PNG_LI_MAX_KEY, PNG_VIEW_KEY = "hvc-li-max", "hvc-view"
+PNG_RENDER_KEY = "hvc-render"  # JSON of data/render.render_settings: what the DRR was rendered with
 COLOUR_TOLERANCE = 0.02  # channel spread (99th pct) above 2% of the range = a colour image
 
 
@@ -56,12 +58,14 @@ class RawXray:
     pixels: np.ndarray  # (H, W) float64
     view: str | None = None  # view recorded in the file itself (hvc PNGs), if any
     note: str = ""  # how the file was interpreted, for the log
+    render: dict | None = None  # render settings recorded in the file (hvc PNGs), checked against the model
 
 
 # ------------------------------------------------------------------------------------- writing
 
 
-def write_drr_png(path: str | os.PathLike, li: np.ndarray, view: str | None = None) -> None:
+def write_drr_png(path: str | os.PathLike, li: np.ndarray, view: str | None = None,
+                  render: dict | None = None) -> None:
     """Save line integrals (H, W) as a 16-bit PNG that `read_xray` inverts (bright = attenuating)."""
     from PIL import Image, PngImagePlugin
 
@@ -75,6 +79,8 @@ def write_drr_png(path: str | os.PathLike, li: np.ndarray, view: str | None = No
     info.add_text(PNG_LI_MAX_KEY, repr(li_max))
     if view:
         info.add_text(PNG_VIEW_KEY, view)
+    if render is not None:
+        info.add_text(PNG_RENDER_KEY, json.dumps(render, sort_keys=True))
     atomic_write(path, lambda f: Image.fromarray(q).save(f, format="PNG", pnginfo=info))
 
 
@@ -125,8 +131,12 @@ def _read_pil(path: str) -> RawXray:
         if not (np.isfinite(li_max) and li_max > 0):
             raise XrayReadError(path, f"hvc PNG with an invalid '{PNG_LI_MAX_KEY}' of {li_max!r} "
                                       "(the line-integral scale must be a positive number)")
+        try:
+            render = json.loads(text[PNG_RENDER_KEY]) if PNG_RENDER_KEY in text else None
+        except ValueError:
+            raise XrayReadError(path, f"hvc PNG with an unreadable '{PNG_RENDER_KEY}' entry") from None
         return RawXray(path, "line_integral", pixels / 65535.0 * li_max, text.get(PNG_VIEW_KEY),
-                       note=f"hvc DRR PNG, line integrals up to {li_max:.4g}")
+                       note=f"hvc DRR PNG, line integrals up to {li_max:.4g}", render=render)
     bits = {"L": 8, "1": 1, "P": 8, "RGB": 8, "RGBA": 8}.get(mode, 16 if mode.startswith("I;16") else 32)
     return RawXray(path, "intensity", pixels, note=f"{Path(path).suffix.lstrip('.').upper()} {mode} "
                    f"({bits}-bit) display image, percentile-mapped")

@@ -179,11 +179,35 @@ def set_rng_state(st: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- reading a checkpoint directory
 
 
+def make_data_info(dataset_root: str | Path, manifest: dict) -> dict[str, Any]:
+    """data_info.json: what a checkpoint needs from its dataset and cannot get from config.json.
+
+    li_max (the X-ray normalisation), the render size the training DRRs were cast through, the
+    splits (which cases the model saw) and the dataset's settings hash; the dataset path is kept
+    only so evaluation can find the training split for its baselines (it may be gone).
+    """
+    return {
+        "dataset": str(Path(dataset_root).resolve()),
+        "xray_scale": {"li_max": float(manifest["xray_scale"]["li_max"])},
+        "render_size": int(manifest["render_size"]),
+        "settings_hash": manifest.get("settings_hash"),
+        "splits": {s: [c["case_id"] for c in manifest["cases"] if c.get("split") == s] for s in ("train", "val", "test")},
+    }
+
+
 def read_data_info(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """CHECKPOINT_DIR/data_info.json, checked to hold li_max and render_size."""
     f = Path(checkpoint_dir) / DATA_INFO_FILE
     if not f.is_file():
         raise CheckpointError(f"{checkpoint_dir} has no {DATA_INFO_FILE}; is it a training checkpoint dir?")
-    return json.loads(f.read_text())
+    try:
+        info = json.loads(f.read_text())
+        float(info["xray_scale"]["li_max"])
+        int(info["render_size"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{f} is unreadable or lacks xray_scale.li_max / render_size ({err!r}); "
+                              "it was written by another version — retrain or re-create it") from None
+    return info
 
 
 def read_config(checkpoint_dir: str | Path) -> Config:

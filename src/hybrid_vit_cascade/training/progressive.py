@@ -14,9 +14,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from hybrid_vit_cascade.config import Config, ConfigError
+from hybrid_vit_cascade.data.render import check_render_settings, render_settings
 from hybrid_vit_cascade.runtime.checkpoint import (
-    CheckpointError, copy_snapshots, load_state, load_weights, read_config, read_meta, resolve_snapshot,
-    save_resolved_config, stage_dir, stage_snapshot, DATA_INFO_FILE, CONFIG_FILE,
+    CheckpointError, copy_snapshots, load_state, load_weights, make_data_info, read_config, read_data_info, read_meta,
+    resolve_snapshot, save_resolved_config, stage_dir, stage_snapshot, DATA_INFO_FILE, CONFIG_FILE,
 )
 from hybrid_vit_cascade.files import write_json_atomic
 from hybrid_vit_cascade.training.cond_cache import build_condition_cache
@@ -37,39 +38,14 @@ def resolve_dataset(cfg: Config, progress: bool = True) -> Path:
     return Path(ensure_default_dataset(cfg.data, [s.resolution for s in cfg.stages], progress=progress))
 
 
-def check_dataset(cfg: Config, manifest: dict, root: Path) -> None:
-    """The model is built from the config: the dataset must have been prepared the same way."""
-    d = cfg.data
-    want = {
-        "views": list(d.views), "det_pixels": d.geometry.det_pixels, "fov_mm": float(d.fov_mm),
-        "hu_window": [float(v) for v in d.hu_window], "mu_water": float(d.mu_water),
-    }
-    bad = [f"{k}: config {v} vs dataset {manifest.get(k)}" for k, v in want.items() if manifest.get(k) != v]
+def check_dataset(cfg: Config, manifest: dict, root: Path, ckpt: Path, render_size: int) -> None:
+    """The model is built from the config: the dataset must have been rendered as the config says."""
+    want = render_settings(cfg.data, render_size)
+    check_render_settings(want, manifest, f"checkpoint {ckpt}", f"dataset {root}")
     missing = [s.resolution for s in cfg.stages if s.resolution not in [int(x) for x in manifest["sizes"]]]
     if missing:
-        bad.append(f"sizes: stages need {missing}, dataset has {manifest['sizes']}")
-    if bad:
-        raise CheckpointError(
-            f"dataset {root} does not match the config's data section ({'; '.join(bad)}); "
-            "re-run `hvc prepare` with this config or point data.dataset elsewhere"
-        )
-
-
-def make_data_info(cfg: Config, root: Path, manifest: dict) -> dict:
-    """What inference needs from the dataset (DESIGN.md Checkpoints: data_info.json)."""
-    return {
-        "dataset": str(Path(root).resolve()),
-        "views": list(manifest["views"]),
-        "geometry": manifest.get("geometry", cfg.data.geometry.model_dump(mode="json")),
-        "fov_mm": float(manifest["fov_mm"]),
-        "hu_window": list(manifest["hu_window"]),
-        "mu_water": float(manifest["mu_water"]),
-        "xray_scale": dict(manifest["xray_scale"]),
-        "resolutions": [s.resolution for s in cfg.stages],
-        "spacing_mm": {str(s.resolution): float(manifest["fov_mm"]) / s.resolution for s in cfg.stages},
-        "settings_hash": manifest.get("settings_hash"),
-        "splits": {s: [c["case_id"] for c in manifest["cases"] if c.get("split") == s] for s in ("train", "val", "test")},
-    }
+        raise CheckpointError(f"dataset {root} has no ground truth at {missing} (has {manifest['sizes']}); "
+                              "re-run `hvc prepare` with this config's stage sizes or point data.dataset elsewhere")
 
 
 def _split(root: Path, split: str, res: int):
@@ -216,10 +192,13 @@ def train_progressive(
     from hybrid_vit_cascade.data.datasets import load_manifest
 
     manifest = load_manifest(root)
-    check_dataset(cfg, manifest, root)
+    # Frozen earlier stages fix the render size their X-rays had; a fresh cascade takes the dataset's.
+    earlier = first > 1 and (src_root / DATA_INFO_FILE).is_file()  # else: "stage j is not trained" below
+    render_size = read_data_info(src_root)["render_size"] if earlier else manifest["render_size"]
+    check_dataset(cfg, manifest, root, ckpt, render_size)
     if is_main:
         save_resolved_config(cfg, ckpt)
-        write_json_atomic(ckpt / DATA_INFO_FILE, make_data_info(cfg, root, manifest))
+        write_json_atomic(ckpt / DATA_INFO_FILE, make_data_info(root, manifest))
 
     from hybrid_vit_cascade.models.cascade import Cascade
 
