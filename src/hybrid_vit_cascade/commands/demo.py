@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _hvc(argv: list[str]) -> None:
     """Run one `hvc` verb in-process, echoing it; a failing step stops the demo with its exit code."""
-    from hybrid_vit_cascade.cli import main
+    from hybrid_vit_cascade.commands import main
 
     print(f"\n$ hvc {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()
