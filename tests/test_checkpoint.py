@@ -98,6 +98,7 @@ def test_load_cascade_rebuilds_from_config_alone(trained, tmp_path):
     cfg, cascade, info = load_cascade(copy, which="best", ema=True)
     assert cascade.trained_stages == [1, 2] and not cascade.training
     assert info["render_size"] == 32 and info["xray_scale"]["li_max"] > 0
+    assert set(info["xray_stats"]["views"]) == {"ap", "lateral"}  # what clinical films are matched to
     with torch.no_grad():
         for k in range(2):
             args = _inputs(cascade, k)

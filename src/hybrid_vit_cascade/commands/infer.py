@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.inference import report
     from hybrid_vit_cascade.inference.nifti_out import write_cube_nifti
     from hybrid_vit_cascade.inference.pipeline import Reconstructor, xrays_from_ct
+    from hybrid_vit_cascade.data.io import sidecar_path
+    from hybrid_vit_cascade.files import write_json_atomic
+    from hybrid_vit_cascade.inference.radiograph_fit import describe, model_field
     from hybrid_vit_cascade.inference.xray_io import load_xrays
     from hybrid_vit_cascade.metrics import volume_metrics
     from hybrid_vit_cascade.runtime.sampling import resolve_sampling
@@ -49,14 +53,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint {args.checkpoint}: stages {[s.name for s in rec.cfg.stages]}, trained {rec.trained_stages}, "
           f"views {rec.views}, objective {rec.objective.kind}, device {rec.device}")
     reference_hu = None
+    inputs: list[dict] = []  # per X-ray file: how it was read (the output's JSON sidecar)
     if args.ct:
         xray, reference_hu = xrays_from_ct(rec, args.ct)
         print(f"rendered {', '.join(rec.views)} DRRs of {args.ct}")
     else:
         paths = [f for group in args.xray for f in group]
-        xray, raws = load_xrays(paths, rec.views, rec.li_max, rec.det_pixels, views=args.views)
+        xray, raws = load_xrays(paths, rec.views, rec.li_max, rec.det_pixels, views=args.views,
+                                field=model_field(rec))
         for r in raws:
             print(f"  {r.view}: {r.path} — {r.note}")
+            if r.info is not None:  # a clinical DICOM film: what its header said, what was assumed, the crop
+                print(f"    {describe(r.info)}")
+                for n in r.info["notes"]:
+                    print(f"    note: {n}")
+                for w in r.info["warnings"]:
+                    print(f"warning: {r.path}: {w}", file=sys.stderr)
+            inputs.append({"view": r.view, "path": r.path, "read_as": r.note,
+                           **({"inferred": r.info} if r.info is not None else {})})
             if r.render is not None:  # an `hvc drr` PNG: rendered like the training DRRs? (its view: load_xrays)
                 rec.check_source({**r.render, "views": rec.views}, f"X-ray {r.path}")
     settings = resolve_sampling(rec.cfg, args.steps, args.sampler, args.samples, args.guidance_scale)
@@ -112,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         scores = rec.drr_scores(last.mean, xray[None])[0]
         written.append(report.xray_montage(stem.with_name(stem.name + "_xray.png"), xray.numpy(), drr, rec.views,
                                            list(scores)))
+    if inputs:
+        written.append(write_json_atomic(sidecar_path(args.out), {"inputs": inputs}))
     for w in written:
         print(f"wrote {w}")
     return 0

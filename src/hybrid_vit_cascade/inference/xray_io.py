@@ -7,9 +7,12 @@ Two kinds of input:
   exactly what the training DRRs went through.
 - **display radiographs** (PNG/JPEG/TIFF 8/16-bit, DICOM CR/DX) whose pixels are processed
   intensities, not line integrals. They are mapped to [-1, 1] by robust percentiles — the
-  `LOW_PCT` percentile to -1 and the `HIGH_PCT` percentile to 1 (bright = attenuating;
-  DICOM MONOCHROME1 is inverted first). This is an approximation: clinical processing (log,
-  unsharp masking, LUTs) is not undone, so expect a domain gap.
+  `LOW_PCT` percentile to -1 and the `HIGH_PCT` percentile to 1 (bright = attenuating).
+  This is an approximation: clinical processing (log, unsharp masking, LUTs) is not undone, so
+  expect a domain gap. Greyscale DICOM films are read by `inference/radiograph.py` (modality and
+  VOI LUTs, MONOCHROME1, view, orientation, physical scale, collimation); given the checkpoint's
+  field (`field=`), `inference/radiograph_fit.py` crops them to the model's physical field and
+  histogram-matches them to the training X-rays instead.
 
 Arrays are `(H, W)` in radiographic display orientation (DESIGN.md "Views"): row 0 superior; AP:
 column 0 = patient right; lateral: column 0 = anterior. `.npy` arrays are taken as stored, `(H, W)`
@@ -59,6 +62,8 @@ class RawXray:
     view: str | None = None  # view recorded in the file itself (hvc PNGs), if any
     note: str = ""  # how the file was interpreted, for the log
     render: dict | None = None  # render settings recorded in the file (hvc PNGs), checked against the model
+    radiograph: object = None  # a clinical DICOM film: inference.radiograph.Radiograph (header, scale, collimation)
+    info: dict | None = None  # what was inferred for a film on its way into the model (radiograph_fit)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -157,27 +162,21 @@ def _read_dicom(path: str) -> RawXray:
         raise XrayReadError(path, "DICOM file has no pixel data")
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         raise XrayReadError(path, f"multi-frame DICOM ({ds.NumberOfFrames} frames); give one image per view")
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        from hybrid_vit_cascade.inference.radiograph import read_radiograph
+
+        rad = read_radiograph(path, ds=ds)  # LUTs, polarity, view, orientation, scale, collimation
+        note = f"DICOM {modality} {photometric}" + (" (inverted)" if rad.info["inverted"] else "")
+        return RawXray(path, "intensity", rad.pixels, rad.view, note=note, radiograph=rad)
     try:
         arr = ds.pixel_array
     except Exception as err:  # missing decoder for a compressed transfer syntax, truncated data, ...
         raise XrayReadError(path, f"cannot decode DICOM pixel data ({err})") from None
-    from pydicom.pixels import apply_modality_lut
-
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim == 3:
-        if photometric not in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-            raise XrayReadError(path, f"unexpected DICOM pixel layout {arr.shape}")
-        pixels = _grey_from_channels(path, np.asarray(arr))
-    else:
-        # Rescale slope/intercept (modality LUT) first, then polarity.
-        pixels = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-    note = f"DICOM {modality} {photometric}"
-    if photometric == "MONOCHROME1":
-        # MONOCHROME1: low values display bright. Negating makes bright = attenuating; the
-        # percentile mapping that follows is invariant to the offset.
-        pixels = -pixels
-        note += " (inverted)"
-    return RawXray(path, "intensity", pixels, note=note + ", percentile-mapped")
+    if arr.ndim != 3 or photometric not in ("RGB", "YBR_FULL", "YBR_FULL_422"):
+        raise XrayReadError(path, f"unexpected DICOM pixel layout {arr.shape} ({photometric})")
+    pixels = _grey_from_channels(path, np.asarray(arr))
+    return RawXray(path, "intensity", pixels, note=f"DICOM {modality} {photometric}, percentile-mapped")
 
 
 def _read_array(path: str) -> RawXray:
@@ -279,11 +278,20 @@ def check_view(raw: RawXray, li_max: float) -> None:
                                       f"li_max {li_max:.4g}: not line integrals of a body (wrong units?)")
 
 
-def to_model_input(raw: RawXray, li_max: float, det_pixels: int) -> np.ndarray:
-    """One RawXray (H, W) -> (det_pixels, det_pixels) in the model's X-ray range."""
+def to_model_input(raw: RawXray, li_max: float, det_pixels: int, field=None) -> np.ndarray:
+    """One RawXray (H, W) -> (det_pixels, det_pixels) in the model's X-ray range.
+
+    `field` (inference.radiograph_fit.ModelField): the checkpoint's detector field and training X-ray
+    statistics; with it a DICOM film is cropped to that physical field and histogram-matched.
+    """
     from hybrid_vit_cascade.geometry.physics import normalize_xray
 
     check_view(raw, li_max)
+    if raw.radiograph is not None and field is not None:
+        from hybrid_vit_cascade.inference.radiograph_fit import radiograph_to_model
+
+        x, raw.info = radiograph_to_model(raw.radiograph, field, raw.view)
+        return x
     if raw.kind == "line_integral":
         x = normalize_xray(torch.as_tensor(raw.pixels, dtype=torch.float64), li_max).numpy()
     else:
@@ -295,7 +303,7 @@ def to_model_input(raw: RawXray, li_max: float, det_pixels: int) -> np.ndarray:
 
 
 def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], li_max: float,
-               det_pixels: int, views: Sequence[str] | None = None) -> tuple[torch.Tensor, list[RawXray]]:
+               det_pixels: int, views: Sequence[str] | None = None, field=None) -> tuple[torch.Tensor, list[RawXray]]:
     """Read the X-rays of one case -> ((V, P, P) float32 in the model's order, the RawXrays).
 
     `views` names the view of each path; without it the paths are taken in the model's view order.
@@ -313,6 +321,9 @@ def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], l
     for r in raws:
         if r.pixels.ndim != 2:
             raise XrayReadError(r.path, f"holds {r.pixels.shape[0]} images; with several files give one (H, W) per file")
+    from hybrid_vit_cascade.inference.radiograph import settle_views
+
+    settle_views(raws, model_views, views)  # DICOM films: header view (ViewPosition), --views wins with a warning
     if len(raws) != len(model_views):
         got = ", ".join(paths)
         raise ValueError(f"the checkpoint was trained on {len(model_views)} view(s) ({', '.join(model_views)}) "
@@ -330,5 +341,5 @@ def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], l
         r.view = v
     by_view = {r.view: r for r in raws}
     ordered = [by_view[v] for v in model_views]
-    x = np.stack([to_model_input(r, li_max, det_pixels) for r in ordered])  # (V, P, P)
+    x = np.stack([to_model_input(r, li_max, det_pixels, field) for r in ordered])  # (V, P, P)
     return torch.as_tensor(x, dtype=torch.float32), ordered

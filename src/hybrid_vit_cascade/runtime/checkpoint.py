@@ -179,12 +179,13 @@ def set_rng_state(st: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- reading a checkpoint directory
 
 
-def make_data_info(dataset_root: str | Path, manifest: dict) -> dict[str, Any]:
+def make_data_info(dataset_root: str | Path, manifest: dict, xray_stats: dict | None = None) -> dict[str, Any]:
     """data_info.json: what a checkpoint needs from its dataset and cannot get from config.json.
 
     li_max (the X-ray normalisation), the render size the training DRRs were cast through, the
     splits (which cases the model saw) and the dataset's settings hash; the dataset path is kept
-    only so evaluation can find the training split for its baselines (it may be gone).
+    only so evaluation can find the training split for its baselines (it may be gone). `xray_stats`
+    (data/xray_stats.py): the training X-rays' in-body quantiles, which clinical films are matched to.
     """
     return {
         "dataset": str(Path(dataset_root).resolve()),
@@ -192,6 +193,7 @@ def make_data_info(dataset_root: str | Path, manifest: dict) -> dict[str, Any]:
         "render_size": int(manifest["render_size"]),
         "settings_hash": manifest.get("settings_hash"),
         "splits": {s: [c["case_id"] for c in manifest["cases"] if c.get("split") == s] for s in ("train", "val", "test")},
+        **({"xray_stats": xray_stats} if xray_stats is not None else {}),
     }
 
 

@@ -198,7 +198,9 @@ def train_progressive(
     check_dataset(cfg, manifest, root, ckpt, render_size)
     if is_main:
         save_resolved_config(cfg, ckpt)
-        write_json_atomic(ckpt / DATA_INFO_FILE, make_data_info(root, manifest))
+        from hybrid_vit_cascade.data.xray_stats import training_xray_stats
+
+        write_json_atomic(ckpt / DATA_INFO_FILE, make_data_info(root, manifest, training_xray_stats(root)))
 
     from hybrid_vit_cascade.models.cascade import Cascade
 

@@ -1,0 +1,164 @@
+"""The body in an X-ray image, and what the training X-rays look like inside it.
+
+A display radiograph's pixels are processed intensities, not line integrals. Inference maps them to
+the model's X-ray range by histogram matching inside the body (inference/radiograph.py): the film's
+in-body distribution is carried onto the training DRRs' in-body distribution by a monotone LUT.
+That needs the training distribution, stored at training time in data_info.json (`xray_stats`):
+per view, `N_QUANTILES` quantiles of the training split's X-rays inside the body, and the mean
+fraction of the detector the body covers. Both sides find the body with the same `body_mask`, so the
+two distributions describe the same region.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from scipy import ndimage
+
+N_QUANTILES = 101  # 0th, 1st, …, 100th percentile: a LUT knot per percent of the body's pixels
+BODY_METHOD = "otsu-largest-filled-v1"  # how `body_mask` finds the body; stored with the statistics
+OTSU_BINS = 256
+RIM_FRACTION = 0.08  # the body's rim left out of the lung search: 8 % of the body's width
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of `values`: the cut between two classes that maximises the between-class variance."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if not hi > lo:
+        raise ValueError("image is (nearly) constant; no body to find")
+    hist, edges = np.histogram(v, bins=OTSU_BINS, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)  # pixels at or below each bin
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])  # upper edge of the lower class
+
+
+def air_threshold(values: np.ndarray) -> float:
+    """The lower cut of a three-class Otsu (air | lungs and thin tissue | dense body).
+
+    Two classes are not enough: on a frontal chest X-ray the two-class cut often falls between the
+    lungs and the mediastinum, which would leave the lungs out of the body on some images and not
+    on others (a display curve moves it).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(v.min()), float(v.max())
+    if not hi > lo:
+        raise ValueError("image is (nearly) constant; no body to find")
+    hist, edges = np.histogram(v, bins=OTSU_BINS, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w, m = np.cumsum(hist).astype(np.float64), np.cumsum(hist * centres)
+    i, j = np.arange(OTSU_BINS)[:, None], np.arange(OTSU_BINS)[None, :]  # classes [0, i], (i, j], (j, end]
+    parts = ((w[i], m[i]), (w[j] - w[i], m[j] - m[i]), (w[-1] - w[j], m[-1] - m[j]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = sum(np.where(wk > 0, mk ** 2 / wk, 0.0) for wk, mk in parts)  # Σ w·μ² ∝ between-class variance
+    score[(j <= i) | (j >= OTSU_BINS - 1)] = -np.inf
+    return float(edges[int(np.unravel_index(np.argmax(score), score.shape)[0]) + 1])
+
+
+def body_mask(img: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the body in an X-ray image (bright = attenuating).
+
+    The lower three-class Otsu cut (`air_threshold`) splits direct exposure (air around the body)
+    from the body; the largest connected bright region is the body (markers and a table edge are
+    smaller), with its holes filled (lungs enclosed by the chest wall belong to the body).
+    """
+    img = np.asarray(img, dtype=np.float64)
+    bright = img > air_threshold(img)
+    labels, n = ndimage.label(bright)
+    if n == 0:
+        return bright
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
+
+
+def body_anchor(img: np.ndarray, body: np.ndarray) -> tuple[float, float, str]:
+    """(row, column) of the body's anchor in pixel units (pixel i spans [i, i+1)), and what it is.
+
+    The training cube is centred on the body across and on the lungs vertically
+    (data/preprocessing.body_center). Here: the body mask's centroid across, and vertically the
+    centroid of the darkness inside the body (how far each pixel lies below the in-body median),
+    away from the body's rim (thin tissue at the edge is dark too) — the lungs. Centroids, not
+    extents, so the anchor moves little between similar images; its bias is measured on the
+    training X-rays (`anchor_offset`) and inference puts a film's anchor where theirs sits.
+    """
+    rows, cols = np.nonzero(body)
+    col = float(cols.mean()) + 0.5
+    width = cols.max() - cols.min() + 1
+    core = ndimage.binary_erosion(body, iterations=max(1, int(round(RIM_FRACTION * width))))
+    if not core.any():
+        core = body
+    weight = np.where(core, np.clip(np.median(img[core]) - img, 0.0, None), 0.0)
+    if weight.sum() > 0:
+        row = float((weight.sum(1) * (np.arange(img.shape[0]) + 0.5)).sum() / weight.sum())
+        return row, col, "lungs (vertical), body centroid (across)"
+    return float(rows.mean()) + 0.5, col, "body centroid"
+
+
+def in_body_quantiles(values: np.ndarray) -> np.ndarray:
+    """`N_QUANTILES` evenly spaced quantiles (0 … 1) of in-body pixel values."""
+    return np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0.0, 1.0, N_QUANTILES))
+
+
+def xray_stats(images_per_view: dict[str, list[np.ndarray]]) -> dict:
+    """data_info `xray_stats` of model-range X-rays: per view, in-body quantiles and mean body fraction."""
+    views = {}
+    for view, images in images_per_view.items():
+        inside, fractions, anchors = [], [], []
+        for img in images:
+            img = np.asarray(img, dtype=np.float64)
+            m = body_mask(img)
+            inside.append(img[m])
+            fractions.append(float(m.mean()))
+            row, col, _ = body_anchor(img, m)
+            anchors.append(((row - img.shape[0] / 2) / img.shape[0], (col - img.shape[1] / 2) / img.shape[1]))
+        q = in_body_quantiles(np.concatenate(inside))
+        views[view] = {"in_body_quantiles": [round(float(x), 6) for x in q],
+                       "body_fraction": round(float(np.mean(fractions)), 6),
+                       # where the body anchor sits, as a fraction of the detector from its centre (row, column)
+                       "anchor_offset": [round(float(a), 6) for a in np.mean(anchors, axis=0)]}
+    n = len(next(iter(images_per_view.values()), []))
+    return {"method": BODY_METHOD, "quantiles": N_QUANTILES, "images_per_view": n, "views": views}
+
+
+def training_xray_stats(dataset_root: str | os.PathLike) -> dict:
+    """`xray_stats` of a prepared dataset's training split (its normalised `xray` arrays)."""
+    from .datasets import CTXrayDataset
+
+    ds = CTXrayDataset(dataset_root, "train", [])  # no CT resolutions: only the X-rays are read
+    per_view: dict[str, list[np.ndarray]] = {v: [] for v in ds.views}
+    for i in range(len(ds)):
+        x = ds[i]["xray"].numpy()
+        for v, view in enumerate(ds.views):
+            per_view[view].append(x[v])
+    return xray_stats(per_view)
+
+
+def match_to_quantiles(img: np.ndarray, mask: np.ndarray, target: np.ndarray, floor: float = -1.0) -> np.ndarray:
+    """Histogram-match `img` onto `target` quantiles inside `mask`: a monotone piecewise-linear LUT.
+
+    The image's own in-body quantiles are the LUT's knots and `target` its values; pixels brighter
+    than the body's maximum take the target maximum. Pixels darker than the body's minimum (direct
+    exposure around the body) run linearly from the image's minimum at `floor` (the model's air,
+    a line integral of 0) to the target minimum.
+    """
+    img = np.asarray(img, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    src = np.quantile(img[mask], np.linspace(0.0, 1.0, len(target)))
+    # Ties (a saturated or quantised film) would make the LUT a step: merge equal knots, averaging their targets.
+    knots, inverse = np.unique(src, return_inverse=True)
+    if len(knots) < 2:
+        raise ValueError("the body is (nearly) constant in this image; nothing to match")
+    values = np.bincount(inverse, weights=target) / np.bincount(inverse)
+    out = np.interp(img, knots, values)
+    below = img < knots[0]
+    if below.any():
+        lo = float(img.min())
+        frac = (img[below] - lo) / (knots[0] - lo)
+        out[below] = floor + frac * (values[0] - floor)
+    return out

@@ -1,0 +1,364 @@
+r"""Clinical radiographs (DICOM CR / DX) into the model's frame: pixels, view, orientation, scale, field.
+
+`read_radiograph(path)` undoes what the header says was done to the pixels, and records it in `info`:
+
+1. **Values.** Modality LUT / rescale (pydicom `apply_modality_lut`); an image linear in exposure
+   (PixelIntensityRelationship LIN, "for processing") is taken to its logarithm; the VOI LUT or
+   window (`apply_voi_lut`) for CR and for DX "for presentation"; MONOCHROME1 is negated. From here
+   on bright = attenuating.
+2. **View** from ViewPosition (AP, PA, LL, RL, LATERAL), or the caller's (`--views`), which wins.
+3. **Orientation.** PatientOrientation (0020,0020) names where the image's columns and rows run;
+   the image is transposed / flipped into the model's display convention (DESIGN.md "Views": rows
+   toward the feet; AP and PA columns toward the patient's left; lateral columns toward posterior).
+   Without it the films are taken as hung for reading: AP/PA `L\F`, left lateral `P\F`, right
+   lateral `A\F` (seen from the side nearest the detector) — so a right lateral is mirrored into
+   the model's left lateral. `LATERAL` without a side is taken as a left lateral.
+4. **Scale at the isocentre** (the body's mid-plane, where the model's cube is centred): PixelSpacing
+   calibrated to the patient (PixelSpacingCalibrationType, or smaller than ImagerPixelSpacing) as is;
+   otherwise the detector pitch (ImagerPixelSpacing, else PixelSpacing) divided by the magnification:
+   EstimatedRadiographicMagnificationFactor, else DistanceSourceToDetector / DistanceSourceToPatient,
+   else the defaults below.
+5. **Collimation**: a rectangular ShutterShape / CollimatorShape in the header, and border rows and
+   columns of the film that are flat at the image's brightest value (unexposed), are outside the
+   usable area. Border lines flat at the darkest value (electronic black masking, or saturated
+   direct exposure — the two look alike) are recorded and read as air: they lie outside the body
+   mask, so they take no part in the centring or the intensity statistics.
+
+`radiograph_to_model(rad, field)` (radiograph_fit.py) then crops the model's field of view around
+the body, resamples it onto the model's detector and maps the intensities.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence as SequenceABC
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from hybrid_vit_cascade.inference.xray_io import XrayReadError
+
+# Source–detector distance (mm) when the header has none: erect PA and lateral chest films are taken
+# at 180 cm (72 in), supine / portable AP films at about 100 cm (40 in) — standard radiographic
+# positioning practice (e.g. Bontrager & Lampignano, "Textbook of Radiographic Positioning").
+DEFAULT_SDD_MM = {"pa": 1800.0, "ap": 1000.0, "lateral": 1800.0}
+# Isocentre (the body's mid-plane) to detector (mm), when neither DistanceSourceToPatient nor a
+# magnification factor is given: half an adult chest's depth (≈ 22 cm front to back; the phantoms
+# span 18–25 cm) or width (≈ 32 cm; phantoms 26–34 cm), plus ≈ 4 cm from the skin to the detector's
+# sensitive layer (cover, anti-scatter grid).
+DEFAULT_ISO_DETECTOR_MM = {"pa": 150.0, "ap": 150.0, "lateral": 200.0}
+MAGNIFICATION_RANGE = (1.0, 2.5)  # a chest radiograph's plausible magnification at the body mid-plane
+
+# DICOM ViewPosition → the film's view in the model's terms; decubitus and oblique films are no model view.
+HEADER_VIEWS = {"AP": "ap", "PA": "pa", "LL": "lateral", "RL": "lateral", "LATERAL": "lateral", "LAT": "lateral"}
+UNUSABLE_VIEWS = {"RLD", "LLD", "RLO", "LLO", "LAO", "RAO", "LPO", "RPO"}
+# (column direction, row direction) as DICOM PatientOrientation letters: the model's convention, and
+# what a film without the tag is assumed to be (how it is hung for reading).
+MODEL_ORIENTATION = {"ap": ("L", "F"), "pa": ("L", "F"), "lateral": ("P", "F")}
+ASSUMED_ORIENTATION = {"AP": ("L", "F"), "PA": ("L", "F"), "LL": ("P", "F"), "RL": ("A", "F")}
+_AXIS = {"L": "x", "R": "x", "A": "y", "P": "y", "H": "z", "F": "z"}
+
+FLAT_TOLERANCE = 0.02  # a border line is flat if its 5–95 % spread is below 2 % of the image's range
+EXTREME_FRACTION = 0.1  # … and its median lies within 10 % of the range from the image's max or min
+MAX_BORDER = 0.45  # collimation never takes more than 45 % of the film from one side
+
+
+@dataclass
+class Radiograph:
+    """A clinical film in the model's display convention, bright = attenuating, and what was inferred."""
+
+    path: str
+    pixels: np.ndarray  # (H, W) float64
+    view: Optional[str]  # the film's view in the model's terms ('ap', 'pa', 'lateral'); None: unknown
+    spacing_mm: Optional[tuple[float, float]]  # (row, column) pitch at the isocentre plane; None: unknown
+    usable: tuple[int, int, int, int]  # (top, bottom, left, right) inside the collimation, half-open
+    info: dict
+
+
+def _pair(ds, key: str) -> Optional[tuple[float, float]]:
+    v = ds.get(key)
+    if v is None or len(v) != 2 or not all(float(s) > 0 for s in v):
+        return None
+    return float(v[0]), float(v[1])
+
+
+def _number(ds, key: str) -> Optional[float]:
+    v = ds.get(key)
+    try:
+        v = float(v) if v not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+    return v if v is not None and np.isfinite(v) and v > 0 else None
+
+
+def _values(ds, path: str, info: dict) -> np.ndarray:
+    """Stored pixels → bright-is-attenuating values: modality LUT, log of LIN, VOI, MONOCHROME1."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        arr = ds.pixel_array
+    except Exception as err:  # missing decoder for a compressed transfer syntax, truncated data, ...
+        raise XrayReadError(path, f"cannot decode DICOM pixel data ({err})") from None
+    if arr.ndim != 2:
+        raise XrayReadError(path, f"unexpected DICOM pixel layout {arr.shape} for a greyscale radiograph")
+    px = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    info["modality_lut"] = ("ModalityLUTSequence" if "ModalityLUTSequence" in ds else
+                            {"slope": float(ds.get("RescaleSlope", 1) or 1), "intercept": float(ds.get("RescaleIntercept", 0) or 0)})
+    relation = str(ds.get("PixelIntensityRelationship", "")).upper() or None
+    sign = ds.get("PixelIntensityRelationshipSign")
+    info["intensity_relationship"] = relation
+    if relation == "LIN" and sign in (None, 1):
+        # proportional to the beam intensity behind the patient: −log is the line integral (+ a constant)
+        px = np.log(np.maximum(px, max(float(px.max()), 1.0) * 1e-6))
+        info["log_applied"] = True
+    intent = str(ds.get("PresentationIntentType", "")).upper() or None
+    info["presentation_intent"] = intent
+    if intent != "FOR PROCESSING":
+        if ds.get("VOILUTSequence"):
+            info["voi"] = "VOI LUT sequence"
+        elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            c, w = ds.WindowCenter, ds.WindowWidth  # several windows: pydicom applies the first
+            c, w = (c[0], w[0]) if isinstance(c, SequenceABC) else (c, w)
+            info["voi"] = {"window_center": float(c), "window_width": float(w),
+                           "function": str(ds.get("VOILUTFunction", "LINEAR"))}
+        if info.get("voi") is not None:
+            px = np.asarray(apply_voi_lut(px, ds), dtype=np.float64)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    info["photometric"], info["inverted"] = photometric, photometric == "MONOCHROME1"
+    if photometric == "MONOCHROME1":
+        px = -px  # low values display bright: negated, attenuating is bright
+    if sign is not None and float(ds.get("RescaleSlope", 1) or 1) > 0 and (sign == 1) != (photometric == "MONOCHROME1") \
+            and relation != "LIN":
+        info["warnings"].append(f"PixelIntensityRelationshipSign {sign} contradicts {photometric}; "
+                                "the photometric interpretation was followed")
+    return px
+
+
+def _header_view(ds, path: str) -> tuple[Optional[str], Optional[str]]:
+    """(ViewPosition as written, upper case; the film's view in the model's terms) — (None, None) if absent."""
+    raw = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if not raw:
+        return None, None
+    if raw in UNUSABLE_VIEWS:
+        raise XrayReadError(path, f"ViewPosition {raw} (a decubitus or oblique film) is not a view the model "
+                                  "knows (AP, PA, left or right lateral)")
+    return raw, HEADER_VIEWS.get(raw)
+
+
+def _orientation(ds, path: str) -> Optional[tuple[str, str]]:
+    po = ds.get("PatientOrientation")
+    if po is None or len(po) == 0:
+        return None
+    parts = [str(p).strip().upper() for p in po]
+    if len(parts) != 2 or not all(p and set(p) <= set(_AXIS) for p in parts):
+        shown = "\\".join(parts)
+        raise XrayReadError(path, f"PatientOrientation '{shown}' is not two directions of A/P/R/L/H/F")
+    return parts[0][0], parts[1][0]  # oblique values (e.g. 'LF'): their dominant direction
+
+
+def _orient(px: np.ndarray, mask: np.ndarray, po: tuple[str, str], target: tuple[str, str]):
+    """Transpose / flip (pixels, usable mask) so columns run toward target[0] and rows toward target[1].
+
+    Returns (pixels, mask, operations) or None when `po` cannot be brought to `target` (other axes).
+    """
+    col, row = po
+    ops = []
+    if _AXIS[col] == _AXIS[target[1]] and _AXIS[row] == _AXIS[target[0]]:
+        px, mask, col, row = px.T, mask.T, row, col
+        ops.append("transposed")
+    if _AXIS[col] != _AXIS[target[0]] or _AXIS[row] != _AXIS[target[1]]:
+        return None
+    if col != target[0]:
+        px, mask = px[:, ::-1], mask[:, ::-1]
+        ops.append("columns mirrored")
+    if row != target[1]:
+        px, mask = px[::-1], mask[::-1]
+        ops.append("rows flipped")
+    return np.ascontiguousarray(px), np.ascontiguousarray(mask), ops
+
+
+def _scale(ds, view: Optional[str], path: str, info: dict) -> Optional[tuple[float, float]]:
+    """(row, column) pixel pitch at the isocentre plane, mm, and how it was found (into `info`)."""
+    ips, ps = _pair(ds, "ImagerPixelSpacing"), _pair(ds, "PixelSpacing")
+    calibrated = ps is not None and ("PixelSpacingCalibrationType" in ds or
+                                     (ips is not None and max(p / i for p, i in zip(ps, ips)) < 0.999))
+    if calibrated:
+        info["spacing_source"] = "PixelSpacing (calibrated to the patient)"
+        info["detector_spacing_mm"] = list(ips) if ips else None
+        info["magnification"] = round(ips[0] / ps[0], 6) if ips else None
+        info["magnification_source"] = "ImagerPixelSpacing / PixelSpacing" if ips else None
+        return ps
+    det = ips or ps
+    info["spacing_source"] = "ImagerPixelSpacing" if ips else "PixelSpacing (taken at the detector)" if ps else None
+    info["detector_spacing_mm"] = list(det) if det else None
+    if det is None:
+        return None
+    key = view or "pa"
+    sdd, sod = _number(ds, "DistanceSourceToDetector"), _number(ds, "DistanceSourceToPatient")
+    ermf = _number(ds, "EstimatedRadiographicMagnificationFactor")
+    info["source_detector_defaulted"] = sdd is None and sod is None and ermf is None
+    info["isocentre_detector_defaulted"] = sod is None and ermf is None
+    if ermf is not None:
+        mag, how = ermf, "EstimatedRadiographicMagnificationFactor"
+    elif sdd is not None and sod is not None:
+        mag, how = sdd / sod, "DistanceSourceToDetector / DistanceSourceToPatient"
+    elif sdd is not None:
+        sod = sdd - DEFAULT_ISO_DETECTOR_MM[key]
+        mag, how = sdd / sod, f"DistanceSourceToDetector, default isocentre–detector {DEFAULT_ISO_DETECTOR_MM[key]:g} mm"
+    elif sod is not None:
+        sdd = sod + DEFAULT_ISO_DETECTOR_MM[key]
+        mag, how = sdd / sod, f"DistanceSourceToPatient, default isocentre–detector {DEFAULT_ISO_DETECTOR_MM[key]:g} mm"
+    else:
+        sdd = DEFAULT_SDD_MM[key]
+        sod = sdd - DEFAULT_ISO_DETECTOR_MM[key]
+        mag, how = sdd / sod, (f"defaults for a{'n' if key == 'ap' else ''} {key.upper()} chest film: "
+                               f"source–detector {sdd:g} mm, isocentre–detector {sdd - sod:g} mm")
+    info["source_detector_mm"] = sdd
+    info["source_isocentre_mm"] = sod
+    info["magnification"], info["magnification_source"] = round(float(mag), 6), how
+    if not MAGNIFICATION_RANGE[0] <= mag <= MAGNIFICATION_RANGE[1]:
+        raise XrayReadError(path, f"magnification {mag:.3g} (from {how}) is outside the plausible "
+                                  f"{MAGNIFICATION_RANGE[0]:g}–{MAGNIFICATION_RANGE[1]:g} of a chest radiograph")
+    return det[0] / mag, det[1] / mag
+
+
+def _shutter(ds, shape: tuple[int, int], info: dict) -> np.ndarray:
+    """Usable-area mask from a rectangular ShutterShape / CollimatorShape (DICOM edges: 1-based, inclusive)."""
+    mask = np.ones(shape, dtype=bool)
+    for kind in ("Shutter", "Collimator"):
+        shapes = ds.get(f"{kind}Shape") or []
+        shapes = [str(v).upper() for v in ([shapes] if isinstance(shapes, str) else shapes)]
+        edges = [ds.get(f"{kind}{e}") for e in ("UpperHorizontalEdge", "LowerHorizontalEdge",
+                                                "LeftVerticalEdge", "RightVerticalEdge")]
+        if "RECTANGULAR" in shapes and all(e is not None for e in edges):
+            top, bottom, left, right = (int(e) for e in edges)
+            box = np.zeros(shape, dtype=bool)
+            box[max(top - 1, 0):bottom, max(left - 1, 0):right] = True
+            mask &= box
+            info["collimation_source"].append(f"{kind}Shape RECTANGULAR")
+        elif shapes:
+            info["notes"].append(f"{kind}Shape {'/'.join(shapes)} not used (only rectangular ones are)")
+    return mask
+
+
+def _trim(img: np.ndarray, box: tuple[int, int, int, int], kind: str) -> tuple[int, int, int, int]:
+    """Shrink `box` past border lines that are flat at the image's brightest ("bright") or darkest ("dark") value."""
+    lo, hi = np.percentile(img[box[0]:box[1], box[2]:box[3]], [0.5, 99.5])
+    span = max(hi - lo, 1e-12)
+
+    def flat(line: np.ndarray) -> bool:
+        p5, p50, p95 = np.percentile(line, [5, 50, 95])
+        extreme = p50 >= hi - EXTREME_FRACTION * span if kind == "bright" else p50 <= lo + EXTREME_FRACTION * span
+        return p95 - p5 <= FLAT_TOLERANCE * span and extreme
+
+    t, b, l, r = box
+    H, W = b - t, r - l
+    for _ in range(2):  # a second pass: corners trimmed from one side can free the other
+        while t < box[0] + MAX_BORDER * H and flat(img[t, l:r]):
+            t += 1
+        while b > box[1] - MAX_BORDER * H and flat(img[b - 1, l:r]):
+            b -= 1
+        while l < box[2] + MAX_BORDER * W and flat(img[t:b, l]):
+            l += 1
+        while r > box[3] - MAX_BORDER * W and flat(img[t:b, r - 1]):
+            r -= 1
+    return t, b, l, r
+
+
+def read_radiograph(path: str | os.PathLike, view: Optional[str] = None, ds=None) -> Radiograph:
+    """Read a CR / DX radiograph into the model's display convention; `view` ('ap', 'pa', 'lateral') overrides the header."""
+    path = str(path)
+    if ds is None:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError, ValueError) as err:
+            raise XrayReadError(path, f"not a readable DICOM file ({err})") from None
+    info: dict = {"file": path, "modality": str(ds.get("Modality", "?")), "notes": [], "warnings": [],
+                  "collimation_source": []}
+    px = _values(ds, path, info)
+    header, header_film = _header_view(ds, path)
+    if view is not None and view not in MODEL_ORIENTATION:
+        raise ValueError(f"unknown view {view!r}; expected one of {sorted(MODEL_ORIENTATION)}")
+    film = view or header_film
+    forced = view is not None and header_film is not None and view != header_film
+    info.update(header_view=header, view=film,
+                view_source="--views" if view is not None else "ViewPosition" if header_film else None)
+    if header and header_film is None:
+        info["warnings"].append(f"ViewPosition {header!r} is not one of {sorted(HEADER_VIEWS)}; give --views")
+    if forced:
+        info["warnings"].append(f"the header says {header} but the film is read as {view} (--views)")
+    mask = _shutter(ds, px.shape, info)
+    po = _orientation(ds, path)
+    info["patient_orientation"] = list(po) if po else None
+    if film is not None:
+        side = header if header in ASSUMED_ORIENTATION and HEADER_VIEWS[header] == film else None
+        assumed = ASSUMED_ORIENTATION[side or {"ap": "AP", "pa": "PA", "lateral": "LL"}[film]]
+        if header == "LATERAL" or header == "LAT":
+            info["notes"].append(f"ViewPosition {header} names no side: taken as a left lateral")
+        if po is None:
+            info["notes"].append(f"no PatientOrientation: taken as {assumed[0]}\\{assumed[1]}, how a "
+                                 f"{side or film.upper()} film is hung for reading")
+        oriented = _orient(px, mask, po or assumed, MODEL_ORIENTATION[film])
+        if oriented is None:
+            label = "a lateral" if film == "lateral" else f"an {film.upper()}"
+            msg = f"PatientOrientation {po[0]}\\{po[1]} does not fit {label} film"
+            if not forced:
+                raise XrayReadError(path, msg)
+            info["warnings"].append(msg + "; the image is used as stored")
+            oriented = px, mask, []
+        px, mask, info["orientation_ops"] = oriented
+    else:
+        info["orientation_ops"] = []
+        info["notes"].append("no ViewPosition: the view and orientation come from --views or the model's order")
+    spacing = _scale(ds, film, path, info)
+    if spacing is not None and "transposed" in info["orientation_ops"]:
+        spacing = spacing[::-1]
+    info["isocentre_spacing_mm"] = [round(s, 6) for s in spacing] if spacing else None
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows) or not len(cols):
+        raise XrayReadError(path, "the shutter / collimator edges in the header leave no image")
+    shutter = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    box = _trim(px, shutter, "bright")  # unexposed (collimated) borders: excluded, nothing is known there
+    if box != shutter:
+        info["collimation_source"].append("pixels")
+    info["collimation_px"] = list(box)  # (top, bottom, left, right), model display orientation
+    # Black borders (electronic masking, or saturated direct exposure) read as air: kept, outside the body.
+    dark = _trim(px, box, "dark")
+    info["dark_border_px"] = [dark[0] - box[0], box[1] - dark[1], dark[2] - box[2], box[3] - dark[3]]
+    if spacing:
+        info["usable_mm"] = [round((box[3] - box[2]) * spacing[1], 1), round((box[1] - box[0]) * spacing[0], 1)]
+    return Radiograph(path, px, film, spacing, box, info)
+
+
+def model_slot(film_view: str, model_views: Sequence[str]) -> str:
+    """The model view a film of `film_view` is fed as: itself, or AP ↔ PA when the checkpoint has only the other."""
+    if film_view in model_views:
+        return film_view
+    other = {"ap": "pa", "pa": "ap"}.get(film_view)
+    return other if other in model_views else film_view
+
+
+def settle_views(raws: list, model_views: Sequence[str], views: Optional[Sequence[str]] = None) -> None:
+    """Set `r.view` of every film among the RawXrays from its header, or from `views` (--views) when given.
+
+    A film's header view goes to the model's slot of that view (`model_slot`); `--views` that
+    disagrees with a header wins, with a warning, and the film is re-read as that view.
+    """
+    for i, r in enumerate(raws):
+        rad = getattr(r, "radiograph", None)
+        if rad is None:
+            continue
+        slot = model_slot(rad.view, model_views) if rad.view else None
+        want = views[i] if views is not None and i < len(views) else None
+        if want is not None and want != slot:
+            rad = read_radiograph(rad.path, view=want)
+            slot = want
+        if slot is not None and rad.view is not None and slot != rad.view:
+            rad.info["notes"].append(
+                f"{rad.view.upper()} film fed as the model's {slot.upper()} view (the checkpoint has no "
+                f"{rad.view.upper()}): scaled at the isocentre; which side is magnified more cannot be undone in 2D")
+        rad.info["model_view"] = slot
+        r.radiograph, r.pixels, r.view = rad, rad.pixels, slot

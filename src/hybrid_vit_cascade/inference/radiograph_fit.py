@@ -1,0 +1,207 @@
+"""A read radiograph (radiograph.py) onto the model's detector: the field around the body, resampled, intensity-matched.
+
+The model's detector covers `det_pixels × det_spacing` mm at the detector, i.e. `det_spacing × sid / sdd`
+mm per pixel at the isocentre (`ModelField.pixel_mm`; parallel beam: `det_spacing`). The film is
+cropped to that physical field at the isocentre, centred on the body as the training cube is
+(data/preprocessing.body_center: the body's box centre across, the lungs' centre vertically): the
+body anchor (data/xray_stats.body_anchor) found on the film gives a first crop; found again on the
+intensity-matched model-size image — the same resolution and intensities as the training X-rays it
+was measured on — it is moved to where theirs sits (`anchor_offset`; older checkpoints: the film's
+anchor at the centre). Each model pixel is the exact area mean of the film pixels under it. Beyond the usable film (its
+edge or collimation) the field may be filled with air only where the body does not reach that
+edge; otherwise the film does not cover the field and `XrayReadError` says by how much.
+
+Intensities: the training X-rays' in-body quantiles (data_info.json `xray_stats`, data/xray_stats.py)
+are the target of a monotone LUT estimated by histogram matching inside the film's own body mask.
+A checkpoint without them falls back to the robust-percentile map, with a note. Not undone: the
+differential magnification of the film's geometry (which side of the body is nearer the source),
+and non-monotone processing (unsharp masking) — the measured domain gap is in INFERENCE.md.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from hybrid_vit_cascade.config import GeometryConfig
+from hybrid_vit_cascade.data.xray_stats import body_anchor, body_mask, match_to_quantiles
+from hybrid_vit_cascade.geometry.views import make_view, resolve_det_spacing
+from hybrid_vit_cascade.inference.radiograph import Radiograph, read_radiograph
+from hybrid_vit_cascade.inference.xray_io import XrayReadError, percentile_normalize
+
+PAD_TOLERANCE = 0.5  # model pixels of the field allowed beyond the film without padding rules
+ANCHOR_PASSES = 3  # crops: one around the film's anchor, two corrected on the matched image
+
+
+@dataclass(frozen=True)
+class ModelField:
+    """What a checkpoint's detector sees: its geometry, the cube's field of view, the training X-ray statistics."""
+
+    geometry: GeometryConfig
+    fov_mm: float
+    xray_stats: Optional[dict] = None
+
+    @property
+    def det_pixels(self) -> int:
+        return int(self.geometry.det_pixels)
+
+    @property
+    def pixel_mm(self) -> float:
+        """A model detector pixel at the isocentre plane, mm."""
+        view = make_view("ap", self.geometry)  # every view shares the detector
+        spacing = resolve_det_spacing(view, self.fov_mm)
+        return spacing * view.sid / view.sdd if view.kind == "cone" else spacing
+
+    @property
+    def field_mm(self) -> float:
+        """Edge of the square the detector covers at the isocentre plane, mm."""
+        return self.det_pixels * self.pixel_mm
+
+
+def model_field(rec) -> ModelField:
+    """The field of a loaded checkpoint (an inference.pipeline.Reconstructor)."""
+    return ModelField(rec.cfg.data.geometry, float(rec.fov_mm), rec.data_info.get("xray_stats"))
+
+
+def _area_resample(img: np.ndarray, r0: float, dr: float, c0: float, dc: float, n: int) -> np.ndarray:
+    """(n, n) means of `img` over the cells [r0 + i·dr, r0 + (i+1)·dr) × [c0 + j·dc, …), exactly.
+
+    The integral image of piecewise-constant pixels is bilinear between its corners, so its bilinear
+    interpolation at fractional cell edges gives each cell's exact area integral.
+    """
+    H, W = img.shape
+    S = np.zeros((H + 1, W + 1))
+    S[1:, 1:] = img.cumsum(0).cumsum(1)
+
+    def at(table: np.ndarray, x: np.ndarray) -> np.ndarray:  # rows of `table` interpolated at x
+        x = np.clip(x, 0, table.shape[0] - 1)
+        i = np.minimum(np.floor(x).astype(int), table.shape[0] - 2)
+        f = (x - i)[:, None]
+        return table[i] * (1 - f) + table[i + 1] * f
+
+    T = at(S, r0 + dr * np.arange(n + 1))  # (n+1, W+1)
+    U = at(T.T, c0 + dc * np.arange(n + 1)).T  # (n+1, n+1)
+    return (U[1:, 1:] - U[:-1, 1:] - U[1:, :-1] + U[:-1, :-1]) / (dr * dc)
+
+
+def _cut(film: np.ndarray, body: np.ndarray, centre: tuple[float, float], spacing: tuple[float, float],
+         P: int, pix: float) -> tuple[np.ndarray, dict, list[str]]:
+    """The (P, P) field of `pix` mm pixels centred at `centre` (film pixels), air beyond the film.
+
+    Returns (image, mm missing per side, sides where the body reaches a missing edge).
+    """
+    sr, sc = spacing
+    half_r, half_c = P * pix / 2 / sr, P * pix / 2 / sc  # half the field, film pixels
+    r0, c0 = centre[0] - half_r, centre[1] - half_c
+    short = {"top": -r0, "bottom": r0 + 2 * half_r - film.shape[0],
+             "left": -c0, "right": c0 + 2 * half_c - film.shape[1]}  # film pixels missing per side
+    touches = {"top": body[0].any(), "bottom": body[-1].any(), "left": body[:, 0].any(), "right": body[:, -1].any()}
+    mm = {"top": sr, "bottom": sr, "left": sc, "right": sc}
+    missing = {s: round(v * mm[s], 1) for s, v in short.items() if v * mm[s] > PAD_TOLERANCE * pix}
+    pads = [max(0, math.ceil(short[s])) for s in ("top", "bottom", "left", "right")]
+    arr = np.pad(film, ((pads[0], pads[1]), (pads[2], pads[3])), constant_values=float(film.min()))  # air
+    x = _area_resample(arr, r0 + pads[0], pix / sr, c0 + pads[2], pix / sc, P)
+    return x, missing, [s for s in missing if touches[s]]
+
+
+def _intensities(x: np.ndarray, stats: Optional[dict], path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(model-range image, its body mask): histogram-matched to `stats`, or percentile-mapped without them."""
+    mask = body_mask(x)
+    if stats is None:
+        return percentile_normalize(x), mask
+    try:
+        return match_to_quantiles(x, mask, np.asarray(stats["in_body_quantiles"])), mask
+    except ValueError as err:
+        raise XrayReadError(path, str(err)) from None
+
+
+def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] = None) -> tuple[np.ndarray, dict]:
+    """(det_pixels, det_pixels) model input in [-1, 1] from a read film, and everything inferred.
+
+    `view`: the model slot the film is fed as (default: the film's view); it picks the training
+    statistics and, for a film whose header named no view, the orientation and scale defaults.
+    """
+    if rad.view is None and view is not None:
+        rad = read_radiograph(rad.path, view=view)
+        rad.info["notes"].append(f"read as {view.upper()} (--views or the model's view order)")
+    info = {**rad.info, "model_view": view or rad.view}
+    if rad.spacing_mm is None:
+        raise XrayReadError(rad.path, "no ImagerPixelSpacing or PixelSpacing in the header: the film's physical "
+                                      "scale is unknown (convert it to PNG to use it centre-cropped, unscaled)")
+    t, b, l, r = rad.usable
+    film = rad.pixels[t:b, l:r]
+    try:
+        body = body_mask(film)
+    except ValueError as err:
+        raise XrayReadError(rad.path, str(err)) from None
+    (sr, sc), P, pix = rad.spacing_mm, field.det_pixels, field.pixel_mm
+    key = view or rad.view
+    stats = (field.xray_stats or {}).get("views", {}).get(key)
+    crow, ccol, how = body_anchor(film, body)
+    # With training statistics, the anchor is found again on the matched model-size image, exactly as
+    # on the training X-rays, and moved to where theirs sits; two corrections converge (sub-pixel).
+    for _ in range(ANCHOR_PASSES if stats is not None else 1):
+        x, missing, cut = _cut(film, body, (crow, ccol), (sr, sc), P, pix)
+        x, mask = _intensities(x, stats, rad.path)
+        if stats is None:
+            break
+        row, col, how = body_anchor(x, mask)
+        off = stats.get("anchor_offset", [0.0, 0.0])
+        crow += (row - P / 2 - off[0] * P) * pix / sr
+        ccol += (col - P / 2 - off[1] * P) * pix / sc
+    if cut:
+        where = "inside the collimation " if rad.info.get("collimation_source") else ""
+        raise XrayReadError(rad.path, f"the film covers {film.shape[1] * sc:.0f} × {film.shape[0] * sr:.0f} mm "
+                                      f"at the isocentre {where}(width × height); the model needs {P * pix:.0f} × "
+                                      f"{P * pix:.0f} mm centred on the body, which reaches the film's "
+                                      f"{' and '.join(cut)} edge")
+    info["crop"] = {
+        "field_mm": round(P * pix, 1), "model_pixel_mm": round(pix, 4), "centred_on": how,
+        # the field's centre from the film's centre (mm at the isocentre; + = toward the image's bottom / right)
+        "centre_offset_mm": [round((crow + t - rad.pixels.shape[0] / 2) * sr, 1),
+                             round((ccol + l - rad.pixels.shape[1] / 2) * sc, 1)],
+        "air_padded_mm": missing,
+    }
+    info["body_fraction"] = round(float(mask.mean()), 4)
+    if stats is not None:
+        info["intensity"] = f"histogram-matched to the training X-rays' in-body quantiles ({key})"
+        train = info["training_body_fraction"] = float(stats["body_fraction"])
+        if not 2 / 3 <= info["body_fraction"] / max(train, 1e-6) <= 1.5:
+            info["warnings"] = info["warnings"] + [
+                f"the body covers {100 * info['body_fraction']:.0f} % of the model's field here but "
+                f"{100 * train:.0f} % in training: check the pixel spacing and magnification"]
+    else:
+        info["intensity"] = "robust percentiles (this checkpoint stores no training X-ray statistics)"
+        info["notes"] = info["notes"] + ["no xray_stats in data_info.json (trained before they were stored): "
+                                         "percentile mapping instead of histogram matching"]
+    return np.clip(x, -1.0, 1.0), info
+
+
+def describe(info: dict) -> str:
+    """One line of what was inferred from a film's header, for `hvc infer`'s log."""
+    parts = [f"{info.get('modality', '?')} {info.get('header_view') or 'no ViewPosition'}"
+             f" → {str(info.get('model_view') or info.get('view') or '?').upper()}"]
+    sp = info.get("isocentre_spacing_mm")
+    if sp:
+        mag = info.get("magnification")
+        parts.append(f"{sp[0]:.3f} × {sp[1]:.3f} mm/px at the isocentre"
+                     + (f" (magnification {mag:.3f}: {info.get('magnification_source')})" if mag else ""))
+    if info.get("orientation_ops"):
+        parts.append(", ".join(info["orientation_ops"]))
+    if info.get("inverted"):
+        parts.append("MONOCHROME1 inverted")
+    if info.get("voi"):
+        v = info["voi"]
+        parts.append("VOI LUT" if isinstance(v, str) else f"window {v['window_center']:g}/{v['window_width']:g}")
+    if info.get("collimation_source"):
+        parts.append(f"collimation ({'+'.join(info['collimation_source'])}) rows/cols {info['collimation_px']}")
+    crop = info.get("crop")
+    if crop:
+        off = crop["centre_offset_mm"]
+        parts.append(f"crop {crop['field_mm']:.0f} × {crop['field_mm']:.0f} mm centred {off[0]:+.0f} mm down, "
+                     f"{off[1]:+.0f} mm right of the film centre ({crop['centred_on']})")
+    if info.get("intensity"):
+        parts.append(info["intensity"])
+    return "; ".join(parts)
