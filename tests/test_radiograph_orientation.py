@@ -83,11 +83,11 @@ def case(tmp_path_factory):
                              PresentationIntentType="FOR PRESENTATION", ImagerPixelSpacing=[PITCH, PITCH],
                              DistanceSourceToDetector=1800, DistanceSourceToPatient=1600)
     field = ModelField(MODEL.geometry, MODEL.fov_mm, xray_stats({"ap": [drr[0]], "lateral": [drr[1]]}))
-    x = {}
+    x, info = {}, {}
     for name, path in files.items():
         rad = read_radiograph(path)
-        x[name], _ = radiograph_to_model(rad, field, model_slot(rad.view, MODEL.views))
-    return SimpleNamespace(cube=cube, drr=drr, li_max=li_max, x=x)
+        x[name], info[name] = radiograph_to_model(rad, field, model_slot(rad.view, MODEL.views))
+    return SimpleNamespace(cube=cube, drr=drr, li_max=li_max, x=x, info=info)
 
 
 def _backproject(case, image: np.ndarray) -> np.ndarray:
@@ -102,6 +102,8 @@ def _backproject(case, image: np.ndarray) -> np.ndarray:
 
 def test_films_land_in_the_model_frame(case):
     ap_drr, lat_drr = case.drr
+    for name, info in case.info.items():  # every film is centred on the cube's centre: so must the crop be
+        assert np.abs(info["crop"]["centre_offset_mm"]).max() < 4.0, (name, info["crop"])
     # Each film, read through the header, looks like the model's own DRR of that view …
     assert _corr(case.x["ap"], ap_drr) > 0.95
     assert _corr(case.x["pa"], ap_drr) > 0.95  # a PA film fed as the AP view

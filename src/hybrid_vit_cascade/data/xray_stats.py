@@ -4,8 +4,9 @@ A display radiograph's pixels are processed intensities, not line integrals. Inf
 the model's X-ray range by histogram matching inside the body (inference/radiograph.py): the film's
 in-body distribution is carried onto the training DRRs' in-body distribution by a monotone LUT.
 That needs the training distribution, stored at training time in data_info.json (`xray_stats`):
-per view, `N_QUANTILES` quantiles of the training split's X-rays inside the body, and the mean
-fraction of the detector the body covers. Both sides find the body with the same `body_mask`, so the
+per view, `N_QUANTILES` quantiles of the training split's X-rays inside the body, the mean
+fraction of the detector the body covers, and the mean X-ray on a coarse grid (where the anatomy
+sits on the detector, which a film's crop is registered to). Both sides find the body with the same `body_mask`, so the
 two distributions describe the same region.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from scipy import ndimage
 N_QUANTILES = 101  # 0th, 1st, …, 100th percentile: a LUT knot per percent of the body's pixels
 BODY_METHOD = "otsu-largest-filled-v1"  # how `body_mask` finds the body; stored with the statistics
 OTSU_BINS = 256
+MEAN_SIZE = 32  # the stored mean training X-ray: MEAN_SIZE² cells over the detector
 RIM_FRACTION = 0.08  # the body's rim left out of the lung search: 8 % of the body's width
 
 
@@ -80,12 +82,11 @@ def body_mask(img: np.ndarray) -> np.ndarray:
 def body_anchor(img: np.ndarray, body: np.ndarray) -> tuple[float, float, str]:
     """(row, column) of the body's anchor in pixel units (pixel i spans [i, i+1)), and what it is.
 
-    The training cube is centred on the body across and on the lungs vertically
-    (data/preprocessing.body_center). Here: the body mask's centroid across, and vertically the
-    centroid of the darkness inside the body (how far each pixel lies below the in-body median),
-    away from the body's rim (thin tissue at the edge is dark too) — the lungs. Centroids, not
-    extents, so the anchor moves little between similar images; its bias is measured on the
-    training X-rays (`anchor_offset`) and inference puts a film's anchor where theirs sits.
+    A first guess of where the training cube's centre projects (data/preprocessing.body_center
+    centres it on the body across and on the lungs vertically): the body mask's centroid across,
+    and vertically the centroid of the darkness inside the body (how far each pixel lies below the
+    in-body median), away from the body's rim (thin tissue at the edge is dark too) — the lungs.
+    Inference refines it by registration to the training X-rays' mean image (`mean_image`).
     """
     rows, cols = np.nonzero(body)
     col = float(cols.mean()) + 0.5
@@ -109,19 +110,19 @@ def xray_stats(images_per_view: dict[str, list[np.ndarray]]) -> dict:
     """data_info `xray_stats` of model-range X-rays: per view, in-body quantiles and mean body fraction."""
     views = {}
     for view, images in images_per_view.items():
-        inside, fractions, anchors = [], [], []
+        inside, fractions, small = [], [], []
         for img in images:
             img = np.asarray(img, dtype=np.float64)
             m = body_mask(img)
             inside.append(img[m])
             fractions.append(float(m.mean()))
-            row, col, _ = body_anchor(img, m)
-            anchors.append(((row - img.shape[0] / 2) / img.shape[0], (col - img.shape[1] / 2) / img.shape[1]))
+            H, W = img.shape
+            small.append(area_resample(img, 0.0, H / MEAN_SIZE, 0.0, W / MEAN_SIZE, MEAN_SIZE))
         q = in_body_quantiles(np.concatenate(inside))
         views[view] = {"in_body_quantiles": [round(float(x), 6) for x in q],
                        "body_fraction": round(float(np.mean(fractions)), 6),
-                       # where the body anchor sits, as a fraction of the detector from its centre (row, column)
-                       "anchor_offset": [round(float(a), 6) for a in np.mean(anchors, axis=0)]}
+                       # the mean X-ray on a MEAN_SIZE² grid over the detector: where anatomy sits in training
+                       "mean_image": np.round(np.mean(small, axis=0), 4).tolist()}
     n = len(next(iter(images_per_view.values()), []))
     return {"method": BODY_METHOD, "quantiles": N_QUANTILES, "images_per_view": n, "views": views}
 
@@ -137,6 +138,28 @@ def training_xray_stats(dataset_root: str | os.PathLike) -> dict:
         for v, view in enumerate(ds.views):
             per_view[view].append(x[v])
     return xray_stats(per_view)
+
+
+def area_resample(img: np.ndarray, r0: float, dr: float, c0: float, dc: float, n: int) -> np.ndarray:
+    """(n, n) means of `img` over the cells [r0 + i·dr, r0 + (i+1)·dr) × [c0 + j·dc, …), exactly.
+
+    Pixel i covers [i, i+1). The integral image of piecewise-constant pixels is bilinear between its
+    corners, so its bilinear interpolation at fractional cell edges gives each cell's exact integral.
+    Cells must lie inside the image.
+    """
+    H, W = img.shape
+    S = np.zeros((H + 1, W + 1))
+    S[1:, 1:] = np.asarray(img, dtype=np.float64).cumsum(0).cumsum(1)
+
+    def at(table: np.ndarray, x: np.ndarray) -> np.ndarray:  # rows of `table` interpolated at x
+        x = np.clip(x, 0, table.shape[0] - 1)
+        i = np.minimum(np.floor(x).astype(int), table.shape[0] - 2)
+        f = (x - i)[:, None]
+        return table[i] * (1 - f) + table[i + 1] * f
+
+    T = at(S, r0 + dr * np.arange(n + 1))  # (n+1, W+1)
+    U = at(T.T, c0 + dc * np.arange(n + 1)).T  # (n+1, n+1)
+    return (U[1:, 1:] - U[:-1, 1:] - U[1:, :-1] + U[:-1, :-1]) / (dr * dc)
 
 
 def match_to_quantiles(img: np.ndarray, mask: np.ndarray, target: np.ndarray, floor: float = -1.0) -> np.ndarray:

@@ -2,14 +2,13 @@
 
 The model's detector covers `det_pixels × det_spacing` mm at the detector, i.e. `det_spacing × sid / sdd`
 mm per pixel at the isocentre (`ModelField.pixel_mm`; parallel beam: `det_spacing`). The film is
-cropped to that physical field at the isocentre, centred on the body as the training cube is
-(data/preprocessing.body_center: the body's box centre across, the lungs' centre vertically): the
-body anchor (data/xray_stats.body_anchor) found on the film gives a first crop; found again on the
-intensity-matched model-size image — the same resolution and intensities as the training X-rays it
-was measured on — it is moved to where theirs sits (`anchor_offset`; older checkpoints: the film's
-anchor at the centre). Each model pixel is the exact area mean of the film pixels under it. Beyond the usable film (its
-edge or collimation) the field may be filled with air only where the body does not reach that
-edge; otherwise the film does not cover the field and `XrayReadError` says by how much.
+cropped to that physical field at the isocentre, centred as the training cube is (on the body
+across, on the lungs vertically: data/preprocessing.body_center): a first guess from the film's body
+mask and lungs (data/xray_stats.body_anchor), refined by registering the intensity-matched film to
+the training X-rays' mean image (translation, normalised cross-correlation; older checkpoints: the
+first guess). Each model pixel is the exact area mean of the film pixels under it. Beyond the
+usable film (its edge or collimation) the field may be filled with air only where the body does
+not reach that edge; otherwise the film does not cover the field and `XrayReadError` says by how much.
 
 Intensities: the training X-rays' in-body quantiles (data_info.json `xray_stats`, data/xray_stats.py)
 are the target of a monotone LUT estimated by histogram matching inside the film's own body mask.
@@ -24,15 +23,16 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+from scipy import ndimage
 
 from hybrid_vit_cascade.config import GeometryConfig
-from hybrid_vit_cascade.data.xray_stats import body_anchor, body_mask, match_to_quantiles
+from hybrid_vit_cascade.data.xray_stats import area_resample, body_anchor, body_mask, match_to_quantiles
 from hybrid_vit_cascade.geometry.views import make_view, resolve_det_spacing
 from hybrid_vit_cascade.inference.radiograph import Radiograph, read_radiograph
 from hybrid_vit_cascade.inference.xray_io import XrayReadError, percentile_normalize
 
 PAD_TOLERANCE = 0.5  # model pixels of the field allowed beyond the film without padding rules
-ANCHOR_PASSES = 3  # crops: one around the film's anchor, two corrected on the matched image
+SEARCH = 0.15  # registration searches ±15 % of the field (±57 mm of 378) around the first guess
 
 
 @dataclass(frozen=True)
@@ -65,27 +65,6 @@ def model_field(rec) -> ModelField:
     return ModelField(rec.cfg.data.geometry, float(rec.fov_mm), rec.data_info.get("xray_stats"))
 
 
-def _area_resample(img: np.ndarray, r0: float, dr: float, c0: float, dc: float, n: int) -> np.ndarray:
-    """(n, n) means of `img` over the cells [r0 + i·dr, r0 + (i+1)·dr) × [c0 + j·dc, …), exactly.
-
-    The integral image of piecewise-constant pixels is bilinear between its corners, so its bilinear
-    interpolation at fractional cell edges gives each cell's exact area integral.
-    """
-    H, W = img.shape
-    S = np.zeros((H + 1, W + 1))
-    S[1:, 1:] = img.cumsum(0).cumsum(1)
-
-    def at(table: np.ndarray, x: np.ndarray) -> np.ndarray:  # rows of `table` interpolated at x
-        x = np.clip(x, 0, table.shape[0] - 1)
-        i = np.minimum(np.floor(x).astype(int), table.shape[0] - 2)
-        f = (x - i)[:, None]
-        return table[i] * (1 - f) + table[i + 1] * f
-
-    T = at(S, r0 + dr * np.arange(n + 1))  # (n+1, W+1)
-    U = at(T.T, c0 + dc * np.arange(n + 1)).T  # (n+1, n+1)
-    return (U[1:, 1:] - U[:-1, 1:] - U[1:, :-1] + U[:-1, :-1]) / (dr * dc)
-
-
 def _cut(film: np.ndarray, body: np.ndarray, centre: tuple[float, float], spacing: tuple[float, float],
          P: int, pix: float) -> tuple[np.ndarray, dict, list[str]]:
     """The (P, P) field of `pix` mm pixels centred at `centre` (film pixels), air beyond the film.
@@ -102,7 +81,7 @@ def _cut(film: np.ndarray, body: np.ndarray, centre: tuple[float, float], spacin
     missing = {s: round(v * mm[s], 1) for s, v in short.items() if v * mm[s] > PAD_TOLERANCE * pix}
     pads = [max(0, math.ceil(short[s])) for s in ("top", "bottom", "left", "right")]
     arr = np.pad(film, ((pads[0], pads[1]), (pads[2], pads[3])), constant_values=float(film.min()))  # air
-    x = _area_resample(arr, r0 + pads[0], pix / sr, c0 + pads[2], pix / sc, P)
+    x = area_resample(arr, r0 + pads[0], pix / sr, c0 + pads[2], pix / sc, P)
     return x, missing, [s for s in missing if touches[s]]
 
 
@@ -115,6 +94,41 @@ def _intensities(x: np.ndarray, stats: Optional[dict], path: str) -> tuple[np.nd
         return match_to_quantiles(x, mask, np.asarray(stats["in_body_quantiles"])), mask
     except ValueError as err:
         raise XrayReadError(path, str(err)) from None
+
+
+def _register(film: np.ndarray, body: np.ndarray, centre: tuple[float, float], spacing: tuple[float, float],
+              P: int, pix: float, stats: dict, path: str) -> tuple[tuple[float, float], list[float], float]:
+    """Refine the field's centre by translation: best normalised cross-correlation with the training mean.
+
+    The first guess (the body anchor) and the training cube's centre differ by the anatomy's and the
+    guess's quirks; the intensity-matched film around it is compared with the training X-rays' mean
+    image at every whole model-pixel shift within ±SEARCH of the field, then refined to sub-pixel
+    by a parabola through the peak. Returns (centre, shift in mm (down, right), peak NCC).
+    """
+    S = max(1, int(round(SEARCH * P)))
+    wide, _, _ = _cut(film, body, centre, spacing, P + 2 * S, pix)
+    wide, _ = _intensities(wide, stats, path)
+    mean = np.asarray(stats["mean_image"], dtype=np.float64)
+    t = ndimage.zoom(mean, P / mean.shape[0], order=1, grid_mode=True, mode="nearest")[:P, :P]
+    t = (t - t.mean()) / max(t.std(), 1e-12)
+    score = np.full((2 * S + 1, 2 * S + 1), -np.inf)
+    for dy in range(2 * S + 1):
+        for dx in range(2 * S + 1):
+            w = wide[dy:dy + P, dx:dx + P]
+            sd = w.std()
+            if sd > 0:
+                score[dy, dx] = float(((w - w.mean()) * t).mean() / sd)
+    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+
+    def vertex(a: float, b: float, c: float) -> float:  # parabola through three samples: offset of the peak
+        den = a - 2 * b + c
+        return 0.0 if not np.isfinite(den) or den >= 0 else float(np.clip((a - c) / (2 * den), -0.5, 0.5))
+
+    fy = vertex(*score[iy - 1:iy + 2, ix]) if 0 < iy < 2 * S else 0.0
+    fx = vertex(*score[iy, ix - 1:ix + 2]) if 0 < ix < 2 * S else 0.0
+    dy_mm, dx_mm = (iy + fy - S) * pix, (ix + fx - S) * pix
+    new = (centre[0] + dy_mm / spacing[0], centre[1] + dx_mm / spacing[1])
+    return new, [round(dy_mm, 1), round(dx_mm, 1)], float(score[iy, ix])
 
 
 def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] = None) -> tuple[np.ndarray, dict]:
@@ -140,17 +154,12 @@ def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] 
     key = view or rad.view
     stats = (field.xray_stats or {}).get("views", {}).get(key)
     crow, ccol, how = body_anchor(film, body)
-    # With training statistics, the anchor is found again on the matched model-size image, exactly as
-    # on the training X-rays, and moved to where theirs sits; two corrections converge (sub-pixel).
-    for _ in range(ANCHOR_PASSES if stats is not None else 1):
-        x, missing, cut = _cut(film, body, (crow, ccol), (sr, sc), P, pix)
-        x, mask = _intensities(x, stats, rad.path)
-        if stats is None:
-            break
-        row, col, how = body_anchor(x, mask)
-        off = stats.get("anchor_offset", [0.0, 0.0])
-        crow += (row - P / 2 - off[0] * P) * pix / sr
-        ccol += (col - P / 2 - off[1] * P) * pix / sc
+    shift = None
+    if stats is not None and "mean_image" in stats:
+        (crow, ccol), shift, score = _register(film, body, (crow, ccol), (sr, sc), P, pix, stats, rad.path)
+        how += f"; registered to the training X-rays' mean (NCC {score:.2f})"
+    x, missing, cut = _cut(film, body, (crow, ccol), (sr, sc), P, pix)
+    x, mask = _intensities(x, stats, rad.path)
     if cut:
         where = "inside the collimation " if rad.info.get("collimation_source") else ""
         raise XrayReadError(rad.path, f"the film covers {film.shape[1] * sc:.0f} × {film.shape[0] * sr:.0f} mm "
@@ -163,6 +172,7 @@ def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] 
         "centre_offset_mm": [round((crow + t - rad.pixels.shape[0] / 2) * sr, 1),
                              round((ccol + l - rad.pixels.shape[1] / 2) * sc, 1)],
         "air_padded_mm": missing,
+        "registration_shift_mm": shift,  # from the body anchor to the registered centre (down, right)
     }
     info["body_fraction"] = round(float(mask.mean()), 4)
     if stats is not None:
