@@ -96,3 +96,8 @@ def test_bad_inputs_are_refused():
         C.case_calibration(np.zeros((1, 4, 4)), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="every std is zero"):
         C.fit_scale(np.zeros(5), np.ones(5))
+
+
+def test_zero_spread_fraction():
+    samples = np.array([[0.0, 1.0, 5.0, 5.0], [0.0, 3.0, 5.0, 6.0]])  # voxels 0 and 2: both samples agree
+    assert C.case_calibration(samples, np.zeros(4))["zero_std_fraction"] == 0.5

@@ -160,7 +160,8 @@ def case_calibration(samples_hu, truth_hu, scale: Optional[float] = None) -> dic
     out = {"samples": int(x.shape[0]), "spearman_std_abs_error": spearman(std, err),
            "coverage_2sigma": coverage(mean, std, y), "nll": gaussian_nll(mean, std, y),
            "crps_hu": crps_ensemble(x, y), "std_hu_mean": float(std.mean()), "abs_error_hu_mean": float(err.mean()),
-           "bins": binned(std, err)}
+           # all K samples identical (typically clamped at a window edge): no interval, σ floored in the NLL
+           "zero_std_fraction": float((std == 0).mean()), "bins": binned(std, err)}
     if scale is not None:
         out["scaled"] = {"scale": float(scale), "coverage_2sigma": coverage(mean, scale * std, y),
                          "nll": gaussian_nll(mean, scale * std, y),

@@ -20,7 +20,8 @@ from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.inference import calibration as C
 from hybrid_vit_cascade.inference import report
 
-METRICS = ("spearman_std_abs_error", "coverage_2sigma", "nll", "crps_hu", "std_hu_mean", "abs_error_hu_mean")
+METRICS = ("spearman_std_abs_error", "coverage_2sigma", "nll", "crps_hu", "std_hu_mean", "abs_error_hu_mean",
+           "zero_std_fraction")
 SCALED = ("coverage_2sigma", "nll", "crps_hu")
 FIT_MAX_VOXELS = 1 << 18  # per validation case: a strided subset beyond this bounds memory at 128³+
 PLOT_NAME = "calibration.png"
@@ -122,8 +123,11 @@ def fit_on_val(rec, settings, seed: int, max_cases: Optional[int] = None, progre
     except ValueError as e:
         log(f"note: std scale not fitted: {e}")
         return None
+    at_bound = not C.SCALE_RANGE[0] * 1.01 < s < C.SCALE_RANGE[1] / 1.01
+    if at_bound:
+        log(f"note: the fitted std scale {s:.3g} is at the edge of its search range {C.SCALE_RANGE}")
     zero = np.zeros_like(err)
-    return {"scale": s, "fitted_on": "val", "dataset": str(root), "split": "val", "cases": n, "case_ids": ids,
+    return {"scale": s, "at_search_bound": at_bound, "fitted_on": "val", "dataset": str(root), "split": "val", "cases": n, "case_ids": ids,
             "nll_val_raw": C.gaussian_nll(zero, std, err), "nll_val_scaled": C.gaussian_nll(zero, s * std, err)}
 
 
@@ -197,13 +201,12 @@ def calibration_plot(path: Path, cal: dict[str, Any], title: str) -> Path:
     return report._save(fig, path)
 
 
-def section(cal: Optional[dict[str, Any]], out_dir: Path, image_prefix: str = "",
-            heading: str = "## Calibration of the uncertainty (final stage)") -> list[str]:
+def section(cal: Optional[dict[str, Any]], out_dir: Path) -> list[str]:
     """Markdown lines of the calibration section; writes `out_dir`/calibration.png. [] when nothing was scored."""
     if not cal:
         return []
     png = calibration_plot(out_dir / PLOT_NAME, cal, "binned std vs RMSE, pooled over cases")
-    lines = [heading, "",
+    lines = ["## Calibration of the uncertainty (final stage)", "",
              "std: voxel-wise standard deviation of the K samples; error: mean − truth (HU, window-clipped), "
              "every voxel of the cube. Spearman: rank correlation of std and |error| (does the map point at the "
              f"errors?). ±2σ coverage: truth inside mean ± 2·std ({100 * cal['nominal_coverage_2sigma']:.2f} % "
@@ -214,10 +217,16 @@ def section(cal: Optional[dict[str, Any]], out_dir: Path, image_prefix: str = ""
     if fit and fit.get("fitted_on") == "val":
         lines += [f"std × s rows: one scale factor s = {fit['scale']:.3f} fitted on the **validation** split of "
                   f"{fit['dataset']} ({fit['cases']} case(s), NLL there {fit['nll_val_raw']:.3f} → "
-                  f"{fit['nll_val_scaled']:.3f}) and applied unchanged here.", ""]
+                  f"{fit['nll_val_scaled']:.3f}) and applied unchanged here"
+                  + (" — at the edge of its search range, so not a minimum" if fit.get("at_search_bound") else "")
+                  + ".", ""]
     elif fit:
         lines += [f"std × s rows: s = {fit['scale']:.3f}, given (fitted elsewhere, not on these cases).", ""]
-    lines += table_lines(cal) + ["", f"![calibration]({image_prefix}{png.name})", ""]
+    zero = ", ".join(f"{k} {100 * s['zero_std_fraction']['mean']:.1f} %" for k, s in cal["by_method"].items()
+                     if math.isfinite(s["zero_std_fraction"].get("mean", math.nan)))
+    lines += table_lines(cal) + ["", f"Voxels with zero spread (all K samples identical, e.g. clamped at a window "
+                                     f"edge; no interval, σ floored in the NLL): {zero or '–'}.", "",
+                                 f"![calibration]({png.name})", ""]
     return lines
 
 

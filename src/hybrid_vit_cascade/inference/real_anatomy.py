@@ -56,7 +56,9 @@ def section(ra: dict[str, Any], out_dir: Path) -> list[str]:
         lines += [f"Final stage minus each baseline, PSNR-3D{frm}: " + (", ".join(gaps) or "–") + ".", ""]
     cal = ra.get("calibration")
     if cal:
-        lines += ["### Calibration on the real CT", "", *calibration_eval.table_lines(cal), "",
+        lines += ["### Calibration on the real CT", "",
+                  "std × s rows (if any): the s fitted on the validation split above, applied unchanged — "
+                  "nothing is fitted on this CT.", "", *calibration_eval.table_lines(cal), "",
                   f"![real-anatomy calibration]({SUBDIR}/{calibration_eval.PLOT_NAME})", ""]
     for png in sorted((out_dir / SUBDIR).glob("case_*_slices.png")):
         lines.append(f"![{png.stem}]({SUBDIR}/{png.name})")
