@@ -33,6 +33,11 @@ def _hu_samples(rec, result, truth: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return rec.to_hu(result.samples[0, :, 0]), np.clip(rec.to_hu(truth[0]), lo, hi)
 
 
+def _is_subset(key: str) -> bool:
+    """Is this the key of a reconstruction from a view subset ('cascade/stage2_x [ap]', as evaluate tags them)?"""
+    return key.endswith("]") and " [" in key
+
+
 def _summarize(values) -> dict[str, float]:
     """`metrics.summarize` over the defined values (a constant std map has no Spearman: NaN, left out)."""
     return M.summarize(v for v in values if not math.isnan(v))
@@ -52,7 +57,8 @@ class CalibrationTracker:
         if result.samples.shape[1] < 2 or not self.rec.is_diffusion:  # regression: K identical samples
             return
         samples_hu, truth_hu = _hu_samples(self.rec, result, truth)
-        c = C.case_calibration(samples_hu, truth_hu, self.scale)
+        # s is fitted from every view: a view subset's rows ("… [ap]") stay unscaled rather than mislabelled
+        c = C.case_calibration(samples_hu, truth_hu, None if _is_subset(key) else self.scale)
         case.setdefault("calibration", {})[key] = c
         self.cases.setdefault(key, []).append(c)
 
@@ -65,7 +71,7 @@ class CalibrationTracker:
             s: dict[str, Any] = {"cases": len(cases), "samples": cases[0]["samples"],
                                  **{m: _summarize(c[m] for c in cases) for m in METRICS},
                                  "pooled_bins": C.pool_bins([c["bins"] for c in cases])}
-            if self.scale is not None:
+            if all("scaled" in c for c in cases):
                 s["scaled"] = {m: _summarize(c["scaled"][m] for c in cases) for m in SCALED}
             by_key[key] = s
         return {"sigma_floor_hu": C.SIGMA_FLOOR_HU, "nominal_coverage_2sigma": C.GAUSS_COVERAGE_2SIGMA,
@@ -74,7 +80,7 @@ class CalibrationTracker:
                 "by_method": by_key}
 
 
-def fit_on_val(rec, settings, seed: int, max_cases: Optional[int] = None, progress: bool = True,
+def fit_on_val(rec, settings, seed: int, progress: bool = True,
                log: Callable[[str], None] = print) -> Optional[dict[str, Any]]:
     """One std scale factor minimising the Gaussian NLL over the checkpoint's validation split, final stage.
 
@@ -100,7 +106,7 @@ def fit_on_val(rec, settings, seed: int, max_cases: Optional[int] = None, progre
     except (ValueError, KeyError, FileNotFoundError) as err:
         log(f"note: std scale not fitted: {err}")
         return None
-    n = len(ds) if max_cases is None else min(len(ds), max_cases)
+    n = len(ds)
     if n == 0:
         log(f"note: std scale not fitted: the validation split of {root} is empty")
         return None
@@ -219,7 +225,7 @@ def section(cal: Optional[dict[str, Any]], out_dir: Path) -> list[str]:
                   f"{fit['dataset']} ({fit['cases']} case(s), NLL there {fit['nll_val_raw']:.3f} → "
                   f"{fit['nll_val_scaled']:.3f}) and applied unchanged here"
                   + (" — at the edge of its search range, so not a minimum" if fit.get("at_search_bound") else "")
-                  + ".", ""]
+                  + ". Rows from a subset of the views stay unscaled (s is fitted from every view).", ""]
     elif fit:
         lines += [f"std × s rows: s = {fit['scale']:.3f}, given (fitted elsewhere, not on these cases).", ""]
     zero = ", ".join(f"{k} {100 * s['zero_std_fraction']['mean']:.1f} %" for k, s in cal["by_method"].items()
@@ -234,7 +240,8 @@ def console_line(cal: Optional[dict[str, Any]], prefix: str = "calibration") -> 
     """One line: the first method key's Spearman, ±2σ coverage, NLL, CRPS (and with std × s)."""
     if not cal:
         return None
-    key, s = next(iter(cal["by_method"].items()))
+    keys = sorted(cal["by_method"], key=_is_subset)  # the every-view row first
+    key, s = keys[0], cal["by_method"][keys[0]]
     line = (f"{prefix} ({key}, K={s['samples']}, {s['cases']} case(s)): Spearman std/|error| "
             f"{s['spearman_std_abs_error']['mean']:.3f}, ±2σ coverage {100 * s['coverage_2sigma']['mean']:.1f} % "
             f"(nominal {100 * cal['nominal_coverage_2sigma']:.1f} %), NLL {s['nll']['mean']:.3f}, "
