@@ -49,7 +49,7 @@ class Layout:
         z_t1, z_apex = self.z["T1"], self.z["apex"]
         a_in = self.A_max * b["inlet_ratio"]
         s = np.clip((z_t1 - z) / max(z_t1 - self.z_wide, 1.0), 0.0, 1.0)
-        A = a_in + (self.A_max - a_in) * np.sin(0.5 * np.pi * s) ** 0.75
+        A = a_in + (self.A_max - a_in) * np.sin(0.5 * np.pi * s) ** 0.5
         below = np.clip((self.z_wide - z) / 150.0, 0.0, 1.0)
         A = np.where(z < self.z_wide, self.A_max * (1.0 - 0.12 * below), A)
         cup = np.clip((z - z_t1) / max(z_apex - z_t1, 1.0), 0.0, 1.0)  # lung apices above T1

@@ -32,7 +32,8 @@ def _heart(sc: Scene) -> dict:
     al, be = np.deg2rad(h["azimuth_deg"]), np.deg2rad(h["tilt_deg"])
     u = np.array([-np.sin(al) * np.cos(be), np.cos(al) * np.cos(be), -np.sin(be)])
     R = rotation(u)
-    ratios = np.array([1.0, h["width_ratio"], h["depth_ratio"]])
+    # axes: u long axis (apex), v horizontal ⟂ u (≈ the heart's thin AP dimension), w ≈ vertical (width)
+    ratios = np.array([1.0, h["depth_ratio"], h["width_ratio"]])
     hx_unit = np.sqrt(((R[0, :] * ratios) ** 2).sum())
     aL = 0.36 * tcd / hx_unit
     semi = aL * ratios

@@ -110,7 +110,7 @@ def draw_patient(seed: int) -> Patient:
 
     lv = {"apex": d_apex, "T1": d_t1}
     lv["carina"] = level(T1 + 4 + float(np.clip(rng.normal(0.0, 0.4), -1, 1)))  # T4–T5 disc [GRAY]
-    lv["dome_right"] = level(T1 + 9 + float(np.clip(rng.normal(0.3, 0.5), -0.7, 1.4)))  # ≈ T10 [FEL]
+    lv["dome_right"] = level(T1 + 9 + float(np.clip(rng.normal(0.5, 0.5), -0.5, 1.5)))  # T10–T11 [FEL]
     lv["dome_left"] = lv["dome_right"] + _clipped_normal(rng, 15.0, 5.0, 5.0, 28.0)  # right 1–2 cm higher [FEL]
     lv["recess"] = lv["dome_left"] + u(45.0, 75.0)  # posterior costophrenic sulcus ≈ T12–L1
     lv["bottom"] = lv["recess"] + u(30.0, 60.0)  # chest CT covers the adrenals, 3–6 cm below the sulcus
@@ -128,7 +128,9 @@ def draw_patient(seed: int) -> Patient:
     extent_z = float(lv["bottom"])
 
     # --- habitus: rib cage, chest wall, fat [PAMJ], [HAL], [WHO]
-    width = _clipped_normal(rng, 297.0 if male else 271.0, 27.0 if male else 26.0, 220.0, 350.0)
+    # internal rib-to-rib width: the radiographic 29.7 / 27.1 cm over the ≈ 1.065 magnification of a
+    # 180 cm PA film at the lateral rib margins (≈ 11 cm from the detector)
+    width = _clipped_normal(rng, 279.0 if male else 254.0, 25.0 if male else 24.0, 205.0, 330.0)
     fat = float(np.clip((2.6 * (bmi - 17.0) + rng.normal(0.0, 3.0)) * (1.0 if male else 1.15), 2.0, 65.0))
     body = {
         "cage_width": width, "haller": _clipped_normal(rng, 2.56, 0.3, 1.9, 3.3),
