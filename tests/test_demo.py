@@ -32,7 +32,7 @@ def test_every_verb_has_help(verb, capsys):
 
 
 def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
-    d = tiny_dict(None, n_cases=6, cache_dir=tmp_path / "cache")
+    d = tiny_dict(None, n_cases=6, cache_dir=tmp_path / "cache", view_dropout=0.5)  # as the shipped configs
     d["data"]["split"] = [0.5, 0.17, 0.33]
     cascade = write_cfg(tmp_path / "cascade.json", d)
     reg = json.loads(json.dumps(d))
@@ -49,11 +49,16 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
         assert (out / "checkpoints" / "cascade" / f"stage{k}_{name}" / "last" / "ema.safetensors").is_file()
         assert (out / "checkpoints" / "regression" / f"stage{k}_{name}" / "last" / "ema.safetensors").is_file()
     assert list((out / "xrays").glob("*/*_ap.png")) and list((out / "xrays").glob("*/*_lateral.png"))
-    assert len(list((out / "recon").glob("*.nii.gz"))) == 2  # final stage + stage 1 (--all-stages)
+    # Both views: final stage + stage 1 (--all-stages); the AP alone: <case>_ap.nii.gz, same checkpoint.
+    recon = sorted(p.name for p in (out / "recon").glob("*.nii.gz"))
+    assert len(recon) == 3 and any(n.endswith("_ap.nii.gz") for n in recon), recon
+    assert f"from ap alone: {out / 'recon'}" in printed
     metrics = json.loads((out / "report" / "metrics.json").read_text())
-    methods = {row["method"] for row in metrics["summary"]}
-    assert {"mean volume", "back-projection", "regression"} <= methods, methods
-    assert "| regression" in (out / "report" / "report.md").read_text()
+    rows = {(row["method"], "+".join(row["views"])) for row in metrics["summary"]}
+    for views in ("ap", "ap+lateral"):  # single-view and biplanar rows side by side, baselines too
+        assert {("cascade", views), ("mean volume", views), ("back-projection", views), ("regression", views)} <= rows
+    md = (out / "report" / "report.md").read_text()
+    assert "| regression [ap] |" in md and "| cascade [ap+lateral] |" in md
 
 
 def test_demo_passes_samples_to_infer_and_evaluate(tmp_path, capsys):

@@ -192,7 +192,7 @@ def test_cli_infer_errors(ckpt, tmp_path, capsys):
     np.save(tmp_path / "one.npy", np.ones((P, P)))
     rc = hvc(["infer", "--checkpoint", str(ckpt), "--xray", str(tmp_path / "one.npy"), "--out", str(tmp_path / "o.nii.gz")])
     err = capsys.readouterr().err
-    assert rc == 2 and "trained on 2 view(s)" in err and "one.npy" in err
+    assert rc == 2 and "name the view of each with --views" in err and "one.npy" in err
     rc = hvc(["infer", "--checkpoint", str(tmp_path / "nope"), "--xray", "a.png", "--out", str(tmp_path / "o.nii.gz")])
     assert rc == 2 and "nope" in capsys.readouterr().err
 
@@ -249,10 +249,10 @@ def test_cli_evaluate_with_baselines(dataset, tmp_path, capsys):
     vals = [c["methods"]["back-projection"]["psnr3d"] for c in m["cases"]]
     assert row["summary"]["psnr3d"]["mean"] == pytest.approx(np.mean(vals))
     md = (out / "report.md").read_text()
-    assert "| back-projection |" in md and "X2CT-GAN protocol" in md
+    assert "| back-projection [ap+lateral] |" in md and "X2CT-GAN protocol" in md
     # Paired gaps of the final stage: recomputed from the per-case values.
-    q = m["quality"]
-    assert q["final stage"] == "cascade/stage2_high"
+    [q] = m["quality"]  # one paired comparison per view set: here every view
+    assert q["final stage"] == "cascade/stage2_high" and q["views"] == ["ap", "lateral"]
     gaps = {c["baseline"]: c for c in q["vs baselines"]}
     assert set(gaps) == {"mean volume", "back-projection", "regression"}
     d = [c["methods"]["cascade/stage2_high"]["psnr3d"] - c["methods"]["regression"]["psnr3d"] for c in m["cases"]]

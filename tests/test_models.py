@@ -118,7 +118,11 @@ def test_gradients_reach_every_trainable_parameter(index, lifting):
         opt.step()
     opt.zero_grad()
     torch.nn.functional.mse_loss(stage(x_t, t, xray, prev, cond), target).backward()
+    # The missing-view embedding is read only when a view is absent (tests/test_view_subsets.py).
+    missing = {id(p) for p in stage.missing_view_parameters()}
     for name, p in stage.named_parameters():
+        if id(p) in missing:
+            continue
         assert p.grad is not None, f"{name} got no gradient"
         assert torch.count_nonzero(p.grad) > 0, f"{name} has an all-zero gradient"
 
@@ -158,7 +162,7 @@ def test_grad_checkpointing_gives_the_same_output_and_gradients():
         m.train()
         v = m(*args)
         v.square().mean().backward()
-        outs.append((v.detach(), [p.grad.clone() for p in m.parameters()]))
+        outs.append((v.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))  # not: missing-view
     torch.testing.assert_close(outs[0][0], outs[1][0])
     for g0, g1 in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)

@@ -162,8 +162,14 @@ def test_view_count_and_names(tmp_path):
     a, b = tmp_path / "a.npy", tmp_path / "b.npy"
     np.save(a, _li(seed=0))
     np.save(b, _li(seed=1))
-    with pytest.raises(ValueError, match=r"trained on 2 view\(s\) \(ap, lateral\).*1 X-ray image\(s\).*a\.npy"):
+    with pytest.raises(ValueError, match=r"1 X-ray image\(s\) \(.*a\.npy\).*name the view of each with --views"):
         X.load_xrays([a], ["ap", "lateral"], 4.0, P)
+    # One view of two: its slot filled, the absent view's slot zeros (masked out by the model).
+    x, raws = X.load_xrays([a], ["ap", "lateral"], 4.0, P, views=["lateral"])
+    assert [r.view for r in raws] == ["lateral"] and x.shape == (2, P, P)
+    assert torch.count_nonzero(x[0]) == 0 and torch.count_nonzero(x[1]) > 0
+    with pytest.raises(ValueError, match=r"trained on 2 view\(s\).*3 X-ray image\(s\).*at most one per view"):
+        X.load_xrays([a, b, a], ["ap", "lateral"], 4.0, P)
     with pytest.raises(ValueError, match="do not match"):
         X.load_xrays([a, b], ["ap", "lateral"], 4.0, P, views=["ap", "pa"])
     # Given in the other order with names: reordered to the model's order.

@@ -238,6 +238,9 @@ class TrainingConfig(_Strict):
     max_steps_per_stage: Optional[int] = Field(None, gt=0)  # cap (for tests and smoke runs)
     objective: Literal["diffusion", "regression"] = "diffusion"  # regression = direct-MSE baseline
     save_every_epochs: int = Field(1, gt=0)  # write `last` every N epochs (and always at the end of a stage)
+    # probability (0–1) that a training sample shows only one of the two views (which one uniform), so one
+    # checkpoint reconstructs from one film or two; 0 = always both views (needs two data.views if > 0)
+    view_dropout: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _decay(self) -> "TrainingConfig":
@@ -264,6 +267,9 @@ class Config(_Strict):
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
+        if self.training.view_dropout > 0 and len(self.data.views) != 2:
+            raise ValueError(f"training.view_dropout {self.training.view_dropout} needs two data.views to drop "
+                             f"one of, got {self.data.views}; set it to 0")
         P = self.data.geometry.det_pixels
         for i, s in enumerate(self.stages):
             if 2**s.encoder_downsample > P:

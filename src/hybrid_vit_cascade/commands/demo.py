@@ -1,7 +1,9 @@
 """`hvc demo`: the main job on the embedded default, end to end, as a user would run it step by step.
 
 phantoms → prepared dataset with DRRs → progressive training of the cascade → a direct-regression
-baseline → `hvc drr` + `hvc infer` on a held-out case → `hvc evaluate` against the baselines.
+baseline → `hvc drr` + `hvc infer` on a held-out case (from the AP film alone and from both films,
+one checkpoint: the configs train with view dropout) → `hvc evaluate` against the baselines, with
+single-view and biplanar rows side by side.
 Every step is the public `hvc` verb (printed before it runs), so the demo doubles as a tutorial.
 """
 from __future__ import annotations
@@ -79,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         ["--samples", str(args.samples)] if args.samples else [])
     stem = file_stem(source)
     pngs = [str(xdir / f"{stem}_{v}.png") for v in views]
+    single = views[:1] if len(views) > 1 else []  # the first view (AP) alone, from the same checkpoint
+    for v in single:
+        _hvc(["infer", "--checkpoint", str(ckpt), "--xray", str(xdir / f"{stem}_{v}.png"), "--views", v,
+              "--out", str(out / "recon" / f"{case_id}_{v}.nii.gz"), "--png", *sampling])
     _hvc(["infer", "--checkpoint", str(ckpt), "--xray", *pngs, "--views", *views,
           "--out", str(out / "recon" / f"{case_id}.nii.gz"), "--all-stages", "--png", *sampling])
 
@@ -86,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     report = out / "report"
     ev = ["evaluate", "--checkpoint", str(ckpt), "--data", str(info["dataset"]),
           "--split", "test", "--out", str(report), *sampling]
+    if single:  # single-view and biplanar rows side by side
+        ev += [a for v in single for a in ("--views", v)] + ["--views", ",".join(views)]
     if args.baseline_config:
         ev += ["--baseline-checkpoint", str(base)]
     if args.max_cases:
@@ -93,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     _hvc(ev)
     print(f"\nhvc demo: done in {time.perf_counter() - t0:.0f} s")
     print(f"  reconstruction: {out / 'recon' / f'{case_id}.nii.gz'} (open in 3D Slicer / ITK-SNAP)")
+    for v in single:
+        print(f"  from {v} alone: {out / 'recon' / f'{case_id}_{v}.nii.gz'}")
     print(f"  report:         {report / 'report.md'}")
     print(f"  TensorBoard:    tensorboard --logdir {out / 'checkpoints'}")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from hybrid_vit_cascade.commands.sampling_args import add_sampling_arguments
@@ -19,7 +20,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "config/baseline_regression_tiny.json) scored as baseline (c)")
     p.add_argument("--max-cases", type=int, help="evaluate at most N cases")
     p.add_argument("--montage-cases", type=int, default=3, help="cases that get slice / X-ray montages")
+    p.add_argument("--views", action="append", metavar="VIEWS",
+                   help="reconstruct from these views only, e.g. 'ap' or 'ap,lateral'; repeat to score several "
+                        "view sets side by side (--views ap --views ap,lateral); default: every view")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_view_sets(values: list[str] | None) -> list[list[str]] | None:
+    """--views values ('ap', 'ap,lateral', 'ap+lateral') → view sets; None = every view."""
+    if not values:
+        return None
+    sets = [[v for v in re.split(r"[,+\s]+", value.strip()) if v] for value in values]
+    if any(not s for s in sets):
+        raise ValueError(f"--views {values}: every value must name at least one view (e.g. ap or ap,lateral)")
+    return sets
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, baseline_checkpoint=args.baseline_checkpoint, max_cases=args.max_cases,
         montage_cases=args.montage_cases, seed=args.seed, guidance_scale=args.guidance_scale,
         device=args.device, which=args.which, progress=not args.no_progress,
+        view_sets=parse_view_sets(args.views),
     )
     print(f"evaluated {result['info']['cases']} case(s) of {result['info']['dataset']} ({result['info']['split']}):")
     print(format_summary(result["summary"]))

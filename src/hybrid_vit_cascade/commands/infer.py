@@ -1,4 +1,9 @@
-"""`hvc infer`: reconstruct a CT (NIfTI, HU) from one or two X-rays, or from the DRRs of a CT (--ct)."""
+"""`hvc infer`: reconstruct a CT (NIfTI, HU) from one or two X-rays, or from the DRRs of a CT (--ct).
+
+Any non-empty subset of the checkpoint's views will do (one film: `--xray ap.png --views ap`); a
+checkpoint trained with training.view_dropout reconstructs from it as trained, a biplanar-only one
+warns that its single-view output is untrained.
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,10 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--xray", action="append", nargs="+", metavar="FILE",
                      help="X-ray image(s): PNG/JPEG/TIFF (8/16-bit), DICOM CR/DX, NIfTI or .npy line integrals; "
-                          "one per view (repeat the flag or list several)")
+                          "one per view, any non-empty subset of the checkpoint's views (repeat the flag or list "
+                          "several)")
     src.add_argument("--ct", metavar="CT", help="render the X-rays from this CT (NIfTI/DICOM folder/MHA/NRRD) first")
     p.add_argument("--views", nargs="+", choices=["ap", "pa", "lateral"],
-                   help="view of each --xray file, in order (default: the checkpoint's views in its order)")
+                   help="view of each --xray file, in order (default: the views recorded in hvc PNGs, else the "
+                        "checkpoint's views in its order); with --ct: the views to reconstruct from (default: all)")
     p.add_argument("--out", required=True, help="output NIfTI (.nii.gz), HU; siblings get _std / _stage<k> suffixes")
     add_sampling_arguments(p)
     p.add_argument("--stop-at-stage", type=int, help="last stage to run (1-based; default: the last trained stage)")
@@ -55,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
     reference_hu = None
     inputs: list[dict] = []  # per X-ray file: how it was read (the output's JSON sidecar)
     if args.ct:
+        present = rec.check_views(args.views)  # before rendering: a bad --views fails fast
         xray, reference_hu = xrays_from_ct(rec, args.ct)
         print(f"rendered {', '.join(rec.views)} DRRs of {args.ct}")
     else:
         paths = [f for group in args.xray for f in group]
         xray, raws = load_xrays(paths, rec.views, rec.li_max, rec.det_pixels, views=args.views,
                                 field=model_field(rec))
+        present = [r.view for r in raws]
         for r in raws:
             print(f"  {r.view}: {r.path} — {r.note}")
             if r.info is not None:  # a clinical DICOM film: what its header said, what was assumed, the crop
@@ -73,12 +82,14 @@ def run(args: argparse.Namespace) -> int:
                            **({"inferred": r.info} if r.info is not None else {})})
             if r.render is not None:  # an `hvc drr` PNG: rendered like the training DRRs? (its view: load_xrays)
                 rec.check_source({**r.render, "views": rec.views}, f"X-ray {r.path}")
+    if len(present) < len(rec.views):
+        print(f"reconstructing from {'+'.join(present)} only (checkpoint views: {'+'.join(rec.views)})")
     settings = resolve_sampling(rec.cfg, args.steps, args.sampler, args.samples, args.guidance_scale)
     if settings.samples > 1 and not rec.is_diffusion:
         print("note: a regression checkpoint is deterministic; all samples are identical (std = 0)")
     results = rec.reconstruct(xray, steps=settings.steps, sampler=settings.sampler, samples=settings.samples,
                               stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=settings.guidance_scale,
-                              batch_size=args.batch_size, log=lambda s: print("  " + s))
+                              batch_size=args.batch_size, log=lambda s: print("  " + s), views=present)
     stem = Path(args.out).with_name(file_stem(args.out))  # siblings: <stem>_std.nii.gz, <stem>.png, ...
     written = []
     for res in results:
@@ -93,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
             sbase = base.with_name(file_stem(base) + "_std.nii.gz")
             write_cube_nifti(sbase, rec.std_to_hu(res.std[0, 0]), rec.fov_mm, f"hvc {res.name} voxel std HU")
             written.append(sbase)
-        scores = rec.drr_scores(res.mean, xray[None])[0]
+        scores = rec.drr_scores(res.mean, xray[None], present)[0]
         print(f"DRR consistency, stage {res.index} ({res.name}, {res.res}³): "
-              + ", ".join(f"{v} {s:.2f} dB" for v, s in zip(rec.views, scores))
+              + ", ".join(f"{v} {s:.2f} dB" for v, s in zip(present, scores))
               + f" (mean {np.mean(scores):.2f} dB)")
         if reference_hu is not None:
             from hybrid_vit_cascade.data.preprocessing import resize_cube
@@ -121,11 +132,12 @@ def run(args: argparse.Namespace) -> int:
         std = rec.std_to_hu(last.std[0, 0]) if last.std is not None else None
         written.append(report.case_montage(stem.with_name(stem.name + ".png"), truth, rec.to_hu(last.mean[0, 0]),
                                            std, rec.window, title=f"{last.name} {last.res}³"))
+        idx = rec.view_indices(present)
         with torch.no_grad():
             drr = rec.project(last.mean)[0].numpy()
-        scores = rec.drr_scores(last.mean, xray[None])[0]
-        written.append(report.xray_montage(stem.with_name(stem.name + "_xray.png"), xray.numpy(), drr, rec.views,
-                                           list(scores)))
+        scores = rec.drr_scores(last.mean, xray[None], present)[0]
+        written.append(report.xray_montage(stem.with_name(stem.name + "_xray.png"), xray.numpy()[idx], drr[idx],
+                                           present, list(scores)))
     if inputs:
         written.append(write_json_atomic(sidecar_path(args.out), {"inputs": inputs}))
     for w in written:

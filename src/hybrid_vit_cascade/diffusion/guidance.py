@@ -25,7 +25,7 @@ a positive multiple of (x̂0' − x̂0) since α_s/σ_s > α_t/σ_t, and the fin
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -43,15 +43,20 @@ def drr_consistency_wrap(
     schedule: str = "cosine",
     through_model: bool = True,
     normalize: bool = False,
+    views: Optional[Sequence[int]] = None,
 ) -> ModelFn:
     """Correct v so the clean estimate's projections move toward `target_xray` (B, V, P, P); see module doc.
 
     `projector_fn` maps x0 (B, 1, D, H, W) in [-1, 1] to normalised X-rays (B, V, P, P) and must be
     differentiable. `through_model=False` differentiates w.r.t. x̂0 only (cheaper: no backward pass
     through the network). `normalize=True` makes `scale` unit-free (scale = 1: fit the X-rays).
+    `views`: indices of the views to fit (the projector renders all V; L_b then averages over the
+    given ones only, so an absent view's placeholder image is never a target); None = every view.
     """
     if scale < 0:
         raise ValueError(f"DRR guidance scale must be >= 0, got {scale}")
+    if views is not None and (not len(views) or len(set(views)) != len(views)):
+        raise ValueError(f"DRR guidance needs distinct view indices to fit, got {list(views)}")
 
     def guided(x_t: Tensor, t: Tensor) -> Tensor:
         if scale == 0.0:
@@ -70,7 +75,10 @@ def drr_consistency_wrap(
                 raise ValueError(
                     f"projector_fn returned {tuple(pred.shape)} but the target X-rays are {tuple(target_xray.shape)}"
                 )
-            per_loss = (pred - target_xray).pow(2).flatten(1).mean(1)  # (B,) L_b
+            resid = pred - target_xray
+            if views is not None:
+                resid = resid[:, list(views)]
+            per_loss = resid.pow(2).flatten(1).mean(1)  # (B,) L_b
             # Summed over the batch: samples are independent, so each gets its own gradient.
             wrt = [x_in, x0] if through_model else [x0]
             grads = torch.autograd.grad(per_loss.sum(), wrt)  # (2)

@@ -5,7 +5,7 @@ and runs through the same `Reconstructor`, so it needs no code here.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -58,8 +58,13 @@ class BackprojectionBaseline:
                 self.prior_source = "uniform"
 
     @torch.no_grad()
-    def __call__(self, xray: Tensor) -> Tensor:
-        """X-rays (B, V, P, P) in the model range → volumes (B, 1, res, res, res) in [-1, 1]."""
-        occ = backproject(xray.float(), self.prior, self.uv, self.depth, combine="mean")  # (B, 1, r, r, r)
+    def __call__(self, xray: Tensor, views: Optional[Sequence[int]] = None) -> Tensor:
+        """X-rays (B, V, P, P) in the model range → volumes (B, 1, res, res, res) in [-1, 1].
+
+        `views`: indices of the views to back-project (a subset; the mean is over those), None = all.
+        """
+        idx = list(range(xray.shape[1])) if views is None else list(views)
+        occ = backproject(xray[:, idx].float(), self.prior[idx], self.uv[idx], self.depth[idx],
+                          combine="mean")  # (B, 1, r, r, r)
         mu = occ * self.rec.li_max / self.rec.fov_mm  # 1/mm
         return hu_to_unit(mu_to_hu(mu, self.rec.mu_water), self.rec.window)

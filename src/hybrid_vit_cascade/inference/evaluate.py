@@ -7,12 +7,17 @@ Methods, all on the same cases and X-rays:
 - `regression` — a direct-regression checkpoint (`--baseline-checkpoint`), same backbone.
 X-rays are read as line integrals and normalised with each model's own li_max, so a dataset
 prepared with other settings still feeds every model what it was trained on (the geometry must match).
+
+`view_sets` scores every method from each given subset of the views on the same cases (e.g. AP
+alone and AP + lateral), rows labelled `cascade [ap]`, `cascade [ap+lateral]`: the cascade and
+back-projection from any subset, the regression baseline from a proper subset only if it was trained
+with view dropout (a biplanar-only one is skipped there, with a note), the mean volume alike for all.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +28,7 @@ from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
 from hybrid_vit_cascade.inference import report
 from hybrid_vit_cascade.inference.pipeline import Reconstructor
+from hybrid_vit_cascade.runtime.conditioning import subset_label
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 
 
@@ -42,12 +48,16 @@ def prepare_on_the_fly(folder: str, rec: Reconstructor, out_dir: Path, log: Call
 
 
 def _case_metrics(rec: Reconstructor, pred: Tensor, truth: Tensor, xray_li: Tensor,
-                  std: Optional[Tensor] = None) -> dict[str, float]:
-    """Every metric of one prediction (1, r, r, r) vs truth (1, r, r, r), model range; X-rays as line integrals."""
+                  std: Optional[Tensor] = None, views: Optional[list[str]] = None) -> dict[str, float]:
+    """Every metric of one prediction (1, r, r, r) vs truth (1, r, r, r), model range; X-rays as line integrals.
+
+    DRR consistency is scored for the views the prediction was made from (`views`, None = all).
+    """
     m = M.volume_metrics(rec.to_hu(pred[0]), rec.to_hu(truth[0]), rec.window)
     xray = normalize_xray(xray_li, rec.li_max)
-    drr = rec.drr_scores(pred[None], xray[None])[0]  # (V,)
-    for v, s in zip(rec.views, drr):
+    views = rec.check_views(views)
+    drr = rec.drr_scores(pred[None], xray[None], views)[0]  # (V',)
+    for v, s in zip(views, drr):
         m[f"drr_psnr_{v}"] = float(s)
     m["drr_psnr"] = float(np.mean(drr))
     if std is not None:
@@ -108,11 +118,13 @@ def evaluate(
     which: str = "best",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    view_sets: Optional[Sequence[Sequence[str]]] = None,
 ) -> dict[str, Any]:
     """Run the evaluation and write metrics.json, report.md and PNGs into `out`; returns the metrics.
 
     `steps` / `sampler` / `samples` / `guidance_scale` left None come from the checkpoint's config
     (runtime/sampling.py `resolve_sampling`); with K > 1 the mean of the K samples is scored.
+    `view_sets`: the subsets of the checkpoint's views to reconstruct from (None = all views only).
     """
     from tqdm.auto import tqdm
 
@@ -122,6 +134,14 @@ def evaluate(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rec = Reconstructor(checkpoint, which=which, device=device)
+    sets: list[list[str]] = []
+    for vs in view_sets or [None]:
+        vs = rec.check_views(vs)
+        if vs not in sets:
+            sets.append(vs)
+    labels = [subset_label(vs) for vs in sets]
+    # Per-case keys and summary rows of a proper subset carry its label: "cascade/stage2_x [ap]".
+    tags = ["" if len(vs) == len(rec.views) else f" [{label}]" for vs, label in zip(sets, labels)]
     settings = resolve_sampling(rec.cfg, steps, sampler, samples, guidance_scale)
     samples, guidance_scale = settings.samples, settings.guidance_scale
     n_stages = rec.stages_to_run(None)
@@ -167,8 +187,21 @@ def evaluate(
     bp = BackprojectionBaseline(rec, final_res, training_volumes(train_root, final_res) if train_ok else None)
     info_notes["back-projection prior"] = bp.prior_source
 
+    if any(len(vs) < len(rec.views) for vs in sets) and not rec.trained_single_view:
+        info_notes["cascade from a subset"] = ("untrained: the checkpoint was trained with every view "
+                                               "(training.view_dropout = 0)")
+    reg_skipped = []
+    if reg is not None:
+        for vs, label in zip(sets, labels):
+            reg.check_views(vs)
+            if len(vs) < len(reg.views) and not reg.trained_single_view:
+                reg_skipped.append(label)
+                info_notes[f"regression [{label}]"] = ("skipped: the baseline checkpoint was trained with every view "
+                                                        "(training.view_dropout = 0), not from a subset")
+
     per_case: list[dict[str, Any]] = []
     rows_cases: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    row_views: dict[tuple[str, str, int], tuple[str, list[str]]] = {}  # row key -> (method, views)
     images: list[str] = []
     bar = tqdm(range(n_cases), desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
     for i in bar:
@@ -177,62 +210,95 @@ def evaluate(
         bar.set_postfix_str(cid)
         li = denormalize_xray(item["xray"].float(), data_li_max)  # (V, P, P): undo the dataset's normalisation
         x_rec = normalize_xray(li, rec.li_max)
-        results = rec.reconstruct(x_rec, steps=settings.steps, sampler=settings.sampler, samples=samples, seed=seed,
-                                  guidance_scale=guidance_scale, case_keys=[cid])
-        case = {"case_id": cid, "methods": {}}
-        for r in results:
-            m = _case_metrics(rec, r.mean[0], item["ct"][r.res], li, r.std[0] if r.std is not None else None)
-            key = ("cascade", f"stage{r.index}_{r.name}", r.res)
-            rows_cases.setdefault(key, []).append(m)
-            case["methods"][cascade_key(r.index, r.name)] = m
-        baselines: list[tuple[str, Tensor, int, Reconstructor]] = []
-        if mean_vol is not None:
-            baselines.append(("mean volume", mean_vol, final_res, rec))
-        baselines.append(("back-projection", bp(x_rec[None])[0], final_res, rec))
-        if reg is not None:
-            rr = reg.reconstruct(normalize_xray(li, reg.li_max), steps=steps, seed=seed, case_keys=[cid])[-1]
-            baselines.append(("regression" if not reg.is_diffusion else "baseline", rr.mean[0], rr.res, reg))
-        for name, vol, res, owner in baselines:
-            m = _case_metrics(owner, vol, item["ct"][res], li)
-            rows_cases.setdefault((name, "", res), []).append(m)
-            case["methods"][name] = m
+        case: dict[str, Any] = {"case_id": cid, "methods": {}}
+        for vs, label, tag in zip(sets, labels, tags):
+            results = rec.reconstruct(x_rec, steps=settings.steps, sampler=settings.sampler, samples=samples,
+                                      seed=seed, guidance_scale=guidance_scale, case_keys=[cid], views=vs)
+            for r in results:
+                m = _case_metrics(rec, r.mean[0], item["ct"][r.res], li, r.std[0] if r.std is not None else None, vs)
+                key = ("cascade" + tag, f"stage{r.index}_{r.name}", r.res)
+                rows_cases.setdefault(key, []).append(m)
+                row_views[key] = ("cascade", vs)
+                case["methods"][cascade_key(r.index, r.name) + tag] = m
+            baselines: list[tuple[str, Tensor, int, Reconstructor]] = []
+            if mean_vol is not None:
+                baselines.append(("mean volume", mean_vol, final_res, rec))
+            baselines.append(("back-projection", bp(x_rec[None], rec.view_indices(vs))[0], final_res, rec))
+            if reg is not None and label not in reg_skipped:
+                rr = reg.reconstruct(normalize_xray(li, reg.li_max), steps=steps, seed=seed, case_keys=[cid],
+                                     views=vs)[-1]
+                baselines.append(("regression" if not reg.is_diffusion else "baseline", rr.mean[0], rr.res, reg))
+            for name, vol, res, owner in baselines:
+                m = _case_metrics(owner, vol, item["ct"][res], li, views=vs)
+                rows_cases.setdefault((name + tag, "", res), []).append(m)
+                row_views[(name + tag, "", res)] = (name, vs)
+                case["methods"][name + tag] = m
+            if i < montage_cases:
+                images += _montages(rec, out_dir, cid, item, x_rec, results[-1], case["methods"], vs, samples, tag)
         per_case.append(case)
-        if i < montage_cases:
-            last = results[-1]
-            truth_hu = rec.to_hu(item["ct"][last.res][0])
-            std = rec.std_to_hu(last.std[0, 0]) if last.std is not None else None
-            # case ids are checked at manifest load; `inside` keeps the PNGs in --out regardless
-            slices_png, xray_png = (inside(out_dir / f"case_{cid}_{k}.png", out_dir) for k in ("slices", "xray"))
-            f = report.case_montage(slices_png, truth_hu, rec.to_hu(last.mean[0, 0]), std,
-                                    rec.window, title=f"{cid}: {last.name} {last.res}³ (K={samples})")
-            with torch.no_grad():
-                drr = rec.project(last.mean)[0].numpy()
-            scores = [case["methods"][cascade_key(last.index, last.name)][f"drr_psnr_{v}"] for v in rec.views]
-            g = report.xray_montage(xray_png, x_rec.numpy(), drr, rec.views, scores,
-                                    title=f"{cid}: input X-rays vs DRRs of the prediction")
-            images += [f.name, g.name]
     bar.close()
 
-    rows = [{"method": m, "stage": s or None, "res": r, "summary": M.summarize_cases(cs)}
-            for (m, s, r), cs in rows_cases.items()]
+    # Rows of one method and stage side by side, one per view set (in the order the sets were given).
+    meta = {k: row_views.get(k, (k[0], list(rec.views))) for k in rows_cases}
+    first = {}
+    for k in rows_cases:
+        first.setdefault((meta[k][0],) + k[1:], len(first))
+    keys = sorted(rows_cases, key=lambda k: (first[(meta[k][0],) + k[1:]],
+                                             sets.index(meta[k][1]) if meta[k][1] in sets else 0))
+    rows = [{"method": meta[k][0], "stage": k[1] or None, "res": k[2], "views": meta[k][1],
+             "summary": M.summarize_cases(rows_cases[k])} for k in keys]
     images.insert(0, report.metrics_bar_chart(out_dir / "metrics_bar.png", rows).name)
     info = {
         "checkpoint": checkpoint, "dataset": data, "split": split, "cases": n_cases,
         "stages evaluated": [f"{s.name} ({s.resolution}³)" for s in stages],
+        "view sets": ", ".join(labels),
         "sampler": settings.describe() if rec.is_diffusion else "regression (single forward)",
         "samples per case": samples, "seed": seed, "DRR guidance": guidance_scale,
         "baseline checkpoint": baseline_checkpoint or "none", **info_notes,
     }
     final_key = cascade_key(n_stages, stages[-1].name)
-    comparison = paired_comparison(per_case, final_key)
-    drr_final = M.summarize(c["methods"][final_key]["drr_psnr"] for c in per_case)
-    quality = {"final stage": final_key, "vs baselines": comparison,
-               "drr_psnr": drr_final, "drr_bar_db": DRR_BAR_DB,
-               "drr_meets_bar": bool(per_case) and drr_final["mean"] >= DRR_BAR_DB}
+    quality = []  # one paired comparison per view set
+    for vs, tag in zip(sets, tags):
+        by_set = [{"methods": {k[:len(k) - len(tag)]: m for k, m in c["methods"].items() if _tag(k) == tag}}
+                  for c in per_case]
+        drr_final = M.summarize(c["methods"][final_key]["drr_psnr"] for c in by_set)
+        quality.append({"views": vs, "final stage": final_key, "vs baselines": paired_comparison(by_set, final_key),
+                        "drr_psnr": drr_final, "drr_bar_db": DRR_BAR_DB,
+                        "drr_meets_bar": bool(per_case) and drr_final["mean"] >= DRR_BAR_DB})
     result = {"info": info, "summary": rows, "quality": quality, "cases": per_case}
     report.write_metrics_json(out_dir / "metrics.json", result)
     report.write_report_md(out_dir / "report.md", rows, info, images, quality)
     return result
+
+
+def _tag(key: str) -> str:
+    """' [ap]' of a per-case key 'cascade/stage2_x [ap]'; '' for a key of every view."""
+    return " [" + key.rsplit(" [", 1)[1] if key.endswith("]") and " [" in key else ""
+
+
+def _montages(rec: Reconstructor, out_dir: Path, cid: str, item: dict, x_rec: Tensor, last, methods: dict,
+              views: list[str], samples: int, tag: str) -> list[str]:
+    """Slice and X-ray montages of one case's final stage reconstructed from `views`; their file names.
+
+    case_<id>_slices.png / _xray.png from every view, case_<id>_<views>_slices.png from a subset
+    (`tag`: the subset's suffix of the per-case keys in `methods`).
+    """
+    truth_hu = rec.to_hu(item["ct"][last.res][0])
+    std = rec.std_to_hu(last.std[0, 0]) if last.std is not None else None
+    subset = len(views) < len(rec.views)
+    suffix = f"_{subset_label(views)}" if subset else ""
+    # case ids are checked at manifest load; `inside` keeps the PNGs in --out regardless
+    slices_png, xray_png = (inside(out_dir / f"case_{cid}{suffix}_{k}.png", out_dir) for k in ("slices", "xray"))
+    frm = f", from {subset_label(views)}" if subset else ""
+    f = report.case_montage(slices_png, truth_hu, rec.to_hu(last.mean[0, 0]), std,
+                            rec.window, title=f"{cid}: {last.name} {last.res}³ (K={samples}){frm}")
+    idx = rec.view_indices(views)
+    with torch.no_grad():
+        drr = rec.project(last.mean)[0].numpy()
+    scores = [methods[cascade_key(last.index, last.name) + tag][f"drr_psnr_{v}"] for v in views]
+    g = report.xray_montage(xray_png, x_rec.numpy()[idx], drr[idx], views, scores,
+                            title=f"{cid}: input X-rays vs DRRs of the prediction{frm}")
+    return [f.name, g.name]
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:

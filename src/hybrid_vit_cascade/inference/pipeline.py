@@ -6,10 +6,16 @@ so inference sees what training saw. With K samples, K independent chains run th
 cascade (sample i of stage k is conditioned on sample i of stage k−1), so the spread of the final
 stage reflects every stage's uncertainty. Only the running stage sits on the device; the others
 wait on the CPU, which is what lets a 256³ stage run on a 12 GB GPU after the smaller ones.
+
+Any non-empty subset of the checkpoint's views can be given (`views`): the absent views' images are
+zeros and masked out of the model (view_mask), of DRR guidance and of the DRR-consistency scores.
+A checkpoint trained with training.view_dropout learned that; one trained biplanar only was not,
+and says so once.
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -84,6 +90,8 @@ class Reconstructor:
         self.trained_stages: list[int] = list(getattr(self.cascade, "trained_stages", []))
         self.objective = Objective(self.cfg)
         self.projector = Projector(d.geometry, self.views)
+        self.warn: Callable[[str], None] = lambda msg: print(f"warning: {msg}", file=sys.stderr)
+        self._warned_subset = False
 
     # ------------------------------------------------------------------------------ helpers
     @property
@@ -108,11 +116,36 @@ class Reconstructor:
         return predicted_xray(x, self.projector, self.spacing_mm(x.shape[-1]), self.window, self.mu_water,
                               self.li_max)
 
-    def drr_scores(self, x: Tensor, xray: Tensor) -> np.ndarray:
-        """DRR-consistency PSNR (dB), (B, V): reprojection of each volume vs its input X-rays."""
+    def drr_scores(self, x: Tensor, xray: Tensor, views: Optional[Sequence[str]] = None) -> np.ndarray:
+        """DRR-consistency PSNR (dB), (B, V'): reprojection of each volume vs its input X-rays (B, V, P, P).
+
+        `views` (a subset, see `check_views`): only those views are scored, in the checkpoint's order.
+        """
+        idx = self.view_indices(views)
         with torch.no_grad():
-            drr = self.project(x)
+            drr = self.project(x)[:, idx]
+        xray = xray[:, idx]
         return np.array([drr_psnr(drr[b], xray[b]) for b in range(x.shape[0])])
+
+    def check_views(self, views: Optional[Sequence[str]]) -> list[str]:
+        """The present views in the checkpoint's order: a non-empty subset of `self.views` (None = all)."""
+        if views is None:
+            return list(self.views)
+        views = list(views)
+        bad = [v for v in views if v not in self.views]
+        if not views or bad or len(set(views)) != len(views):
+            raise ValueError(f"views {views} are not a non-empty subset of the checkpoint's views {self.views}")
+        return [v for v in self.views if v in views]
+
+    def view_indices(self, views: Optional[Sequence[str]]) -> list[int]:
+        """Indices into the checkpoint's views of a subset (None = all)."""
+        present = self.check_views(views)
+        return [i for i, v in enumerate(self.views) if v in present]
+
+    @property
+    def trained_single_view(self) -> bool:
+        """Was the checkpoint trained to reconstruct from a subset of its views (training.view_dropout > 0)?"""
+        return self.cfg.training.view_dropout > 0 or len(self.views) == 1
 
     def stages_to_run(self, stop_at_stage: Optional[int]) -> int:
         """How many stages to run: up to `stop_at_stage`, else the last trained one."""
@@ -143,8 +176,12 @@ class Reconstructor:
         case_keys: Optional[Sequence[str]] = None,
         batch_size: int = 4,
         log: Optional[Callable[[str], None]] = None,
+        views: Optional[Sequence[str]] = None,
     ) -> list[StageResult]:
         """Run stages 1..N on X-rays (V, P, P) or (B, V, P, P) in the model range; one StageResult per stage.
+
+        `views`: the views present (a non-empty subset of the checkpoint's, None = all). The X-ray
+        tensor keeps the checkpoint's V slots; absent views' slots are set to zeros and masked out.
 
         `guidance_scale` > 0 adds DRR-consistency guidance (normalised step: 1 = fit the X-rays along
         the gradient of the clean estimate, see diffusion/guidance.py). `steps` / `sampler` / `samples` /
@@ -158,6 +195,18 @@ class Reconstructor:
         if V != len(self.views) or P != self.det_pixels:
             raise ValueError(f"X-rays must be (B, {len(self.views)}, {self.det_pixels}, {self.det_pixels}) "
                              f"for views {self.views}, got {tuple(xray.shape)}")
+        present = self.check_views(views)
+        mask_row = torch.tensor([v in present for v in self.views])  # (V,) True = view present
+        if len(present) < len(self.views):
+            xray = xray * mask_row[None, :, None, None].to(xray.dtype)  # absent views: zeros
+            if not self.trained_single_view and not self._warned_subset:
+                self._warned_subset = True
+                self.warn(f"checkpoint {self.checkpoint_dir} was trained biplanar ({'+'.join(self.views)}, "
+                          f"training.view_dropout = 0): its reconstruction from {'+'.join(present)} alone is "
+                          "untrained — expect poor quality; train with training.view_dropout > 0 for single views")
+        else:
+            mask_row = None  # every view: the model runs exactly as without view masks
+        fit_views = self.view_indices(present) if mask_row is not None else None  # guidance fits these only
         if not torch.isfinite(xray).all():
             raise ValueError("the X-rays contain NaN or Inf")
         settings = resolve_sampling(self.cfg, steps, sampler, samples, guidance_scale)
@@ -175,7 +224,8 @@ class Reconstructor:
             stage = self.cascade.stages[k - 1].to(dev)  # only this stage on the device
             log(f"stage {k} ({scfg.name}, {res}³): {len(chains)} chain(s), "
                 + (settings.describe() if self.is_diffusion else "direct regression")
-                + (f", DRR guidance {guidance_scale}" if guidance_scale > 0 else ""))
+                + (f", DRR guidance {guidance_scale}" if guidance_scale > 0 else "")
+                + (f", from {'+'.join(present)} only" if mask_row is not None else ""))
             outs = []
             for c0 in range(0, len(chains), batch_size):
                 chunk = chains[c0:c0 + batch_size]
@@ -187,11 +237,13 @@ class Reconstructor:
                     cgens = sample_generators([mix_seed("infer-cond", seed, k, keys[b], i) for b, i in chunk], dev)
                     low = prev[c0:c0 + len(chunk)].to(dev)
                     cond, cond_noise = make_condition(low, res, self.cfg, cgens, scfg.cond_noise_level)
-                model_fn = stage_model_fn(stage, x_ray, cond, cond_noise)
+                mask = None if mask_row is None else mask_row.to(dev).expand(len(chunk), -1)
+                model_fn = stage_model_fn(stage, x_ray, cond, cond_noise, view_mask=mask)
                 fn = model_fn
                 if guidance_scale > 0:
                     fn = drr_consistency_wrap(model_fn, self.project, x_ray, guidance_scale,
-                                              self.cfg.diffusion.schedule, through_model=False, normalize=True)
+                                              self.cfg.diffusion.schedule, through_model=False, normalize=True,
+                                              views=fit_views)
                 out = self.objective.generate(fn, (len(chunk), 1, res, res, res), dev, gens, settings)
                 outs.append(out.float().cpu())
             stage.to("cpu")

@@ -127,7 +127,12 @@ def metrics_bar_chart(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -
 
 
 def _row_label(row: dict[str, Any]) -> str:
-    return f"{row['method']}" + (f" / {row['stage']}" if row.get("stage") else "")
+    """'cascade [ap] / stage2_24': method, the views it reconstructed from (if recorded), stage."""
+    return _method_label(row) + (f" / {row['stage']}" if row.get("stage") else "")
+
+
+def _method_label(row: dict[str, Any]) -> str:
+    return f"{row['method']}" + (f" [{'+'.join(row['views'])}]" if row.get("views") else "")
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -157,7 +162,7 @@ def metric_table(rows: Sequence[dict[str, Any]], columns=MAIN_METRICS) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         n = max((s.get("n", 0) for s in r["summary"].values()), default=0)
-        cells = [str(r["method"]), str(r.get("stage") or "–"), str(r.get("res") or "–"), str(n)]
+        cells = [_method_label(r), str(r.get("stage") or "–"), str(r.get("res") or "–"), str(n)]
         cells += [fmt_stat(r["summary"].get(k), f) for k, _, f in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -172,7 +177,8 @@ def _gap(s: dict[str, float], digits: int) -> str:
 
 def quality_section(quality: dict[str, Any]) -> list[str]:
     """Markdown lines: the final stage against each baseline, case by case, and the quality bar."""
-    lines = ["## Final stage vs the baselines (paired, per case)", "",
+    frm = f" — from {'+'.join(quality['views'])}" if quality.get("views") else ""
+    lines = [f"## Final stage vs the baselines (paired, per case){frm}", "",
              f"`{quality['final stage']}` minus each baseline on the same cases: mean ± std and median of the "
              "per-case gap, cases won, and the quality bar where one is set (mean PSNR-3D gap ≥ the margin).", "",
              "| baseline | cases | PSNR-3D gap (dB) | median (dB) | SSIM-3D gap | cases won | bar |",
@@ -192,8 +198,13 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
 
 
 def write_report_md(path: str | os.PathLike, rows: Sequence[dict[str, Any]], info: dict[str, Any],
-                    images: Sequence[str] = (), quality: dict[str, Any] | None = None) -> Path:
-    """report.md: what was evaluated, the metric tables (ours and X2CT-GAN protocol), the baseline gaps, figures."""
+                    images: Sequence[str] = (), quality: dict[str, Any] | Sequence[dict[str, Any]] | None = None
+                    ) -> Path:
+    """report.md: what was evaluated, the metric tables (ours and X2CT-GAN protocol), the baseline gaps, figures.
+
+    `quality`: one paired comparison, or a list of them (one per view set evaluated).
+    """
+    qualities = [] if quality is None else [quality] if isinstance(quality, dict) else list(quality)
     lines = ["# Evaluation report", ""]
     for k, v in info.items():
         lines.append(f"- **{k}**: {v}")
@@ -204,11 +215,12 @@ def write_report_md(path: str | os.PathLike, rows: Sequence[dict[str, Any]], inf
         "PSNR-3D / SSIM-3D (Gaussian σ=1.5, 11³) on the HU window mapped to [0, 1], data range 1. "
         "MAE/RMSE in HU inside the window. PSNR-2D: per-slice PSNR averaged over the slices of each "
         "axis, then over the three axes. DRR PSNR: reprojection of the prediction vs the input X-rays "
-        "(normalised [-1, 1] → [0, 1]), averaged over views.",
+        "(normalised [-1, 1] → [0, 1]), averaged over the views the reconstruction was made from. "
+        "`[ap]`, `[ap+lateral]`: the views each method reconstructed from.",
         "",
         metric_table(rows, MAIN_METRICS),
         "",
-        *(quality_section(quality) if quality else []),
+        *(line for q in qualities for line in quality_section(q)),
         "## X2CT-GAN protocol (labelled; not comparable to the numbers above)",
         "",
         "HU + 1024 clipped to [0, 2500]; PSNR with PIXEL_MAX 4095 (3-D, and 2-D averaged over slices and axes); "

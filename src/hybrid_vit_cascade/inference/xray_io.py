@@ -304,10 +304,13 @@ def to_model_input(raw: RawXray, li_max: float, det_pixels: int, field=None) -> 
 
 def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], li_max: float,
                det_pixels: int, views: Sequence[str] | None = None, field=None) -> tuple[torch.Tensor, list[RawXray]]:
-    """Read the X-rays of one case -> ((V, P, P) float32 in the model's order, the RawXrays).
+    """Read the X-rays of one case -> ((V, P, P) float32 in the model's order, the RawXrays given).
 
-    `views` names the view of each path; without it the paths are taken in the model's view order.
-    A single `.npy`/NIfTI file may hold all views as (V, H, W).
+    Any non-empty subset of the model's views may be given: the slots of absent views are zeros, and
+    the returned RawXrays (in the model's order) say which views are present (`r.view`). `views`
+    names the view of each path; without it, the views recorded in the files (hvc PNGs) are used if
+    every file has one, else the paths are taken in the model's view order (then all views are
+    needed). A single `.npy`/NIfTI file may hold all views as (V, H, W).
     """
     model_views = list(model_views)
     paths = [str(p) for p in paths]
@@ -324,22 +327,33 @@ def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], l
     from hybrid_vit_cascade.inference.radiograph import settle_views
 
     settle_views(raws, model_views, views)  # DICOM films: header view (ViewPosition), --views wins with a warning
-    if len(raws) != len(model_views):
-        got = ", ".join(paths)
+    got = ", ".join(paths)
+    if len(raws) > len(model_views):
         raise ValueError(f"the checkpoint was trained on {len(model_views)} view(s) ({', '.join(model_views)}) "
-                         f"but {len(raws)} X-ray image(s) were given ({got}); give one per view")
+                         f"but {len(raws)} X-ray image(s) were given ({got}); give at most one per view")
     if views is None:
-        views = list(model_views)
+        recorded = [r.view for r in raws]
+        if all(recorded):
+            views = recorded
+        elif len(raws) == len(model_views):
+            views = list(model_views)
+        else:
+            raise ValueError(f"{len(raws)} X-ray image(s) ({got}) for a checkpoint with views "
+                             f"{', '.join(model_views)}: name the view of each with --views (e.g. --views "
+                             f"{' '.join(model_views[:len(raws)])})")
     views = list(views)
     if len(views) != len(raws):
         raise ValueError(f"{len(views)} view name(s) ({', '.join(views)}) for {len(raws)} X-ray image(s)")
-    if sorted(views) != sorted(model_views) or len(set(views)) != len(views):
-        raise ValueError(f"views {views} do not match the checkpoint's views {model_views}")
+    if any(v not in model_views for v in views) or len(set(views)) != len(views):
+        raise ValueError(f"views {views} do not match the checkpoint's views {model_views} "
+                         "(give each of them at most once)")
     for r, v in zip(raws, views):
         if r.view is not None and r.view != v:
             raise XrayReadError(r.path, f"was rendered as view '{r.view}' but is given as '{v}'")
         r.view = v
     by_view = {r.view: r for r in raws}
-    ordered = [by_view[v] for v in model_views]
-    x = np.stack([to_model_input(r, li_max, det_pixels, field) for r in ordered])  # (V, P, P)
+    ordered = [by_view[v] for v in model_views if v in by_view]
+    x = np.zeros((len(model_views), det_pixels, det_pixels))  # absent views stay zeros (masked out)
+    for r in ordered:
+        x[model_views.index(r.view)] = to_model_input(r, li_max, det_pixels, field)
     return torch.as_tensor(x, dtype=torch.float32), ordered

@@ -122,7 +122,8 @@ class XrayEmbedder(nn.Module):
     """Pooled per-view X-ray features (B, V, C) → one conditioning vector (B, hidden).
 
     Each view gets a learned view embedding before a shared MLP, then views are summed, so the
-    vector knows which view said what and the same code serves one or two views.
+    vector knows which view said what and the same code serves one or two views. A view absent
+    from the input arrives as its learned missing-view token (CascadeStage, view_mask).
     """
 
     def __init__(self, n_views: int, in_channels: int, hidden: int):

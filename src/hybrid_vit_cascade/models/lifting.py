@@ -9,7 +9,7 @@ exactly as the DRR projector integrates. `backproject` is the same operation wit
 """
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -183,7 +183,16 @@ class DepthLifting(nn.Module):
         p = sample_depth(probs, uv, depth)  # (B, D, H, W)
         return f * (p[:, None] * self.depth_bins)
 
-    def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, feats: Tensor, view_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Lifted volume (B, L, D, H, W) and depth probabilities (B, V, bins, P', P').
+
+        view_mask (B, V) bool, True = view present (None = all): an absent view's lifted volume is
+        dropped from the fusion and the present ones are scaled by V / n_present, so `mean` fusion
+        is the mean over the present views and `conv` fusion sees exactly zero in the absent view's
+        channels with the others renormalised (for a conv that averages, the same masked mean; its
+        weights, and the checkpoints' state dicts, stay as they are). All present: the scale is
+        exactly 1, so the output is bit-identical to view_mask=None.
+        """
         B, V, C, P, Q = feats.shape
         if V != len(self.views):
             raise ValueError(f"lifting was built for {len(self.views)} views {self.views}, got {V}")
@@ -197,6 +206,10 @@ class DepthLifting(nn.Module):
                 lifted.append(checkpoint(self._lift_view, f, probs[:, v], uv[v], depth[v], use_reentrant=False))
             else:
                 lifted.append(self._lift_view(f, probs[:, v], uv[v], depth[v]))
+        if view_mask is not None:
+            m = view_mask.to(lifted[0].dtype)  # (B, V)
+            w = m * (V / m.sum(dim=1, keepdim=True))  # 0 for an absent view, V / n_present otherwise
+            lifted = [x * w[:, v, None, None, None, None] for v, x in enumerate(lifted)]
         if self.fuse is not None:
             out = self.fuse(torch.cat(lifted, dim=1))  # (B, V*L, D, H, W) → (B, L, D, H, W)
         else:

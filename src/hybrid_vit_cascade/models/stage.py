@@ -18,6 +18,11 @@ from .denoiser import HybridViT3D
 class CascadeStage(nn.Module):
     """Denoiser of one resolution; stage_index 0 is the first (coarsest) stage, later ones see `prev`."""
 
+    # Parameters added after checkpoints were first written (the learned "missing view" embedding):
+    # a checkpoint without them loads with their initial zeros (runtime/checkpoint.py), which
+    # view_mask=None never reads, so an old checkpoint gives exactly its old outputs.
+    OPTIONAL_KEYS = ("encoder.missing",)
+
     def __init__(
         self,
         stage_cfg: StageConfig,
@@ -65,7 +70,12 @@ class CascadeStage(nn.Module):
     def extra_repr(self) -> str:
         return f"stage={self.stage_index}, name={self.cfg.name!r}, resolution={self.resolution}, views={self.views}"
 
-    def _check_inputs(self, x_t: Tensor, t: Tensor, xray: Tensor, prev: Optional[Tensor], cond_noise) -> Tensor:
+    def missing_view_parameters(self) -> list[nn.Parameter]:
+        """The "missing view" embeddings: trained only when views are dropped (training.view_dropout)."""
+        return [self.encoder.missing]
+
+    def _check_inputs(self, x_t: Tensor, t: Tensor, xray: Tensor, prev: Optional[Tensor], cond_noise,
+                      view_mask: Optional[Tensor] = None) -> Tensor:
         D, V, P = self.resolution, len(self.views), self.xray_size
         name = f"stage {self.stage_index} ({self.cfg.name})"
         if x_t.dim() != 5 or tuple(x_t.shape[1:]) != (1, D, D, D):
@@ -90,6 +100,13 @@ class CascadeStage(nn.Module):
                 raise ValueError(f"{name}: cond_noise must be (B,) = ({B},), got {tuple(cond_noise.shape)}")
         elif prev is not None:
             raise ValueError(f"{name}: the first stage takes no previous-stage volume, got prev")
+        if view_mask is not None:
+            if view_mask.dtype != torch.bool or tuple(view_mask.shape) != (B, V):
+                raise ValueError(f"{name}: view_mask must be a bool tensor ({B}, {V}) (True = view present), "
+                                 f"got {view_mask.dtype} {tuple(view_mask.shape)}")
+            if not bool(view_mask.any(dim=1).all()):
+                raise ValueError(f"{name}: view_mask leaves a sample without any view; "
+                                 f"give at least one of {self.views}")
         return t
 
     def forward(
@@ -100,15 +117,21 @@ class CascadeStage(nn.Module):
         prev: Optional[Tensor] = None,
         cond_noise: Optional[Tensor] = None,
         return_aux: bool = False,
+        view_mask: Optional[Tensor] = None,
     ):
-        """v prediction (B, 1, D, D, D); with return_aux also {"depth_probs", "lifted", "prev_up"}."""
-        t = self._check_inputs(x_t, t, xray, prev, cond_noise)
+        """v prediction (B, 1, D, D, D); with return_aux also {"depth_probs", "lifted", "prev_up"}.
+
+        view_mask (B, V) bool, True = view present, None = all present (bit-identical to an all-True
+        mask). An absent view's X-ray is never read: its encoder features and its pooled summary are
+        the learned missing-view embedding, and its lifted volume is left out of the fusion.
+        """
+        t = self._check_inputs(x_t, t, xray, prev, cond_noise, view_mask)
         B, _, D, H, W = x_t.shape
-        feats = self.encoder(xray.to(x_t.dtype))  # (B, V, C, P', P')
+        feats = self.encoder(xray.to(x_t.dtype), view_mask)  # (B, V, C, P', P')
         parts = [x_t]
         aux: dict[str, Optional[Tensor]] = {"depth_probs": None, "lifted": None, "prev_up": None}
         if self.lifting is not None:
-            lifted, probs = self.lifting(feats)  # (B, L, D, H, W), (B, V, bins, P', P')
+            lifted, probs = self.lifting(feats, view_mask)  # (B, L, D, H, W), (B, V, bins, P', P')
             parts.append(lifted)
             aux.update(lifted=lifted, depth_probs=probs)
         if self.has_prev:
@@ -119,6 +142,8 @@ class CascadeStage(nn.Module):
             aux["prev_up"] = prev_up
         x_in = torch.cat(parts, dim=1)  # (B, C_in, D, H, W)
         pooled = feats.mean(dim=(-2, -1))  # (B, V, C): global X-ray summary for the conditioning vector
+        if view_mask is not None:  # an absent view's summary is its missing-view token itself
+            pooled = torch.where(view_mask[..., None], pooled, self.encoder.missing[None].to(pooled.dtype))
         v = self.denoiser(x_in, t, pooled, cond_noise)
         return (v, aux) if return_aux else v
 

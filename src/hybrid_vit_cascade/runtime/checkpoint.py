@@ -231,6 +231,18 @@ def stage_snapshot(checkpoint_dir: str | Path, cfg: Config, k: int, which: str =
     return resolve_snapshot(sd / which) or resolve_snapshot(sd / other)
 
 
+def complete_stage_weights(stage: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` plus the stage's own (initial) values of the keys of CascadeStage.OPTIONAL_KEYS they lack.
+
+    A checkpoint written before those parameters existed then loads strictly: every other key must
+    still match, and the added ones keep the initialisation that leaves the old outputs unchanged.
+    """
+    optional = getattr(stage, "OPTIONAL_KEYS", ())
+    own = stage.state_dict()
+    lacking = {k: own[k] for k in optional if k in own and k not in weights}
+    return {**weights, **lacking} if lacking else weights
+
+
 def load_cascade(checkpoint_dir: str | Path, which: str = "best", ema: bool = True):
     """Rebuild the cascade from CHECKPOINT_DIR/config.json and load every stage that has weights.
 
@@ -247,7 +259,7 @@ def load_cascade(checkpoint_dir: str | Path, which: str = "best", ema: bool = Tr
         snap = stage_snapshot(checkpoint_dir, cfg, k, which)
         if snap is None:
             continue
-        weights = load_weights(snap, ema=ema)
+        weights = complete_stage_weights(cascade.stages[k - 1], load_weights(snap, ema=ema))
         try:
             cascade.stages[k - 1].load_state_dict(weights, strict=True)
         except RuntimeError as err:

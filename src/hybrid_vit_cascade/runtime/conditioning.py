@@ -5,7 +5,9 @@ to stage k's resolution and noised to a level s that the stage also receives (Ho
 "Cascaded Diffusion Models", conditioning augmentation): in training s ~ U[0, training.cond_aug_max]
 per sample, at evaluation and inference s = StageConfig.cond_noise_level. Training, validation, the
 conditioning cache and inference all build the condition and the model_fn here, so inference sees
-exactly what training saw.
+exactly what training saw. The views a stage sees are bound here too (`view_mask`): with
+training.view_dropout a training sample shows one view or both (`draw_view_mask`), the conditioning
+cache is built per view set (`view_subsets`), and inference takes any non-empty subset.
 """
 from __future__ import annotations
 
@@ -56,12 +58,50 @@ def stage_model_fn(
     prev: Optional[Tensor] = None,
     cond_noise: Optional[Tensor] = None,
     autocast: Optional[Callable[[], object]] = None,
+    view_mask: Optional[Tensor] = None,
 ) -> ModelFn:
-    """model_fn(x_t, t) -> float32 output of `stage` with its X-rays (B, V, P, P) and condition bound."""
+    """model_fn(x_t, t) -> float32 output of `stage` with its X-rays (B, V, P, P), condition and view mask bound.
+
+    view_mask (B, V) bool, True = view present; None = every view (the stage is then called exactly
+    as before view masks existed).
+    """
     ctx = autocast or nullcontext
+    extra = {} if view_mask is None else {"view_mask": view_mask}
 
     def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
         with ctx():
-            return stage(x_t, t, xray, prev, cond_noise).float()
+            return stage(x_t, t, xray, prev, cond_noise, **extra).float()
 
     return model_fn
+
+
+# ---------------------------------------------------------------- view subsets (training.view_dropout)
+
+
+def view_subsets(views: Sequence[str]) -> list[tuple[str, ...]]:
+    """The view sets a view-dropout model is conditioned on: all views first, then each view alone."""
+    views = tuple(views)
+    return [views] + ([(v,) for v in views] if len(views) > 1 else [])
+
+
+def subset_label(views: Sequence[str]) -> str:
+    """'ap+lateral', 'ap': the name of a view set in cache folders, reports and file names."""
+    return "+".join(views)
+
+
+def subset_of_mask(mask_row: Tensor, views: Sequence[str]) -> tuple[str, ...]:
+    """The present views of one sample's mask (V,) bool, in the model's order."""
+    return tuple(v for v, present in zip(views, mask_row.tolist()) if present)
+
+
+def draw_view_mask(gens: Sequence[torch.Generator], n_views: int, p_single: float, device) -> Tensor:
+    """(B, V) bool: sample b keeps one view (which one uniform) with probability p_single, else all.
+
+    Two uniforms per sample from gens[b] (always both, so the draw count is fixed); the caller
+    gives these generators to nothing else, so the other draws of a step do not move.
+    """
+    u = torch.stack([torch.rand(2, generator=g, device=device) for g in gens])  # (B, 2)
+    single = u[:, 0] < p_single
+    which = (u[:, 1] * n_views).long().clamp(max=n_views - 1)
+    alone = torch.nn.functional.one_hot(which, n_views).bool()
+    return torch.where(single[:, None], alone, torch.ones_like(alone))

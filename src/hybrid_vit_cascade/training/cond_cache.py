@@ -7,6 +7,11 @@ sampler (training.cond_sample_steps) and cached to disk under a key that hashes 
 stages 1..k−1, their configs and the data, so a rerun reuses it and any change invalidates it.
 How a cached sample becomes stage k's condition (upsampling, noise augmentation) is
 runtime/conditioning.py, shared with inference.
+
+With training.view_dropout, stage k also trains on samples that show one view only, and such a
+sample must be conditioned on what stage k−1 produces from that same view: the cache is then built
+once per view set (all views, each view alone; `views`), each set in its own folder whose key
+names the set, stage j of a set conditioned on stage j−1 of the same set.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from torch import Tensor
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.files import atomic_write, inside, safe_component, write_json_atomic
 from hybrid_vit_cascade.runtime.checkpoint import weights_hash
-from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
+from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn, subset_label
 from hybrid_vit_cascade.runtime.objective import Objective
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import case_seed, mix_seed, sample_generators
@@ -58,8 +63,9 @@ class ConditionCache:
         atomic_write(self.path(case_id), lambda f: np.save(f, arr.astype(np.float32)), root=self.root)
 
 
-def cache_key(cfg: Config, j: int, stage_weights: dict[str, Tensor], prev_key: Optional[str], data_id: str) -> str:
-    """Hash of everything stage j's cached samples depend on."""
+def cache_key(cfg: Config, j: int, stage_weights: dict[str, Tensor], prev_key: Optional[str], data_id: str,
+              views: Optional[Sequence[str]] = None) -> str:
+    """Hash of everything stage j's cached samples depend on (`views`: a proper subset of the views)."""
     d = {
         "stage": j,
         "stage_cfg": cfg.stages[j - 1].model_dump(mode="json"),
@@ -72,6 +78,8 @@ def cache_key(cfg: Config, j: int, stage_weights: dict[str, Tensor], prev_key: O
         "steps": cfg.training.cond_sample_steps,
         "seed": cfg.training.seed,
     }
+    if views is not None:  # every view: no "views" entry, the key as computed before view sets existed
+        d["views"] = list(views)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -89,23 +97,34 @@ def build_condition_cache(
     autocast=None,
     log: Callable[[str], None] = print,
     batch_size: int = 4,
+    views: Optional[Sequence[str]] = None,
 ) -> ConditionCache:
     """Sampled outputs of stage j (1-based) for `cases` [(case_id, xray (V,P,P))], reusing a cache.
 
     Stage j is conditioned on stage j−1's cached outputs (built recursively). Cases are split over
     ranks; `barrier` synchronises them. `stages` hold the frozen (EMA) weights in eval mode.
+    `views`: sample from these views only (the others masked out), None = every view.
     """
+    all_views = list(cfg.data.views)
+    if views is not None and list(views) == all_views:
+        views = None
+    if views is not None and (not views or any(v not in all_views for v in views)):
+        raise ValueError(f"conditioning cache: views {list(views)} are not a subset of {all_views}")
     prev_cache = None
     if j >= 2:
         prev_cache = build_condition_cache(
-            cfg, j - 1, stages, cases, cache_root, data_id, device, rank, world, barrier, autocast, log, batch_size
+            cfg, j - 1, stages, cases, cache_root, data_id, device, rank, world, barrier, autocast, log, batch_size,
+            views,
         )
     stage = stages[j - 1]
-    key = cache_key(cfg, j, stage.state_dict(), prev_cache.key if prev_cache else None, data_id)
-    folder = inside(Path(cache_root) / f"stage{j}_{cfg.stages[j - 1].name}_{key}", cache_root, "conditioning cache")
+    key = cache_key(cfg, j, stage.state_dict(), prev_cache.key if prev_cache else None, data_id, views)
+    tag = "" if views is None else f"_{subset_label(views)}"
+    folder = inside(Path(cache_root) / f"stage{j}_{cfg.stages[j - 1].name}{tag}_{key}", cache_root,
+                    "conditioning cache")
     cache = ConditionCache(folder, j, key)
+    what = f"stage-{j} samples" + ("" if views is None else f" from {subset_label(views)} alone")
     if cache.complete:
-        log(f"conditioning: reusing cached stage-{j} samples in {cache.root}")
+        log(f"conditioning: reusing cached {what} in {cache.root}")
         return cache
     res = cfg.stages[j - 1].resolution
     level = cfg.stages[j - 1].cond_noise_level
@@ -113,7 +132,7 @@ def build_condition_cache(
     # One unguided chain per case, the config's sampler with training.cond_sample_steps.
     settings = resolve_sampling(cfg, steps=cfg.training.cond_sample_steps, samples=1, guidance_scale=0.0)
     mine = [c for i, c in enumerate(cases) if i % world == rank and not cache.path(c[0]).is_file()]
-    log(f"conditioning: sampling stage {j} ({res}³, {settings.describe()}) for {len(cases)} cases")
+    log(f"conditioning: sampling {what} ({res}³, {settings.describe()}) for {len(cases)} cases")
     stage.eval()
     for b in range(0, len(mine), batch_size):
         chunk = mine[b : b + batch_size]
@@ -125,7 +144,10 @@ def build_condition_cache(
             low = torch.stack([torch.from_numpy(prev_cache.load(c)) for c in ids]).to(device)
             aug_gens = sample_generators([mix_seed("cond-aug", cfg.training.seed, j, case_seed(c)) for c in ids], device)
             prev, cond_noise = make_condition(low, res, cfg, aug_gens, level)
-        model_fn = stage_model_fn(stage, xray, prev, cond_noise, autocast)
+        mask = None
+        if views is not None:  # the same views for every case of this cache
+            mask = torch.tensor([v in views for v in all_views], device=device).expand(len(ids), -1)
+        model_fn = stage_model_fn(stage, xray, prev, cond_noise, autocast, view_mask=mask)
         with torch.no_grad():
             out = objective.generate(model_fn, (len(ids), 1, res, res, res), device, gens, settings)
         for c, o in zip(ids, out.cpu().numpy()):

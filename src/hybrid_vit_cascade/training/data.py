@@ -1,7 +1,7 @@
 """Training data plumbing: a resumable shuffled order and the stage dataset view."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -35,12 +35,15 @@ class StageDataset(Dataset):
     item = {"x0": (1, D, D, D) CT at the stage resolution in [-1, 1], "xray": (V, P, P),
     "index": dataset index, "case_id": str, and "prev": (1, d, d, d) — the previous stage's cached
     sample at its own resolution d (runtime.conditioning upsamples it) — when `cond_cache` is given}.
+    `view_caches` {view-set label: cache} (training.view_dropout) add "prev_views": {label: (1, d, d, d)},
+    the previous stage's sample from that view set alone, for the samples that show only it.
     """
 
-    def __init__(self, base: Dataset, resolution: int, cond_cache=None):
+    def __init__(self, base: Dataset, resolution: int, cond_cache=None, view_caches: Optional[dict] = None):
         self.base = base
         self.resolution = resolution
         self.cond_cache = cond_cache
+        self.view_caches = view_caches or {}
 
     def __len__(self) -> int:
         return len(self.base)
@@ -58,6 +61,12 @@ class StageDataset(Dataset):
             "case_id": case_id,
         }
         if self.cond_cache is not None:
-            out["prev"] = torch.from_numpy(np.asarray(self.cond_cache.load(case_id), dtype=np.float32))
+            out["prev"] = _load(self.cond_cache, case_id)
+        if self.view_caches:
+            out["prev_views"] = {label: _load(c, case_id) for label, c in self.view_caches.items()}
         return out
+
+
+def _load(cache, case_id: str) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(cache.load(case_id), dtype=np.float32))
 

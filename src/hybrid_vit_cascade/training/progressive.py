@@ -16,10 +16,12 @@ import torch
 from hybrid_vit_cascade.config import Config, ConfigError
 from hybrid_vit_cascade.data.render import check_render_settings, render_settings
 from hybrid_vit_cascade.runtime.checkpoint import (
-    CheckpointError, copy_snapshots, load_state, load_weights, make_data_info, read_config, read_data_info, read_meta,
-    resolve_snapshot, save_resolved_config, stage_dir, stage_snapshot, DATA_INFO_FILE, CONFIG_FILE,
+    CheckpointError, complete_stage_weights, copy_snapshots, load_state, load_weights, make_data_info, read_config,
+    read_data_info, read_meta, resolve_snapshot, save_resolved_config, stage_dir, stage_snapshot, DATA_INFO_FILE,
+    CONFIG_FILE,
 )
 from hybrid_vit_cascade.files import write_json_atomic
+from hybrid_vit_cascade.runtime.conditioning import subset_label, view_subsets
 from hybrid_vit_cascade.training.cond_cache import build_condition_cache
 from hybrid_vit_cascade.training.data import StageDataset
 from hybrid_vit_cascade.training.logging import RunLogger
@@ -240,7 +242,7 @@ def train_progressive(
 def _load_frozen(cascade, j: int, snap: Path) -> None:
     stage = cascade.stages[j - 1]
     try:
-        stage.load_state_dict(load_weights(snap, ema=True), strict=True)
+        stage.load_state_dict(complete_stage_weights(stage, load_weights(snap, ema=True)), strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"weights in {snap} do not match the config's stage {j}: {err}") from None
     stage.requires_grad_(False).eval()
@@ -249,17 +251,24 @@ def _load_frozen(cascade, j: int, snap: Path) -> None:
 def _train_stage(cfg, k, cascade, accelerator, root, manifest, ckpt, logger, resume, stop_at_step, say) -> dict:
     res = cfg.stages[k - 1].resolution
     train_base, val_base = _split(root, "train", res), _split(root, "val", res)
-    cache = None
+    cache, view_caches = None, {}
     if k >= 2:
-        # Every train/val case through the frozen stage k−1 once (its own condition from k−2's cache).
+        # Every train/val case through the frozen stage k−1 once (its own condition from k−2's cache);
+        # with view dropout also from each view alone, for the samples that show only that view.
         cases = [(ds.cases[i]["case_id"], ds[i]["xray"]) for ds in (train_base, val_base) for i in range(len(ds))]
-        cache = build_condition_cache(
-            cfg, k - 1, cascade.stages, cases, ckpt / "cond_cache", str(manifest.get("settings_hash")),
-            accelerator.device, accelerator.process_index, accelerator.num_processes,
-            accelerator.wait_for_everyone, accelerator.autocast, say, cfg.training.batch_size,
-        )
-    train_ds = StageDataset(train_base, res, cache)
-    val_ds = StageDataset(val_base, res, cache) if len(val_base) else []
+        sets = view_subsets(cfg.data.views) if cfg.training.view_dropout else [tuple(cfg.data.views)]
+        for views in sets:
+            c = build_condition_cache(
+                cfg, k - 1, cascade.stages, cases, ckpt / "cond_cache", str(manifest.get("settings_hash")),
+                accelerator.device, accelerator.process_index, accelerator.num_processes,
+                accelerator.wait_for_everyone, accelerator.autocast, say, cfg.training.batch_size, views,
+            )
+            if len(views) == len(cfg.data.views):
+                cache = c
+            else:
+                view_caches[subset_label(views)] = c
+    train_ds = StageDataset(train_base, res, cache, view_caches)
+    val_ds = StageDataset(val_base, res, cache) if len(val_base) else []  # validation: every view
     trainer = StageTrainer(cfg, k, cascade, accelerator, train_ds, val_ds, ckpt, logger,
                            float(manifest["xray_scale"]["li_max"]), resume, stop_at_step, say)
     return trainer.fit()

@@ -1,14 +1,22 @@
 """One training or validation step of the stage being trained: objective loss + physics loss, or samples.
 
 The stage is called through runtime.conditioning (`make_condition`, `stage_model_fn`), as inference calls it.
+With training.view_dropout a training sample may see one view only (`view_mask`); stage k ≥ 2 is then
+conditioned on what stage k−1 produced from that same view (the conditioning cache's per-view
+samples), and the physics loss still compares the prediction with every view's ground-truth X-ray.
+Validation always uses every view.
 """
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from hybrid_vit_cascade.diffusion.losses import physics_loss
-from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
+from hybrid_vit_cascade.runtime.conditioning import (
+    draw_view_mask, make_condition, stage_model_fn, subset_label, subset_of_mask,
+)
 from hybrid_vit_cascade.runtime.sampling import SamplingSettings
 from hybrid_vit_cascade.runtime.seeding import mix_seed, sample_generators
 
@@ -20,24 +28,46 @@ class StageStepper:
         self.ctx = ctx  # the StageTrainer (cfg, k, objective, projector, physics constants, device)
         self.model = model
 
-    def condition(self, batch: dict, gens_cond, train: bool):
+    def condition(self, batch: dict, gens_cond, train: bool, view_mask: Optional[Tensor] = None):
         """(condition, level) of stage k ≥ 2: a random level in training, the inference level otherwise."""
         ctx = self.ctx
         if ctx.k == 1:
             return None, None
         level = None if train else ctx.stage_cfg.cond_noise_level
-        return make_condition(batch["prev"], ctx.resolution, ctx.cfg, gens_cond, level)
+        return make_condition(self.prev_for(batch, view_mask), ctx.resolution, ctx.cfg, gens_cond, level)
 
-    def losses(self, batch: dict, gens, gens_cond, train: bool) -> dict[str, Tensor]:
+    def prev_for(self, batch: dict, view_mask: Optional[Tensor]) -> Tensor:
+        """Stage k−1's cached sample of each case from the same views as its mask (all views: batch["prev"])."""
+        if view_mask is None or bool(view_mask.all()):
+            return batch["prev"]
+        views = self.ctx.view_names
+        picked = []
+        for b, row in enumerate(view_mask):
+            sub = subset_of_mask(row, views)
+            picked.append(batch["prev"][b] if len(sub) == len(views) else batch["prev_views"][subset_label(sub)][b])
+        return torch.stack(picked)
+
+    def view_mask(self, gens_views: Optional[Sequence[torch.Generator]]) -> Optional[Tensor]:
+        """The per-sample view mask of a training batch (None: every view, training.view_dropout = 0)."""
+        if gens_views is None:
+            return None
+        ctx = self.ctx
+        return draw_view_mask(gens_views, len(ctx.view_names), ctx.cfg.training.view_dropout, ctx.device)
+
+    def losses(self, batch: dict, gens, gens_cond, train: bool,
+               gens_views: Optional[Sequence[torch.Generator]] = None) -> dict[str, Tensor]:
         """{"<kind>_loss", "physics_loss", "physics_loss_<view>"..., "loss"} for a batch on the device.
 
         <kind> is "diffusion" or "regression" (training.objective); "loss" is what is optimised:
-        the objective loss + physics_weight × physics_loss.
+        the objective loss + physics_weight × physics_loss. `gens_views` (training with view dropout)
+        draw which views each sample shows; their own generators, so no other draw moves.
         """
         ctx = self.ctx
         xray = batch["xray"]
-        prev, cond_noise = self.condition(batch, gens_cond, train)
-        out = ctx.objective.loss(stage_model_fn(self.model, xray, prev, cond_noise), batch["x0"], gens)
+        mask = self.view_mask(gens_views)
+        prev, cond_noise = self.condition(batch, gens_cond, train, mask)
+        model_fn = stage_model_fn(self.model, xray, prev, cond_noise, view_mask=mask)
+        out = ctx.objective.loss(model_fn, batch["x0"], gens)
         res = {f"{ctx.objective.kind}_loss": out.loss}
         total = out.loss
         if ctx.stage_cfg.use_physics_loss:

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.geometry.projector import Projector
 from hybrid_vit_cascade.runtime.checkpoint import (
-    CheckpointError, read_meta, resolve_snapshot, rng_state, save_snapshot, set_rng_state, stage_dir, weights_hash,
+    CheckpointError, complete_stage_weights, read_meta, resolve_snapshot, rng_state, save_snapshot, set_rng_state,
+    stage_dir, weights_hash,
 )
 from hybrid_vit_cascade.files import write_json_atomic
 from hybrid_vit_cascade.runtime.objective import Objective
@@ -116,7 +117,7 @@ class StageTrainer:
     # ------------------------------------------------------------------ setup
     def _init_weights(self, model: torch.nn.Module) -> None:
         if self.resume is not None:
-            model.load_state_dict(self.resume["model"], strict=True)
+            model.load_state_dict(complete_stage_weights(model, self.resume["model"]), strict=True)
             return
         if self.stage_cfg.use_depth_lifting and hasattr(model, "init_prior_from_dataset"):
             # The anatomical depth prior starts as the training CTs' mean attenuation profile.
@@ -173,6 +174,11 @@ class StageTrainer:
         cfg, tc, acc, k = self.cfg, self.cfg.training, self.accelerator, self.k
         self.cascade.freeze_except(k - 1)
         model = self.cascade.stages[k - 1]
+        if not tc.view_dropout:
+            # Nothing reads the missing-view embedding when every sample shows every view: left out
+            # of the optimizer (as before it existed) and of DDP, which refuses unused parameters.
+            for p in model.missing_view_parameters():
+                p.requires_grad_(False)
         model.train()
         self._init_weights(model)
         ema = EMA(model, tc.ema_decay).to(self.device)
@@ -199,7 +205,8 @@ class StageTrainer:
             sched.load_state_dict(st["scheduler"])
             if acc.scaler is not None and st.get("scaler"):
                 acc.scaler.load_state_dict(st["scaler"])
-            ema.load_state_dict(self.resume["ema"], st["ema_updates"])
+            ema_sd = complete_stage_weights(self.cascade.stages[k - 1], self.resume["ema"])
+            ema.load_state_dict(ema_sd, st["ema_updates"])
             set_rng_state(st["rng"])
             pos.update({key: st[key] for key in pos if key in st and key != "total_steps"})
             self.log(f"stage {k}: resuming at step {pos['step']} (epoch {pos['epoch'] + 1}, batch {pos['batch_in_epoch']})")
@@ -239,8 +246,11 @@ class StageTrainer:
                 idx = batch["index"].tolist()
                 gens = sample_generators([mix_seed("train", tc.seed, k, epoch, i) for i in idx], self.device)
                 gens_c = sample_generators([mix_seed("train-c", tc.seed, k, epoch, i) for i in idx], self.device)
+                # Which views each sample shows: own generators, none at all without view dropout.
+                gens_v = sample_generators([mix_seed("train-views", tc.seed, k, epoch, i) for i in idx],
+                                           self.device) if tc.view_dropout else None
                 with acc.accumulate(model):
-                    res = stepper.losses(batch, gens, gens_c, train=True)
+                    res = stepper.losses(batch, gens, gens_c, train=True, gens_views=gens_v)
                     acc.backward(res["loss"])
                     for key, v in res.items():
                         sums[key] = sums.get(key, 0.0) + v.detach().float()
