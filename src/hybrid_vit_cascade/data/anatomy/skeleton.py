@@ -51,7 +51,8 @@ def paint_spine(sc: Scene) -> None:
     vb = (q <= 1.0) & ok
     near_plate = (np.minimum(frac, L.body_fraction(k) - frac) * L.pitch[k] < 1.5)[None, None, :]
     view[vb & in_body] = T.CANCELLOUS
-    view[vb & in_body & ((q > (1.0 - 2.0 / (ss["dv"] / 2.0)) ** 2) | near_plate)] = T.CORTICAL
+    if g.h <= 3.0:  # the ≈ 1.5–2 mm cortex and end plates only where voxels can resolve them (else partial volume)
+        view[vb & in_body & ((q > (1.0 - 2.0 / (ss["dv"] / 2.0)) ** 2) | near_plate)] = T.CORTICAL
     view[vb & ~in_body] = T.DISC
     yc = ss["y_vb"] - ss["dv"] / 2.0 - rc - 1.5
     rr = np.sqrt((x - ss["x_s"]) ** 2 + (y - yc) ** 2)
@@ -108,7 +109,7 @@ def paint_ribs(sc: Scene) -> None:
     st = (np.abs(xx) < w / 2.0) & (phi > 0.85)
     st &= (zz < zn) & (zz > zx - 35.0) & (sc.d_out.reshape(-1)[idx] > -1.0) & (sc.d_out.reshape(-1)[idx] < rng.uniform(10.0, 14.0))
     core = st & (np.abs(dr) < b["rib_band"] / 2.0 - 1.5)
-    flat[idx[st]] = T.CORTICAL
+    flat[idx[st]] = T.CORTICAL if g.h <= 3.0 else T.CANCELLOUS  # thin cortex: resolved only on fine grids
     flat[idx[core]] = T.CANCELLOUS
 
 
