@@ -12,7 +12,7 @@ sidecar JSON can record it. Sources of the ranges (docs/PHANTOMS.md has the full
           > 50 % = cardiomegaly.
   [HAL]   Haller et al., J Pediatr Surg 1987;22:904: transverse / sternovertebral depth ≈ 2.5 (normal).
   [FEL]   Felson, Principles of Chest Roentgenology: right hemidiaphragm 1–2 cm (up to 3 cm) higher
-          than the left; domes at the 10th posterior rib (≈ T10) at inspiration; left hilum higher.
+          than the left; domes at the 10th posterior rib (T10–T11 level) at inspiration; left hilum higher.
   [BRE]   Breatnach et al., AJR 1984;142:903: tracheal coronal diameter 13–25 mm (men), 10–21 mm (women).
   [HG]    Haskin & Goodman, AJR 1982;139:879: tracheal bifurcation angle 61 ± 12°, right bronchus steeper.
   [WOL]   Wolak et al., JACC Cardiovasc Imaging 2008;1:200: ascending aorta ≈ 30–37 mm, descending
