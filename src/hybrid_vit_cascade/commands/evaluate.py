@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "config/baseline_regression_tiny.json) scored as baseline (c)")
     p.add_argument("--max-cases", type=int, help="evaluate at most N cases")
     p.add_argument("--montage-cases", type=int, default=3, help="cases that get slice / X-ray montages")
+    p.add_argument("--clinical", action="store_true",
+                   help="also reconstruct each case from simulated clinical DICOM films of its views (data/clinical.py) "
+                        "read back like a user's films; report the PSNR-3D gap to the clean X-rays")
     p.add_argument("--views", action="append", metavar="VIEWS",
                    help="reconstruct from these views only, e.g. 'ap' or 'ap,lateral'; repeat to score several "
                         "view sets side by side (--views ap --views ap,lateral); default: every view")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.out, split=args.split, steps=args.steps, sampler=args.sampler,
         samples=args.samples, baseline_checkpoint=args.baseline_checkpoint, max_cases=args.max_cases,
         montage_cases=args.montage_cases, seed=args.seed, guidance_scale=args.guidance_scale,
-        device=args.device, which=args.which, progress=not args.no_progress,
+        device=args.device, which=args.which, progress=not args.no_progress, clinical=args.clinical,
         view_sets=parse_view_sets(args.views),
     )
     print(f"evaluated {result['info']['cases']} case(s) of {result['info']['dataset']} ({result['info']['split']}):")

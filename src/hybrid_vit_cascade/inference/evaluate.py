@@ -26,7 +26,7 @@ from torch import Tensor
 from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
-from hybrid_vit_cascade.inference import report
+from hybrid_vit_cascade.inference import clinical_eval, report
 from hybrid_vit_cascade.inference.pipeline import Reconstructor
 from hybrid_vit_cascade.runtime.conditioning import subset_label
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
@@ -119,12 +119,14 @@ def evaluate(
     progress: bool = True,
     log: Callable[[str], None] = print,
     view_sets: Optional[Sequence[Sequence[str]]] = None,
+    clinical: bool = False,
 ) -> dict[str, Any]:
     """Run the evaluation and write metrics.json, report.md and PNGs into `out`; returns the metrics.
 
     `steps` / `sampler` / `samples` / `guidance_scale` left None come from the checkpoint's config
     (runtime/sampling.py `resolve_sampling`); with K > 1 the mean of the K samples is scored.
     `view_sets`: the subsets of the checkpoint's views to reconstruct from (None = all views only).
+    `clinical`: also score every case from simulated clinical DICOM films (inference/clinical_eval.py).
     """
     from tqdm.auto import tqdm
 
@@ -199,6 +201,8 @@ def evaluate(
                 info_notes[f"regression [{label}]"] = ("skipped: the baseline checkpoint was trained with every view "
                                                         "(training.view_dropout = 0), not from a subset")
 
+    film_sampling = dict(steps=settings.steps, sampler=settings.sampler, samples=samples, guidance_scale=guidance_scale,
+                         baseline_steps=steps)
     per_case: list[dict[str, Any]] = []
     rows_cases: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     row_views: dict[tuple[str, str, int], tuple[str, list[str]]] = {}  # row key -> (method, views)
@@ -235,8 +239,21 @@ def evaluate(
                 case["methods"][name + tag] = m
             if i < montage_cases:
                 images += _montages(rec, out_dir, cid, item, x_rec, results[-1], case["methods"], vs, samples, tag)
+        if clinical:  # the same case from simulated clinical films of every view (inference/clinical_eval.py)
+            film_methods, film_rows, case["clinical"] = clinical_eval.score_case(
+                rec, reg, bp, ds, i, item, x_rec, film_sampling, seed, out_dir, i < montage_cases, _case_metrics)
+            case["methods"].update(film_methods)
+            for k, m in film_rows.items():
+                rows_cases.setdefault(k, []).append(m)
         per_case.append(case)
     bar.close()
+    clinical_out = None
+    if clinical:
+        reg_name = None if reg is None else "regression" if not reg.is_diffusion else "baseline"
+        kept = f"{min(montage_cases, n_cases)} case(s) kept in {out_dir / 'clinical'}"
+        clinical_out = clinical_eval.summary(per_case, [cascade_key(n_stages, stages[-1].name), "back-projection",
+                                                        reg_name], kept)
+        info_notes["clinical films"] = "simulated CR/DX DICOMs of every view, seeded by (seed, case, view); " + kept
 
     # Rows of one method and stage side by side, one per view set (in the order the sets were given).
     meta = {k: row_views.get(k, (k[0], list(rec.views))) for k in rows_cases}
@@ -266,8 +283,11 @@ def evaluate(
                         "drr_psnr": drr_final, "drr_bar_db": DRR_BAR_DB,
                         "drr_meets_bar": bool(per_case) and drr_final["mean"] >= DRR_BAR_DB})
     result = {"info": info, "summary": rows, "quality": quality, "cases": per_case}
+    if clinical_out is not None:
+        result["clinical"] = clinical_out
     report.write_metrics_json(out_dir / "metrics.json", result)
-    report.write_report_md(out_dir / "report.md", rows, info, images, quality)
+    report.write_report_md(out_dir / "report.md", rows, info, images, quality,
+                           sections=clinical_eval.clinical_section(clinical_out) if clinical_out else ())
     return result
 
 

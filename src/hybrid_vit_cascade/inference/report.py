@@ -198,8 +198,8 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
 
 
 def write_report_md(path: str | os.PathLike, rows: Sequence[dict[str, Any]], info: dict[str, Any],
-                    images: Sequence[str] = (), quality: dict[str, Any] | Sequence[dict[str, Any]] | None = None
-                    ) -> Path:
+                    images: Sequence[str] = (), quality: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
+                    sections: Sequence[str] = ()) -> Path:
     """report.md: what was evaluated, the metric tables (ours and X2CT-GAN protocol), the baseline gaps, figures.
 
     `quality`: one paired comparison, or a list of them (one per view set evaluated).
@@ -221,6 +221,7 @@ def write_report_md(path: str | os.PathLike, rows: Sequence[dict[str, Any]], inf
         metric_table(rows, MAIN_METRICS),
         "",
         *(line for q in qualities for line in quality_section(q)),
+        *sections,  # further Markdown lines (e.g. the clinical-film gap)
         "## X2CT-GAN protocol (labelled; not comparable to the numbers above)",
         "",
         "HU + 1024 clipped to [0, 2500]; PSNR with PIXEL_MAX 4095 (3-D, and 2-D averaged over slices and axes); "
