@@ -6,8 +6,8 @@ a tissue label map in the patient frame (`anatomy.body`, `chest`, `mediastinum`,
 `skeleton`, `pathology`), turns it into HU, places the patient off-centre and slightly rotated in
 the field, adds a table and the scanner's blur and noise (`anatomy.scanner`). Arrays have RAS+
 axes (x → patient right, y → anterior, z → superior), sizes in mm, so the anatomy does not depend
-on the voxel size. Every number comes from the literature (docs/PHANTOMS.md); none is fitted to a
-real CT. `write_phantom` stores a phantom as NIfTI, sometimes in LPS or another axis order and with
+on the voxel size. Every number comes from the literature or is a documented generator choice
+(docs/PHANTOMS.md); none is fitted to a real CT. `write_phantom` stores a phantom as NIfTI, sometimes in LPS or another axis order and with
 anisotropic slices, so the reading pipeline's reorientation is exercised, with a JSON sidecar that
 records the anatomy and pathologies.
 """
