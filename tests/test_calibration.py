@@ -101,3 +101,30 @@ def test_bad_inputs_are_refused():
 def test_zero_spread_fraction():
     samples = np.array([[0.0, 1.0, 5.0, 5.0], [0.0, 3.0, 5.0, 6.0]])  # voxels 0 and 2: both samples agree
     assert C.case_calibration(samples, np.zeros(4))["zero_std_fraction"] == 0.5
+
+
+def test_val_scale_applies_to_every_view_rows_only():
+    """s is fitted from every view: a view subset's row is not scaled by it (nor labelled as if it were)."""
+    import torch
+
+    from hybrid_vit_cascade.inference import calibration_eval
+    from hybrid_vit_cascade.inference.pipeline import StageResult
+
+    class Rec:
+        window, is_diffusion = (-1024.0, 1476.0), True
+
+        @staticmethod
+        def to_hu(x):
+            return ((x.float() + 1) / 2 * 2500 - 1024).numpy()
+
+    g = torch.Generator().manual_seed(0)
+    res = StageResult(2, "high", 4, torch.rand(1, 3, 1, 4, 4, 4, generator=g) * 0.2 - 0.1)
+    tracker = calibration_eval.CalibrationTracker(Rec(), scale=2.0)
+    case: dict = {}
+    for key in ("cascade/stage2_high [ap]", "cascade/stage2_high"):
+        tracker.add(case, res, torch.zeros(1, 4, 4, 4), key)
+    assert case["calibration"]["cascade/stage2_high"]["scaled"]["scale"] == 2.0
+    assert "scaled" not in case["calibration"]["cascade/stage2_high [ap]"]
+    cal = tracker.summary()
+    assert "scaled" in cal["by_method"]["cascade/stage2_high"] and "scaled" not in cal["by_method"]["cascade/stage2_high [ap]"]
+    assert calibration_eval.console_line(cal).startswith("calibration (cascade/stage2_high, K=3")

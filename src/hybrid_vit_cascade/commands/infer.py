@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-stages", action="store_true", help="also write the output of every stage")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--batch-size", type=int, default=4, help="sample chains run together on the device")
-    p.add_argument("--png", action="store_true", help="also write <out>.png (slices) and <out>_xray.png (X-ray vs DRR)")
+    p.add_argument("--png", action="store_true", help="also write <out>.png (slices), <out>_xray.png (X-ray vs DRR) "
+                                                       "and <out>_depth.png (depth distributions along the rays)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,6 +139,11 @@ def run(args: argparse.Namespace) -> int:
         scores = rec.drr_scores(last.mean, xray[None], present)[0]
         written.append(report.xray_montage(stem.with_name(stem.name + "_xray.png"), xray.numpy()[idx], drr[idx],
                                            present, list(scores)))
+        from hybrid_vit_cascade.inference.depth_view import write_depth_figure
+
+        depth_png = write_depth_figure(stem.with_name(stem.name + "_depth.png"), rec, xray,
+                                       rec.data_info.get("dataset"), views=present)  # None: no depth lifting
+        written += [depth_png] if depth_png else []
     if inputs:
         written.append(write_json_atomic(sidecar_path(args.out), {"inputs": inputs}))
     for w in written:
