@@ -166,8 +166,8 @@ def _arm_axes(sc: Scene, x_hh: float, y_hh: float, z_hh: float) -> tuple[np.ndar
             x_side = L.A_max + b["rib_band"] + b["muscle_lat"] + 1.3 * b["fat"] + b["arm_radius"] + b["arm_gap"]
             elbow = np.array([side * max(x_side, x_hh), y_hh - 10.0 + 20.0 * np.sin(ang), z_hh - 300.0])
             hand = elbow + np.array([side * 10.0, 60.0 * np.sin(ang) + 20.0, -260.0])
-        else:  # abducted ~160–180°: upper arms beside the head, elbows above the scan
-            d = np.array([side * np.sin(np.deg2rad(12.0)) , np.sin(ang) * 0.5, 1.0])
+        else:  # abducted ~160–180°: upper arms converge beside the head, elbows above the scan
+            d = np.array([-side * np.sin(np.deg2rad(12.0)), np.sin(ang) * 0.5, 1.0])
             d /= np.linalg.norm(d)
             elbow = head + 300.0 * d
             hand = elbow + np.array([-side * 60.0, 0.0, 200.0])
