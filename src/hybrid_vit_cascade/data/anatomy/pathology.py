@@ -91,9 +91,11 @@ def paint_pathology(sc: Scene) -> None:
                         m = (q <= 1.0) & LUNG[lab[sl]]
                         paint(lab, sl, m, T.ATELECTASIS)
                         n += int(m.sum())
-            else:  # lobar collapse: a posteromedial wedge against the spine at the base
-                m = LUNG[lab] & on_side & (g.y < s["yc"] - 0.1 * s["B"]) & (g.z < z_car - 20.0)
-                m &= np.abs(g.x) < 0.55 * s["A"] * np.clip((z_car - g.z) / max(z_car - z_base, 1.0), 0.2, 1.0)
+            else:  # lobar collapse: a posteromedial wedge against the spine, widest at the base
+                grow = np.clip((z_car - 20.0 - g.z) / max(z_car - 20.0 - z_base, 1.0), 0.0, 1.0)
+                reach = 0.55 * s["A"] * grow  # lateral extent of the wedge at this height
+                depth = 0.9 * s["B"] * np.clip(1.0 - np.abs(g.x - s["x_s"]) / np.maximum(reach, 1e-3), 0.0, 1.0)
+                m = LUNG[lab] & on_side & (g.y - s["y_post"] < depth)
                 lab[m] = T.ATELECTASIS
                 n += int(m.sum())
         rec["atelectasis"] = {"kind": atl["kind"], "side": atl["side"], "voxels": n}
