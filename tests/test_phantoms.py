@@ -36,6 +36,21 @@ def _seed_with(pred, start=0):
     return next(s for s in range(start, start + 500) if pred(draw_patient(s)))
 
 
+def test_reference_pose_is_the_same_patient_centred_and_unrotated():
+    """reference_pose: centred, unrotated, arms raised; every other draw as the seed's (a seed drawn arms down)."""
+    seed = _seed_with(lambda p: p.arms == "sides" and abs(p.pose["offset_x"]) > 10.0 and abs(p.pose["roll_deg"]) > 1.0)
+    drawn, ref = draw_patient(seed), draw_patient(seed, reference_pose=True)
+    placement = ("offset_x", "offset_y", "roll_deg", "yaw_deg")
+    assert ref.arms == "raised" and [ref.pose[k] for k in placement] == [0.0] * 4
+    assert [drawn.pose[k] for k in placement] != [0.0] * 4
+    for key in ("sex", "bmi", "table", "phase", "hu", "body", "heart", "vessels", "organs", "pathology"):
+        assert getattr(ref, key) == getattr(drawn, key), key
+    assert ref.pose["noise_sd"] == drawn.pose["noise_sd"] and ref.levels["carina"] == drawn.levels["carina"]
+    assert ref.levels["humeral_head"] < drawn.levels["humeral_head"]  # raised: the humeral heads ride higher
+    anatomy = build_phantom(seed, 16, reference_pose=True).info["anatomy"]
+    assert anatomy["arms"] == "raised" and anatomy["pose"] == {"offset_mm": [0.0, 0.0], "roll_deg": 0.0, "yaw_deg": 0.0}
+
+
 def _hu_seeds():
     """A non-contrast, an arterial and a venous/pulmonary patient, one of them a woman."""
     return sorted({_seed_with(lambda p: p.phase == "non-contrast"), _seed_with(lambda p: p.phase == "arterial"),

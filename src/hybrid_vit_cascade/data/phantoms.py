@@ -47,11 +47,15 @@ class Phantom:
     info: dict
 
 
-def build_phantom(seed: int, size: int = 128, anisotropic: bool = False, with_table: bool | None = None) -> Phantom:
-    """Generate phantom `seed` on a size² × (size or fewer thick) slices grid; see the module docstring."""
+def build_phantom(seed: int, size: int = 128, anisotropic: bool = False, with_table: bool | None = None,
+                  reference_pose: bool = False) -> Phantom:
+    """Generate phantom `seed` on a size² × (size or fewer thick) slices grid; see the module docstring.
+
+    `reference_pose`: centred, unrotated, arms raised (anatomy.patient.draw_patient); default: as drawn.
+    """
     if size < 8:
         raise ValueError(f"phantom size must be at least 8 voxels, got {size}")
-    p = draw_patient(seed)
+    p = draw_patient(seed, reference_pose=reference_pose)
     if with_table is False:
         p.table = "none"
     elif with_table and p.table == "none":
@@ -103,10 +107,11 @@ def _describe(sc, table: dict | None) -> dict:
 
 
 def make_phantom(
-    seed: int, size: int = 128, anisotropic: bool = False, with_table: bool | None = None, return_labels: bool = False
+    seed: int, size: int = 128, anisotropic: bool = False, with_table: bool | None = None, return_labels: bool = False,
+    reference_pose: bool = False,
 ):
     """A thorax phantom: (HU float32 array with RAS+ axes, voxel spacing (x, y, z) mm) [+ uint8 labels]."""
-    ph = build_phantom(seed, size, anisotropic=anisotropic, with_table=with_table)
+    ph = build_phantom(seed, size, anisotropic=anisotropic, with_table=with_table, reference_pose=reference_pose)
     return (ph.hu, ph.spacing, ph.labels) if return_labels else (ph.hu, ph.spacing)
 
 

@@ -86,14 +86,19 @@ def _clipped_normal(rng, mean, sd, lo, hi):
     return float(np.clip(rng.normal(mean, sd), lo, hi))
 
 
-def draw_patient(seed: int) -> Patient:
-    """Draw every grid-independent parameter of phantom `seed` (fixed draw order: reproducible)."""
+def draw_patient(seed: int, reference_pose: bool = False) -> Patient:
+    """Draw every grid-independent parameter of phantom `seed` (fixed draw order: reproducible).
+
+    `reference_pose`: the same patient centred on the isocentre, unrotated, arms raised (the standard
+    chest-CT position; every draw is still made, so nothing else changes), for checks that need a known pose.
+    """
     rng = np.random.default_rng([int(seed), 101])
     u = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
     male = bool(rng.uniform() < 0.5)
     sex = "M" if male else "F"
     bmi = _clipped_normal(rng, 27.0, 5.0, 16.0, 48.0)  # [WHO]
-    arms = "raised" if rng.uniform() < 0.75 else "sides"  # chest CT is done arms up unless the patient can't
+    drawn_arms = "raised" if rng.uniform() < 0.75 else "sides"  # chest CT is done arms up unless the patient can't
+    arms = "raised" if reference_pose else drawn_arms
     table = str(rng.choice(TABLE_KINDS, p=TABLE_WEIGHTS))
     phase = str(rng.choice(PHASES, p=PHASE_WEIGHTS))
     hu = draw_tissue_hu(rng, phase)
@@ -117,7 +122,11 @@ def draw_patient(seed: int) -> Patient:
     lv["notch"] = level(T1 + 1.6 + u(-0.3, 0.3))  # jugular notch T2–T3 [GRAY]
     lv["sternal_angle"] = level(T1 + 3.8 + u(-0.3, 0.3))  # T4–T5 [GRAY]
     lv["xiphoid"] = level(T1 + 8.3 + u(-0.4, 0.4))  # xiphisternal joint ≈ T9
-    lv["humeral_head"] = level(T1 + 0.5 + u(-0.4, 0.4)) - (u(20.0, 40.0) if arms == "raised" else 0.0)
+    head = level(T1 + 0.5 + u(-0.4, 0.4))
+    # drawn only if the seed raises the arms, so later draws stay aligned; a reference pose that raises
+    # arms the seed keeps down takes the range's middle
+    lift = u(20.0, 40.0) if drawn_arms == "raised" else 30.0
+    lv["humeral_head"] = head - (lift if arms == "raised" else 0.0)
     lv["scapula_top"] = level(T1 + 1.0 + u(-0.3, 0.3)) - (15.0 if arms == "raised" else 0.0)
     lv["scapula_bottom"] = level(T1 + 6.5 + u(-0.4, 0.4)) - (20.0 if arms == "raised" else 0.0)
     lv["kidney_left"] = level(T1 + 10.5 + u(-0.5, 0.5))  # upper pole T11–T12
@@ -195,6 +204,8 @@ def draw_patient(seed: int) -> Patient:
     pose = {"offset_x": _clipped_normal(rng, 0.0, 15.0, -40.0, 40.0), "offset_y": _clipped_normal(rng, -15.0, 15.0, -50.0, 25.0),
             "roll_deg": _clipped_normal(rng, 0.0, 2.5, -6.0, 6.0), "yaw_deg": _clipped_normal(rng, 0.0, 1.5, -4.0, 4.0),
             "noise_sd": float(np.clip(u(5.0, 12.0) * (outer / 340.0) ** 1.5, 4.0, 25.0))}
+    if reference_pose:
+        pose.update(offset_x=0.0, offset_y=0.0, roll_deg=0.0, yaw_deg=0.0)
 
     # --- pathologies at the RATES above [BTS], [FLS], [MOY]
     path = {"cardiomegaly": cardiomegaly}
