@@ -135,7 +135,8 @@ def test_films_are_deterministic_by_seed(cfg, cube, tmp_path):
     assert dataclasses.replace(fixed, usm_gain=a.usm_gain) == a
     # Seeds spread the parameters over their documented ranges.
     draws = [C.sample_film_params(s, "LL", cfg) for s in range(64)]
-    assert {d.photometric for d in draws} == {"MONOCHROME1", "MONOCHROME2"} and {d.curve for d in draws} == {"log", "gamma"}
+    assert {d.photometric for d in draws} == {"MONOCHROME1", "MONOCHROME2"}
+    assert {d.curve for d in draws} == {"log", "gamma"} and {d.modality for d in draws} == {"CR", "DX"}
     assert all(1.3 <= f <= 1.6 for d in draws for f in d.field) and all(0.5 <= d.usm_gain <= 1.0 for d in draws)
     assert all(d.pitch_mm >= 0.1 and max(d.field) * C.model_extent_mm(cfg, "lateral") / d.pitch_mm
                <= C.MAX_FILM_PIXELS + 1e-6 for d in draws)
