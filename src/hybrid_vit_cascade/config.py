@@ -272,7 +272,7 @@ class Config(_Strict):
                              f"one of, got {self.data.views}; set it to 0")
         P = self.data.geometry.det_pixels
         for i, s in enumerate(self.stages):
-            if 2**s.encoder_downsample > P:
+            if P >> s.encoder_downsample == 0:  # 2**k > P, without computing 2**k for a huge k
                 raise ValueError(f"stages.{i}.encoder_downsample {s.encoder_downsample} halves the {P}-pixel "
                                  "X-ray (data.geometry.det_pixels) below one pixel")
         return self
@@ -305,7 +305,10 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"invalid config {path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     # The seed documents configs with `// comments`; strip them outside strings.
     cleaned = "\n".join(_strip_line_comment(line) for line in text.splitlines())
     try:
@@ -315,6 +318,10 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"invalid JSON in {path}: line {err.lineno} col {err.colno}: {err.msg}") from None
     except RecursionError:
         raise ConfigError(f"invalid JSON in {path}: nested too deeply") from None
+    except ConfigError:
+        raise
+    except ValueError as err:  # e.g. an integer of more than 4300 digits (Python's int/str conversion limit)
+        raise ConfigError(f"invalid JSON in {path}: {err}") from None
     if not isinstance(d, dict):
         raise ConfigError(f"invalid config {path}: top level must be an object")
     return config_from_dict(d, str(path))

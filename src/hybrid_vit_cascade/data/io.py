@@ -31,8 +31,8 @@ class CTReadError(Exception):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        self.reason = " ".join(str(reason).splitlines())  # one line, even when it quotes a library's message
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 @dataclass
@@ -192,6 +192,26 @@ def find_dicom_series(root: str | os.PathLike, skipped: list[dict] | None = None
     return out
 
 
+def _tag_numbers(f: Path, ds, tag: str, n: int, default: float | None = None) -> np.ndarray:
+    """DICOM tag `tag` of slice `f` as `n` finite numbers (`default` if absent); else CTReadError naming both."""
+    if tag not in ds:
+        if default is None:
+            raise CTReadError(f, f"missing DICOM tag {tag}")
+        return np.full(n, default)
+    from pydicom.multival import MultiValue
+
+    value = None
+    try:  # a damaged tag can fail already on access (pydicom converts lazily)
+        value = ds[tag].value
+        items = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+        nums = np.array([float(v) for v in items], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        nums = None
+    if nums is None or nums.shape != (n,) or not np.isfinite(nums).all():
+        raise CTReadError(f, f"DICOM tag {tag} must hold {n} finite number(s), got {str(value)[:60]!r}")
+    return nums
+
+
 def read_dicom_series(folder: str | os.PathLike, files: list[Path] | None = None) -> CTVolume:
     """Read one DICOM series: exactly `files` if given, else the largest series in `folder`."""
     import pydicom
@@ -218,11 +238,10 @@ def read_dicom_series(folder: str | os.PathLike, files: list[Path] | None = None
             raise CTReadError(f, f"unreadable DICOM slice ({type(err).__name__}: {err})") from None
         if pix.ndim != 2:
             raise CTReadError(f, f"expected one 2D frame per file, got pixel array of shape {pix.shape}")
-        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            if tag not in ds:
-                raise CTReadError(f, f"missing DICOM tag {tag}")
-        slope = float(ds.get("RescaleSlope", 1.0))
-        intercept = float(ds.get("RescaleIntercept", 0.0))
+        for tag, n in (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6), ("PixelSpacing", 2)):
+            _tag_numbers(f, ds, tag, n)
+        slope = float(_tag_numbers(f, ds, "RescaleSlope", 1, default=1.0)[0])
+        intercept = float(_tag_numbers(f, ds, "RescaleIntercept", 1, default=0.0)[0])
         slices.append((f, ds, pix.astype(np.float32) * slope + intercept))
 
     if len(slices) < 2:

@@ -48,8 +48,8 @@ class XrayReadError(ValueError):
     """An X-ray file could not be used; `path` and `reason` say which and why."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{self.path}: {reason}")
+        self.path, self.reason = str(path), " ".join(str(reason).splitlines())  # one line, even quoting a library
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 @dataclass
@@ -189,7 +189,11 @@ def _read_array(path: str) -> RawXray:
             arr = np.asanyarray(nib.load(path).dataobj)
     except Exception as err:
         raise XrayReadError(path, f"cannot read array ({err})") from None
+    if arr.dtype.kind not in "biuf":  # strings, records, dates, complex: not line integrals
+        raise XrayReadError(path, f"array of dtype {arr.dtype}, expected real numbers (line integrals)")
     arr = np.asarray(arr, dtype=np.float64)
+    if arr.size == 0:
+        raise XrayReadError(path, f"empty array of shape {arr.shape}, expected an (H, W) image")
     is_nifti = not path.lower().endswith(".npy")
     if is_nifti:
         # (x, y[, 1][, V]) → (H, W) or (V, H, W): x = column, y = row from the bottom.
@@ -225,7 +229,14 @@ def read_xray(path: str | os.PathLike) -> RawXray:
     if name.endswith(".npy") or name.endswith(NIFTI_SUFFIXES):
         return _read_array(path)
     if name.endswith(DICOM_SUFFIXES) or has_dicom_preamble(path):
-        return _read_dicom(path)
+        try:
+            return _read_dicom(path)
+        except XrayReadError:
+            raise
+        except Exception as err:
+            # pydicom converts tags lazily: a damaged one (RescaleSlope 'abc', a 2-valued slope, ...) fails
+            # wherever it is first used, with any exception type (found by tests/test_properties.py).
+            raise XrayReadError(path, f"cannot interpret this DICOM file ({type(err).__name__}: {err})") from None
     return _read_pil(path)
 
 
@@ -299,7 +310,11 @@ def to_model_input(raw: RawXray, li_max: float, det_pixels: int, field=None) -> 
             x = percentile_normalize(raw.pixels)
         except ValueError as err:
             raise XrayReadError(raw.path, str(err)) from None
-    return resample_square(x, det_pixels)
+    out = resample_square(x, det_pixels)
+    if not np.ptp(out) > 1e-6:  # e.g. a 1-pixel-high image: its centre square is one pixel
+        raise XrayReadError(raw.path, f"no contrast left in the centre square of this {raw.pixels.shape[0]} × "
+                                      f"{raw.pixels.shape[1]} image at {det_pixels} × {det_pixels} pixels")
+    return out
 
 
 def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], li_max: float,
