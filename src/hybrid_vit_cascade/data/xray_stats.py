@@ -23,23 +23,6 @@ MEAN_SIZE = 32  # the stored mean training X-ray: MEAN_SIZE² cells over the det
 RIM_FRACTION = 0.08  # the body's rim left out of the lung search: 8 % of the body's width
 
 
-def otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold of `values`: the cut between two classes that maximises the between-class variance."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = float(v.min()), float(v.max())
-    if not hi > lo:
-        raise ValueError("image is (nearly) constant; no body to find")
-    hist, edges = np.histogram(v, bins=OTSU_BINS, range=(lo, hi))
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist).astype(np.float64)  # pixels at or below each bin
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mean0 = m0 / np.maximum(w0, 1)
-    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(edges[int(np.argmax(between[:-1])) + 1])  # upper edge of the lower class
-
-
 def air_threshold(values: np.ndarray) -> float:
     """The lower cut of a three-class Otsu (air | lungs and thin tissue | dense body).
 
