@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from _dicomkit import radiograph_dataset
 from _propkit import (DICOM_VALUES, DS_TOKENS, DTYPES, FEW, SHAPES, VALUES, array_of, assert_ours, mutate_dicom,
                       raw_element, tmp_folder)
 from hypothesis import event, example, given, strategies as st
@@ -144,18 +145,7 @@ def test_xray_reader_on_random_dicom(shape, values, modality, bits, signed, rgb,
 
 def _xray_dicom(path: Path, arr: np.ndarray, modality: str, photometric: str, slope: str, intercept: str) -> None:
     """A DICOM radiograph of `arr` ((H, W) or (H, W, 3); bits and sign from its dtype), tags as given."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PhotometricInterpretation = modality, photometric
-    ds.Rows, ds.Columns = arr.shape[:2]
+    ds = radiograph_dataset(modality, photometric, *arr.shape[:2])
     ds.SamplesPerPixel, ds.PlanarConfiguration = (3, 0) if arr.ndim == 3 else (1, 0)
     bits = arr.dtype.itemsize * 8
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, int(arr.dtype.kind == "i")

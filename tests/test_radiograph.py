@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from _dicomkit import radiograph_dataset
 
 from hybrid_vit_cascade.config import GeometryConfig
 from hybrid_vit_cascade.data import xray_stats as XS
@@ -18,19 +19,8 @@ FIELD = ModelField(GeometryConfig(det_pixels=16), 360.0)  # 16 px of 360·1.05/1
 
 def write_film(path, stored: np.ndarray, modality="DX", photometric="MONOCHROME2", **tags) -> str:
     """A single-frame 12-bit greyscale DICOM radiograph with the given header attributes."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1" if modality == "DX" else "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds = radiograph_dataset(modality, photometric, *stored.shape)
+    ds.SamplesPerPixel = 1
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     for k, v in tags.items():
         setattr(ds, k, v)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _dicomkit import radiograph_dataset
 
 from hybrid_vit_cascade.inference import xray_io as X
 
@@ -18,20 +19,8 @@ def _li(h: int = 24, w: int = 24, seed: int = 0) -> np.ndarray:
 
 
 def _dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", slope=1.0, intercept=0.0, modality="DX"):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.Rows, ds.Columns = pixels.shape
+    ds = radiograph_dataset(modality, photometric, *pixels.shape)
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     ds.PixelData = pixels.astype(np.uint16).tobytes()
