@@ -312,6 +312,11 @@ def _validated_canonical(vol: CTVolume) -> CTVolume:
     n_bad = int(np.size(hu) - np.count_nonzero(np.isfinite(hu)))
     if n_bad:
         raise CTReadError(vol.source, f"{n_bad} NaN/Inf voxel(s)")
+    # Before nibabel decomposes the affine: a column of 1e-171 mm (an .mha spacing) underflows to a zero
+    # norm there and its SVD fails or never returns (found by tests/test_properties.py).
+    reason = _spacing_problem(np.linalg.norm(vol.affine[:3, :3], axis=0))
+    if reason:
+        raise CTReadError(vol.source, reason)
     img = nib.as_closest_canonical(nib.Nifti1Image(hu, vol.affine))
     hu = np.ascontiguousarray(np.asarray(img.dataobj), dtype=np.float32)
     out = CTVolume(hu=hu, affine=np.asarray(img.affine, dtype=np.float64), source=vol.source, meta=vol.meta)
@@ -331,6 +336,14 @@ DENSE_HU, MAX_DENSE_FRACTION = 4000.0, 0.02  # denser than cortical bone: metal 
 MIN_BODY_FRACTION = 0.005  # voxels above preprocessing.BODY_THRESHOLD_HU: less is an (almost) empty scan
 
 
+def _spacing_problem(sp: np.ndarray) -> str | None:
+    lo, hi = SPACING_RANGE_MM
+    if not np.all((sp >= lo) & (sp <= hi)):
+        return (f"implausible voxel spacing {' × '.join(f'{s:g}' for s in sp)} mm (expected {lo:g}–{hi:g} mm "
+                "per axis; check the header's voxel size units)")
+    return None
+
+
 def implausible_ct(hu: np.ndarray, spacing: tuple[float, float, float]) -> str | None:
     """Why a finite RAS+ HU volume cannot be a body CT (one line), or None if it is plausible."""
     from .preprocessing import BODY_THRESHOLD_HU  # imported here: preprocessing imports this module
@@ -339,10 +352,9 @@ def implausible_ct(hu: np.ndarray, spacing: tuple[float, float, float]) -> str |
     dims = " × ".join(str(n) for n in shape)
     if min(shape) < MIN_VOXELS_PER_AXIS:
         return f"degenerate volume of {dims} voxels: a CT needs at least {MIN_VOXELS_PER_AXIS} voxels along every axis"
-    lo, hi = SPACING_RANGE_MM
-    if not np.all((sp >= lo) & (sp <= hi)):
-        return (f"implausible voxel spacing {' × '.join(f'{s:g}' for s in sp)} mm (expected {lo:g}–{hi:g} mm "
-                "per axis; check the header's voxel size units)")
+    reason = _spacing_problem(sp)
+    if reason:
+        return reason
     extent = sp * np.array(shape)
     if extent.min() < MIN_EXTENT_MM:
         return (f"the scan spans only {' × '.join(f'{e:.3g}' for e in extent)} mm; a body CT spans at least "
