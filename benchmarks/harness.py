@@ -45,7 +45,21 @@ def load_stage_config(config: str, stage: int, resolution: Optional[int] = None,
         d["training"]["batch_size"] = batch
     for key, value in (extra or {}).items():
         s[key] = value
-    return config_from_dict(d, f"{config}.json (benchmark overrides)")
+    source = f"{config}.json (benchmark overrides)"
+    if resolution is None:
+        return config_from_dict(d, source)
+    # Another resolution can break "stage sizes increase", a rule of the whole cascade, not of one stage
+    # built alone: validate this stage alone and the others as shipped. The previous stage keeps its size
+    # ratio to this one, since its resolution sets the synthetic low-res input `prev`.
+    alone = config_from_dict({**d, "stages": [s]}, source).stages[0]
+    d["stages"][stage] = cfg.stages[stage].model_dump()
+    full = config_from_dict(d, source)
+    stages = list(full.stages)
+    stages[stage] = alone
+    if stage > 0:
+        r = max(1, round(resolution * cfg.stages[stage - 1].resolution / cfg.stages[stage].resolution))
+        stages[stage - 1] = stages[stage - 1].model_copy(update={"volume_size": (r, r, r)})
+    return full.model_copy(update={"stages": stages})
 
 
 @dataclass
@@ -58,6 +72,7 @@ class StageBench:
     step: Callable[[], float]
     batch: int
     resolution: int
+    opt: Optional[torch.optim.Optimizer] = None  # so a benchmark can allocate AdamW's state before timing
 
     @property
     def params(self) -> int:
@@ -114,7 +129,7 @@ def build_stage_bench(cfg, k: int, device: str = "cpu", autocast_dtype: Optional
         opt.step()
         return float(loss.detach())
 
-    return StageBench(cfg, k, model, step, B, D)
+    return StageBench(cfg, k, model, step, B, D, opt)
 
 
 def peak_memory_mb(device: str = "cpu") -> float:
@@ -155,9 +170,18 @@ def machine() -> dict:
     }
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """benchmarks/results/<name>.json with the machine facts beside the numbers."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, payload: dict, folder: Optional[Path] = None) -> Path:
+    """benchmarks/results/<name>.json (or `folder`/<name>.json) with the machine facts beside the numbers."""
+    folder = Path(folder) if folder is not None else RESULTS  # smoke runs and tests write elsewhere
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=1) + "\n")
     return path
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from hybrid_vit_cascade import threads
+
 # Each verb lives in `commands/<verb>.py` with `add_arguments(p)` and `run(args) -> int`.
 # verb -> (module, one-line help). Modules are imported lazily so `hvc --help` stays fast.
 VERBS: dict[str, tuple[str, str]] = {
@@ -73,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     verb = argv[0]
+    # Before the verb imports torch: a user's HVC_THREADS / OMP_NUM_THREADS is honoured, else the
+    # thread count follows the free CPUs (threads.py: spin-waiting threads stall beside a busy process).
+    try:
+        threads.configure()
+    except ValueError as err:
+        print(f"hvc {verb}: error: {err}", file=sys.stderr)
+        return 2
     module = importlib.import_module(VERBS[verb][0])
     p = argparse.ArgumentParser(prog=f"hvc {verb}", description=VERBS[verb][1])
     module.add_arguments(p)

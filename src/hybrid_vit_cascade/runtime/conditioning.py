@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hybrid_vit_cascade import threads
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.diffusion.samplers import ModelFn
 from hybrid_vit_cascade.diffusion.schedule import q_sample
@@ -69,6 +70,7 @@ def stage_model_fn(
     extra = {} if view_mask is None else {"view_mask": view_mask}
 
     def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        threads.tick()  # every training step and sampler step passes here: follow the machine's load
         with ctx():
             return stage(x_t, t, xray, prev, cond_noise, **extra).float()
 
