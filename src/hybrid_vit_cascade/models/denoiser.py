@@ -302,10 +302,29 @@ class HybridViT3D(nn.Module):
             c = c + self.noise_embedder(cond_noise)
         return c
 
+    def _checkpointing(self) -> bool:
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
     def _run(self, fn, *args):
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+        if self._checkpointing():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
+
+    def _run_res(self, block: ResBlock, x: Tensor) -> Tensor:
+        """A full-resolution ResBlock; checkpointed per half, so backward recomputes one half at a time.
+
+        Checkpointing the block whole would rebuild all six of its full-size intermediates at once in
+        backward (≈ 6 × 2 GB for 32 channels at 256³); per half only the half's three exist, and what
+        is kept between forward and backward is the block's input and its middle activation.
+        """
+        if not self._checkpointing():
+            return block(x)
+        mid = checkpoint(block.net[:3], x, use_reentrant=False)
+        return x + checkpoint(block.net[3:], mid, use_reentrant=False)
+
+    def _refine_in(self, x: Tensor, stem: Tensor, x_t: Tensor) -> Tensor:
+        # The concatenation lives inside the checkpointed segment: at 256³ it is 41 channels (2.7 GB).
+        return self.refine[0](torch.cat([x, stem, x_t], dim=1))
 
     def forward(self, x_in: Tensor, t: Tensor, xray_pooled: Tensor, cond_noise: Optional[Tensor]) -> Tensor:
         B, C, D, H, W = x_in.shape
@@ -314,10 +333,11 @@ class HybridViT3D(nn.Module):
                 f"denoiser expects (B, {self.in_channels}, {self.resolution}³) input, got {tuple(x_in.shape)}"
             )
         c = self.condition(t, xray_pooled, cond_noise)  # (B, hidden)
-        stem = self._run(self.stem, x_in)  # (B, C_r, D, H, W)
+        stem = self._run_res(self.stem[1], self._run(self.stem[0], x_in))  # (B, C_r, D, H, W)
         x = self.patch_embed(stem) + self.pos_embed.to(stem.dtype)  # (B, N, hidden)
         for block in self.blocks:
             x = self._run(block, x, c)  # (B, N, hidden)
         x = self.final_layer(x, c)  # (B, N, p³·C_u)
         x = self.unpatchify(x)  # (B, C_u, D, H, W)
-        return self._run(self.refine, torch.cat([x, stem, x_in[:, :1]], dim=1))  # (B, 1, D, H, W)
+        r = self._run(self._refine_in, x, stem, x_in[:, :1])  # (B, C_r, D, H, W)
+        return self._run(self.refine[2], self._run_res(self.refine[1], r))  # (B, 1, D, H, W)

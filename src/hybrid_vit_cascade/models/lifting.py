@@ -198,14 +198,12 @@ class DepthLifting(nn.Module):
             raise ValueError(f"lifting was built for {len(self.views)} views {self.views}, got {V}")
         probs = self.depth_logits(feats).softmax(dim=2)  # (B, V, bins, P', P')
         uv, depth = self.voxel_geometry(feats.device)
+        if self.checkpointing and torch.is_grad_enabled():
+            return self._forward_checkpointed(feats, probs, uv, depth, view_mask), probs
         lifted = []
         for v, head in enumerate(self.feature_heads):
             f = head(feats[:, v])  # (B, L, P', P')
-            if self.checkpointing and torch.is_grad_enabled():
-                # Recompute the D³ sampling in backward instead of storing it (dominant memory at 256³).
-                lifted.append(checkpoint(self._lift_view, f, probs[:, v], uv[v], depth[v], use_reentrant=False))
-            else:
-                lifted.append(self._lift_view(f, probs[:, v], uv[v], depth[v]))
+            lifted.append(self._lift_view(f, probs[:, v], uv[v], depth[v]))
         if view_mask is not None:
             m = view_mask.to(lifted[0].dtype)  # (B, V)
             w = m * (V / m.sum(dim=1, keepdim=True))  # 0 for an absent view, V / n_present otherwise
@@ -215,6 +213,37 @@ class DepthLifting(nn.Module):
         else:
             out = torch.stack(lifted, dim=0).mean(0)
         return out, probs
+
+    def _view_share(self, feat: Tensor, probs: Tensor, uv: Tensor, depth: Tensor, weight: Tensor) -> Tensor:
+        # One view's part of the fused volume: the 1×1×1 fusion is linear, so Σ_v W_v·lifted_v equals
+        # the fusion of the concatenation, without the V·L-channel volume ever existing.
+        return F.conv3d(self._lift_view(feat, probs, uv, depth), weight)
+
+    def _forward_checkpointed(self, feats: Tensor, probs: Tensor, uv: Tensor, depth: Tensor,
+                              view_mask: Optional[Tensor]) -> Tensor:
+        """forward() with activation checkpointing: each view's D³ sampling and its share of the fusion are
+        recomputed in backward; kept between the passes is the fused (B, L, D, H, W) volume only (at 256³
+        the per-view volumes and their concatenation would be 4 GB for two views of 16 channels)."""
+        B, V = feats.shape[:2]
+        L = self.feature_heads[0].out_channels
+        w = None
+        if view_mask is not None:
+            m = view_mask.to(feats.dtype)  # (B, V)
+            w = m * (V / m.sum(dim=1, keepdim=True))  # as in forward(): 0 absent, V / n_present present
+        out = None
+        for v, head in enumerate(self.feature_heads):
+            f = head(feats[:, v])  # (B, L, P', P')
+            if w is not None:  # the fusion is linear: scaling the 2D features scales the view's share
+                f = f * w[:, v, None, None, None]
+            if self.fuse is not None:
+                weight = self.fuse.weight[:, v * L:(v + 1) * L]  # (L, L, 1, 1, 1)
+            else:  # mean fusion = a fixed 1/V identity
+                weight = (torch.eye(L, dtype=f.dtype, device=f.device) / V)[..., None, None, None]
+            share = checkpoint(self._view_share, f, probs[:, v], uv[v], depth[v], weight, use_reentrant=False)
+            out = share if out is None else out + share
+        if self.fuse is not None:
+            out = out + self.fuse.bias[None, :, None, None, None]
+        return out
 
     @torch.no_grad()
     def init_prior_from_dataset(
