@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from hybrid_vit_cascade import threads
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="folder for checkpoints, reconstructions and the report")
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_cases:
         ev += ["--max-cases", str(args.max_cases)]
     _hvc(ev)
-    print(f"\nhvc demo: done in {time.perf_counter() - t0:.0f} s")
+    print(f"\nhvc demo: done in {time.perf_counter() - t0:.0f} s ({threads.describe()})")
     print(f"  reconstruction: {out / 'recon' / f'{case_id}.nii.gz'} (open in 3D Slicer / ITK-SNAP)")
     for v in single:
         print(f"  from {v} alone: {out / 'recon' / f'{case_id}_{v}.nii.gz'}")
