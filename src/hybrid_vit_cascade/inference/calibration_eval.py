@@ -88,7 +88,7 @@ def fit_on_val(rec, settings, seed: int, progress: bool = True,
     from every view with the evaluation's sampling settings and seed. None (with a logged note) when
     that split is missing, empty or K = 1. Returns the scale and where it came from.
     """
-    from tqdm.auto import tqdm
+    from hybrid_vit_cascade.progress import progress_bar
 
     from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
     from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
@@ -111,7 +111,7 @@ def fit_on_val(rec, settings, seed: int, progress: bool = True,
         log(f"note: std scale not fitted: the validation split of {root} is empty")
         return None
     stds, errs, ids = [], [], []
-    for i in tqdm(range(n), desc="fit std scale (val)", unit="case", disable=not progress, file=sys.stderr):
+    for i in progress_bar(range(n), "fit std scale (val)", "case", progress):
         item = ds[i]
         cid = item["meta"]["case_id"]
         x = normalize_xray(denormalize_xray(item["xray"].float(), li_max), rec.li_max)

