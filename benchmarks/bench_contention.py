@@ -5,7 +5,7 @@ a loop for `--seconds` in a fresh subprocess, four ways: the thread count fixed 
 (`HVC_THREADS=<n>`, what torch does by default — the behaviour before threads.py) or the CLI's
 adaptive policy (`hybrid_vit_cascade.threads`, HVC_THREADS unset), each alone and beside `--busy`
 processes running `python -c "while True: pass"` (started before the child, so the measured window
-includes the policy's reaction). Throughput is steps/s over the whole window after 3 warm-up steps.
+includes the policy's reaction). Throughput is steps/s over the whole window after `--warmup` (3) untimed steps.
 
     python benchmarks/bench_contention.py [--seconds 20] [--busy 1] [--config tiny_cpu --stage 0]
 """
@@ -27,7 +27,7 @@ TARGET_QUIET_LOSS = 0.10  # and the quiet throughput within 10 % of before
 BUSY_LOOP = "while True: pass"
 
 
-def child(config: str, stage: int, seconds: float) -> dict:
+def child(config: str, stage: int, seconds: float, warmup: int = 3) -> dict:
     """Run training steps for `seconds` under the installed thread policy; steps/s and thread history."""
     from hybrid_vit_cascade import threads
 
@@ -37,7 +37,7 @@ def child(config: str, stage: int, seconds: float) -> dict:
     from harness import build_stage_bench, load_stage_config
 
     bench = build_stage_bench(load_stage_config(config, stage), stage)
-    for _ in range(3):
+    for _ in range(warmup):
         bench.step()
     counts, n, t0 = [], 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -60,7 +60,7 @@ def run_case(policy: str, busy: int, args) -> dict:
     try:
         time.sleep(0.5 if busy else 0)  # the competitors are running before training starts
         out = subprocess.run([sys.executable, __file__, "--child", "--config", args.config, "--stage", str(args.stage),
-                              "--seconds", str(args.seconds)], env=env, capture_output=True, text=True, check=True)
+                              "--seconds", str(args.seconds), "--warmup", str(args.warmup)], env=env, capture_output=True, text=True, check=True)
     finally:
         for p in spinners:
             p.kill()
@@ -76,15 +76,17 @@ def main(argv=None) -> dict:
     p.add_argument("--stage", type=int, default=0)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--busy", type=int, default=1, help="competing busy processes in the contended runs")
-    p.add_argument("--smoke", action="store_true", help="2-second runs (CI)")
+    p.add_argument("--smoke", action="store_true", help="0.3-second runs (CI: the plumbing, not the numbers)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before the window")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default="contention")
+    p.add_argument("--results", default=None, help="folder for the JSON (default benchmarks/results)")
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.config, args.stage, args.seconds)))
+        print(json.dumps(child(args.config, args.stage, args.seconds, args.warmup)))
         return {}
     if args.smoke:
-        args.seconds = 1.0
+        args.seconds, args.warmup = 0.3, 0
     rows = [run_case(pol, busy, args) for pol in ("fixed", "auto") for busy in (0, args.busy)]
     by = {(r["policy"], r["busy"]): r["steps_per_s"] for r in rows}
     quiet_before = by[("fixed", 0)]
@@ -97,7 +99,7 @@ def main(argv=None) -> dict:
     summary["quiet_target_met"] = summary["quiet_change"] >= -TARGET_QUIET_LOSS
     payload = {"config": args.config, "stage": args.stage, "seconds": args.seconds, "busy": args.busy,
                "smoke": args.smoke, "rows": rows, "summary": summary}
-    write_result(args.out, payload)
+    write_result(args.out, payload, args.results)
     return payload
 
 

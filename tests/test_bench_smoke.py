@@ -84,3 +84,14 @@ def test_bench_drr_smoke(tmp_path):
     assert row["n"] == row["P"] == 32 and row["ours"]["fwd_img_s"] > 0 and row["ours"]["fwd_bwd_img_s"] > 0
     md = bench_drr.markdown(json.loads((tmp_path / "drr.json").read_text()))
     assert md.startswith("## DRR projector") and "| 32 | 32 |" in md and "ours only" in md
+
+
+def test_bench_contention_smoke(tmp_path):
+    import bench_contention
+
+    res = bench_contention.main(["--smoke", "--results", str(tmp_path)])
+    assert [(r["policy"], r["busy"]) for r in res["rows"]] == [("fixed", 0), ("fixed", 1), ("auto", 0), ("auto", 1)]
+    assert all(r["steps"] >= 1 and r["steps_per_s"] > 0 for r in res["rows"])
+    assert res["rows"][0]["threads_last"] == bench_contention.cpu_count()  # "fixed" pins every CPU
+    assert (tmp_path / "contention.json").exists()
+    assert "## Shared machine" in bench_contention.markdown(res)
