@@ -17,7 +17,8 @@ from hypothesis import event, example, given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hybrid_vit_cascade.config import Config, ConfigError, config_from_dict, load_config
-from hybrid_vit_cascade.data.io import CTReadError, implausible_ct, read_ct, write_dicom_series
+from hybrid_vit_cascade.data.ct_sanity import implausible_ct
+from hybrid_vit_cascade.data.io import CTReadError, read_ct, write_dicom_series
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "tiny_cpu.json"
 SUFFIXES = [".nii", ".nii.gz", ".mha", ".nrrd", ".dcm"]

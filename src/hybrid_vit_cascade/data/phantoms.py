@@ -25,7 +25,8 @@ from .anatomy import body, chest, mediastinum, pathology, scanner, skeleton, ves
 from .anatomy.grid import Grid
 from .anatomy.patient import draw_patient
 from .anatomy.tissues import Tissue
-from .io import SPACING_RANGE_MM, sidecar_path, write_nifti
+from .ct_sanity import SPACING_RANGE_MM
+from .io import sidecar_path, write_nifti
 
 # Orientations `write_phantom` picks from (weights): mostly RAS/LPS as scanners write them.
 ORIENTATIONS = (("RAS", 4), ("LPS", 3), ("LAS", 1), ("RPI", 1), ("PRS", 1))
