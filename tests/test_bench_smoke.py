@@ -95,3 +95,81 @@ def test_bench_contention_smoke(tmp_path):
     assert res["rows"][0]["threads_last"] == bench_contention.cpu_count()  # "fixed" pins every CPU
     assert (tmp_path / "contention.json").exists()
     assert "## Shared machine" in bench_contention.markdown(res)
+
+
+def test_bench_scaling_smoke(tmp_path):
+    import bench_scaling
+
+    res = bench_scaling.main(["--smoke", "--out", str(tmp_path)])
+    (sweep,) = res["sweep"]
+    assert [p["res"] for p in sweep["points"] if p["status"] == "measured"] == [16, 24]
+    for p in sweep["points"]:
+        for key in ("best_s", "peak_mb", "params"):
+            assert math.isfinite(p[key]) and p[key] > 0, key
+    assert sweep["fit_time"]["sizes"] >= 2 and math.isfinite(sweep["fit_time"]["exponent"])
+    assert sweep["fit_memory"]["sizes"] >= 2 and math.isfinite(sweep["fit_memory"]["exponent"])
+    assert [b["setting"] for b in res["batch_table"]] == ["fp32"]
+    assert all(b["max_batch"]["80"] >= b["max_batch"]["12"] >= 1 for b in res["batch_table"])
+    assert (tmp_path / "scaling_smoke.json").exists() and (tmp_path / "scaling_smoke.png").exists()
+    assert "| 24³ | fp32 |" in bench_scaling.markdown(res)
+
+
+def test_bench_scaling_power_fit_and_extrapolation():
+    import pytest
+
+    import scaling_fit as bs
+
+    vox = [32**3, 64**3, 128**3]
+    fit = bs.fit_power(vox, [3 * v**0.75 for v in vox])
+    assert fit["exponent"] == pytest.approx(0.75) and fit["coef"] == pytest.approx(3.0) and fit["sizes"] == 3
+    assert bs.predict(fit, 256**3) == pytest.approx(3 * 2.0**18)  # (256³)^0.75 = 2^18
+    # Memory 50 MB + 1 kB per voxel over a 100 MB baseline (a line: the power law through 64³/128³ falls
+    # below it), time 1 µs per voxel: at 256³ = 2^24 voxels, 100 + 50 + 16777.216 MB and 16.777216 s.
+    pts = [{"res": r, "base_mb": 100.0, "peak_mb": 150 + 1e-3 * r**3, "best_s": 1e-6 * r**3, "timed": True}
+           for r in (32, 64, 128)]
+    out = bs.extrapolate(pts, 256)
+    assert out["peak_mb"] == pytest.approx(16927.216) and out["best_s"] == pytest.approx(16.777216)
+    assert out["peak_mb_power_law"] < out["peak_mb"]
+    # Memory growing faster than the voxels (1e-6 · voxels^1.5): the power law is exact and the larger,
+    # 100 + 1e-6 · 2^36 MB at 256³.
+    pts = [{**p, "peak_mb": 100 + 1e-6 * (p["res"] ** 3) ** 1.5} for p in pts]
+    assert bs.extrapolate(pts, 256)["peak_mb"] == pytest.approx(100 + 1e-6 * 2.0**36)
+    assert bs.max_batch(1000.0, 2048.0, 12) == 5  # (12 − 1 GB reserve)·1024 − 1000 = 10264 MB → 5 samples
+    with pytest.raises(ValueError, match="needs ≥ 2 distinct sizes"):
+        bs.fit_power([8, 8], [1.0, 2.0])
+
+
+def test_bench_scaling_batch_table_derives_bf16_from_fp32_checkpointed():
+    import scaling_fit as bs
+
+    # 65536 parameters × 16 B = 1 MB fixed; 2025 − 24 − 1 = 2000 MB per sample in fp32 with checkpointing.
+    p = {"res": 64, "params": 65536, "base_mb": 24.0, "peak_mb": 2025.0, "status": "measured"}
+    row = {"config": "c", "stage": 0, "name": "s", "res": 64,
+           "series": [{"dtype": "fp32", "ckpt": True, "points": [p]}]}
+    by = {b["setting"]: b for b in bs.batch_rows([row], bf16_native=False)}
+    assert set(by) == {"fp32+ckpt", "bf16+ckpt"}  # no fp32 series without checkpointing → no such row
+    assert by["fp32+ckpt"]["per_sample_gb"] * 1024 == 2000.0 and by["bf16+ckpt"]["per_sample_gb"] * 1024 == 1000.0
+    assert by["bf16+ckpt"]["status"].startswith("derived") and by["fp32+ckpt"]["status"] == "measured"
+    # 12 GB − 1 GB reserve = 11264 MB, − 1 MB fixed = 11263 MB: 5 samples of 2000 MB, 11 of 1000 MB.
+    assert by["fp32+ckpt"]["max_batch"]["12"] == 5 and by["bf16+ckpt"]["max_batch"]["12"] == 11
+
+
+def test_bench_scaling_skips_what_would_not_fit(monkeypatch):
+    import argparse
+
+    import bench_scaling as bs
+
+    ran = []
+
+    def fake_child(spec):  # model memory 1 MB per voxel: 16³ → 4 GB, 24³ → 13.5 GB, 32³ predicted 32 GB (a line)
+        ran.append(spec["res"])
+        v = spec["res"] ** 3
+        return {"res": spec["res"], "params": 1000, "best_s": 1.0, "timed": True, "base_mb": 10.0,
+                "peak_mb": 10.0 + v, "status": "measured"}
+
+    monkeypatch.setattr(bs, "run_child", fake_child)
+    args = argparse.Namespace(mem_limit_gb=20.0, max_edge=None, device="cpu", smoke=False)
+    s = bs.run_series("fp32", "tiny_cpu", 0, (16, 24, 32), "fp32", False, args, {})
+    assert ran == [16, 24]
+    p = s["points"][-1]
+    assert p["status"] == "extrapolated" and "predicted peak 32.0 GB" in p["reason"]
