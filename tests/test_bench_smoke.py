@@ -11,6 +11,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
+def test_bench_train_smoke():
+    import bench_train
+
+    res = bench_train.main(["--smoke"])
+    (row,) = res["stages"]
+    for key in ("step_s", "flops_per_step", "achieved_gflops", "peak_mem_mb", "voxels_per_s"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert 0 < row["mfu"] <= 1.5
+    assert res["matmul_peak"]["gflops"] > 0
+    assert abs(sum(row["profile"]["percent"].values()) - 100) < 0.5
+    assert sum(row["profile"]["flops"].values()) == row["flops_per_step"]
+    assert "## Training step per stage" in bench_train.markdown(res)
+    # A stage skipped by the memory rule renders as a row with its reason (a rendering check, nothing measured).
+    res["stages"].append({"config": "progressive_3stage", "stage": 2, "resolution": 256, "skipped": "est. 31.0 GB > limit 20 GB"})
+    assert "| progressive_3stage | 2 | 256³ | est. 31.0 GB > limit 20 GB |" in bench_train.markdown(res)
+
+
 def test_bench_sampling_smoke(tmp_path):
     import bench_sampling
 
