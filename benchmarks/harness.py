@@ -185,3 +185,13 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Does the device run bf16 matmuls natively (CUDA: is_bf16_supported; CPU: oneDNN's AVX512-BF16/AMX check)?"""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
