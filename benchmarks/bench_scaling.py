@@ -56,9 +56,17 @@ def child(spec: dict) -> dict:
         p.grad = torch.zeros_like(p)
     bench.opt.step()
     bench.opt.zero_grad(set_to_none=True)
-    times = harness.timed(bench.step, spec["repeats"], spec["warmup"])
+    # The first step is the warmup; then best of up to `repeats` more while they fit in `budget_s`. Small
+    # sizes cannot predict a large one's step time (their 2-D X-ray side dominates), so the child decides
+    # from the step it has seen. A step that takes most of the budget is reported alone, without warmup
+    # (AdamW's state exists already, so it still peaks like a later step).
+    first, times = harness.timed(bench.step, 1, 0)[0], []
+    while (spec["timed"] and len(times) < spec["repeats"]
+           and first + sum(times) + max([first] + times) <= spec["budget_s"]):
+        times += harness.timed(bench.step, 1, 0)
     return {"res": spec["res"], "params": bench.params, "tokens": bench.tokens, "patch": cfg.stages[k].patch_size,
-            "times_s": times, "best_s": min(times), "warmup": spec["warmup"], "timed": spec["timed"],
+            "times_s": times or [first], "best_s": min(times or [first]), "warmup": int(bool(times)),
+            "timed": spec["timed"],
             "base_mb": base, "peak_mb": harness.peak_memory_mb(dev), "threads": torch.get_num_threads(),
             "status": "measured"}
 
@@ -113,16 +121,11 @@ def run_series(name: str, config: str, stage: int, sizes, dtype: str, ckpt: bool
         elif pred and pred["peak_mb"] > args.mem_limit_gb * 1024:
             reason = f"predicted peak {pred['peak_mb'] / 1024:.1f} GB > --mem-limit-gb {args.mem_limit_gb:g}"
         if reason is None:
-            t = pred and pred["best_s"]
-            # Best of a few after a warmup where a step is short; a single step where it takes most of a
-            # minute (AdamW's state exists beforehand, so even that step shows the steady-state peak).
-            warmup, repeats = (int(t < 10), max(1, min(3, int(25 / t)))) if t else (0 if args.smoke else 1, 2)
             spec = {"config": config, "stage": stage, "res": res, "batch": batch, "ckpt": ckpt, "dtype": dtype,
                     "extra": extra, "device": args.device, "timed": timed,
                     # The smoke checks code paths, not speed: one thread keeps it in seconds beside a busy
                     # process (two threads spin-wait on each other there, threads.py).
-                    "threads": 1 if args.smoke else None,
-                    "warmup": warmup if timed else 0, "repeats": repeats if timed else 1}
+                    "threads": 1 if args.smoke else None, "repeats": 2 if args.smoke else 3, "budget_s": 25.0}
             key = signature(spec)
             if key not in cache:
                 print(f"[scaling] {config} stage {stage} {res}³ {name}"
