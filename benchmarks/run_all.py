@@ -43,10 +43,10 @@ class Bench:
 # DRR: the n = P diagonal incl. 256³/256² (~3 min) — the full 9-row grid takes ~13 min and is run by hand.
 SCRIPTS = (
     Bench("drr", "bench_drr.py", ("--quick", "--sizes", "64", "128", "256", "--pixels", "64", "128", "256"), 300),
-    Bench("train", "bench_train.py", (), 480),
-    Bench("scaling", "bench_scaling.py", (), 480),
+    Bench("train", "bench_train.py", ("--budget-s", "400"), 420),
+    Bench("scaling", "bench_scaling.py", (), 660),  # 256³ with checkpointing: two ~2.5-min steps
     Bench("contention", "bench_contention.py", (), 120),
-    Bench("sampling", "bench_sampling.py", (), 600),
+    Bench("sampling", "bench_sampling.py", ("--budget", "420"), 450),
 )
 STATUS = "run_all"  # results/run_all.json: how each script's last `make bench` run went
 
