@@ -230,7 +230,10 @@ def markdown(result: dict) -> str:
          "before the model was built. Measured = run here; extrapolated = not run (predicted over the memory limit "
          "or above --max-edge): memory from the larger of the line in voxels and the power law through the two "
          "largest measured sizes (estimates, no bounds: measure where it fits), time from the power law. "
-         f"{result['bf16_note']}",
+         + ("bf16 autocast measured." if result["bf16_native"] else
+            "bf16: not measured in this sweep (on a CPU it runs only with --bf16-cpu, to keep `make bench` within its "
+            "budget; bench_train.py measures the 64³ stage under bf16 autocast where the device has native bf16); "
+            "bf16 figures below are derived."),
          "", f"### Step time and peak memory: {result['sweep_label']}", "",
          "| edge | setting | params | patch | step (s) | peak (GB) | model memory (GB) | status |", "|---|---|---|---|---|---|---|---|"]
     for s in result["sweep"]:
