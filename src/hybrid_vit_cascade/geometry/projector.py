@@ -11,8 +11,9 @@ All slices of all B volumes go through ONE ``grid_sample`` call per view (per ch
 slices are the batch, the B volumes are the channels, so the per-sample interpolation weights are
 computed once and reused for all volumes; the slices are a strided view of the volume (copied only
 when that pays, see `_worth_copying`).
-Backward is the exact adjoint (grid_sample's input gradient) accumulated in place; it is
-once-differentiable (no double backward). The sampling grids depend only on (size, spacing, device,
+Backward is the exact adjoint, once-differentiable (no double backward): on CPU for the axis-aligned
+views a separable GEMM + sparse product (`separable_adjoint`), otherwise grid_sample's input
+gradient accumulated in place. The sampling grids depend only on (size, spacing, device,
 dtype) and are cached, because training calls the projector every step with the same geometry.
 
 Volumes are canonical RAS+ cubes centred at the isocentre (DESIGN.md): ``mu[b, 0, i, j, k]`` is the
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..config import GeometryConfig
+from .separable_adjoint import SeparableAdjoint
 from .views import View, make_view, resolve_det_spacing
 
 # Floats per grid_sample chunk (128 MB): bounds temporaries at 256³ while keeping the op count low;
@@ -54,14 +56,14 @@ def _worth_copying(axis: int, n: int, P: int) -> bool:
 class _JosephProjection(torch.autograd.Function):
     """Joseph projection of (B, n, n, n) volumes for V views → (B, V, P, P), with a hand-written adjoint.
 
-    The backward is grid_sample's own input gradient (the exact adjoint of the forward's bilinear
-    sampling), called per chunk of slices and added straight into one gradient buffer, so no
-    volume-sized temporaries are allocated per view (autograd's version allocated, concatenated
-    and permuted several; at 256³ that memory traffic dominated).
+    The backward is `SeparableAdjoint` where it applies (CPU, axis-aligned views), else grid_sample's
+    own input gradient (the exact adjoint of the forward's bilinear sampling), called per chunk of
+    slices and added straight into one gradient buffer, so no volume-sized temporaries are allocated
+    per view (autograd's version allocated, concatenated and permuted several).
     """
 
     @staticmethod
-    def forward(ctx, vol: Tensor, axes: list[int], grids: list[Tensor], steps: list[Tensor]) -> Tensor:
+    def forward(ctx, vol: Tensor, axes: list[int], grids: list[Tensor], steps: list[Tensor], adjoint) -> Tensor:
         B, n = vol.shape[0], vol.shape[1]
         P = steps[0].shape[-1]
         chunk = max(1, _CHUNK_ELEMENTS // (B * P * P))  # bounds the (k, B, P, P) sample buffer
@@ -81,12 +83,15 @@ class _JosephProjection(torch.autograd.Function):
         # The input gradient of bilinear sampling depends on the grid only, not on the volume's
         # values, so nothing volume-sized is saved for backward.
         ctx.shape = vol.shape
-        ctx.axes, ctx.grids, ctx.steps = axes, grids, steps
+        ctx.axes, ctx.grids, ctx.steps, ctx.adjoint = axes, grids, steps, adjoint
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
+        fast = ctx.adjoint() if grad_out.device.type == "cpu" else None  # the fast path is measured on CPU only
+        if fast is not None:
+            return fast.apply(grad_out, ctx.steps), None, None, None, None
         B, n = ctx.shape[0], ctx.shape[1]
         grad_vol = grad_out.new_zeros(ctx.shape)  # (B, n, n, n)
         chunk = min(n, max(1, _CHUNK_ELEMENTS // (B * n * n)))  # bounds the (k, B, n, n) gradient temporaries
@@ -104,7 +109,7 @@ class _JosephProjection(torch.autograd.Function):
                     go = go.contiguous()
                 gi, _ = torch.ops.aten.grid_sampler_2d_backward(go, s_k, g_k, 0, 0, False, [True, False])
                 grad_slices[k : k + chunk] += gi
-        return grad_vol, None, None, None
+        return grad_vol, None, None, None, None
 
 
 class Projector(nn.Module):
@@ -120,6 +125,7 @@ class Projector(nn.Module):
         self.views: list[View] = [make_view(v, geometry) for v in views]
         self._grids: dict[tuple, list[tuple[Tensor, Tensor]]] = {}
         self._v2d: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._adjoints: dict[tuple, SeparableAdjoint | None] = {}
 
     @property
     def det_pixels(self) -> int:
@@ -183,7 +189,18 @@ class Projector(nn.Module):
         tables = self._sampling(n, spacing_mm, mu.device, mu.dtype)
         axes = [v.principal_axis for v in self.views]
         vol = mu.reshape(B, n, n, n)  # a view: its backward is free, unlike mu[:, 0]
-        return _JosephProjection.apply(vol, axes, [g for g, _ in tables], [s for _, s in tables])  # (B, V, P, P)
+        grids = [g for g, _ in tables]
+        key = (n, float(spacing_mm), str(mu.device), mu.dtype)
+
+        def adjoint() -> SeparableAdjoint | None:
+            # built at the first backward only: inference never pays for the tap matrices
+            if key not in self._adjoints:
+                if len(self._adjoints) >= _MAX_CACHE:
+                    self._adjoints.pop(next(iter(self._adjoints)))
+                self._adjoints[key] = SeparableAdjoint.build(axes, grids)
+            return self._adjoints[key]
+
+        return _JosephProjection.apply(vol, axes, grids, [s for _, s in tables], adjoint)  # (B, V, P, P)
 
     # ------------------------------------------------------------------ voxel → detector
     def voxel_to_detector(self, shape: int, spacing_mm: float, device=None) -> tuple[Tensor, Tensor]:
