@@ -243,6 +243,8 @@ def main(argv=None) -> dict:
     """Run the DRR benchmark; writes drr.json (and BENCHMARKS.md's DRR table on a full run), returns the result."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="n = P ∈ {64, 128} only, fewer repeats")
+    ap.add_argument("--all-pixels-at", type=int, default=None,
+                    help="with --quick: also every --pixels size at this volume size (e.g. 256)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", type=int, nargs="*", help="volume sizes (default 64 128 256)")
     ap.add_argument("--pixels", type=int, nargs="*", help="detector sizes (default 64 128 256)")
@@ -257,6 +259,9 @@ def main(argv=None) -> dict:
     sizes = args.sizes or ([64, 128] if args.quick else [64, 128, 256])
     pixels = args.pixels or ([64, 128] if args.quick else [64, 128, 256])
     pairs = [(n, n) for n in sizes if n in pixels] if args.quick else [(n, p) for n in sizes for p in pixels]
+    if args.quick and args.all_pixels_at:  # issue 12's 20× target is at 256³ for every detector size
+        pairs += [(args.all_pixels_at, p) for p in pixels if (args.all_pixels_at, p) not in pairs]
+        pairs.sort()
     use_dd = not args.no_diffdrr
     if use_dd:
         try:

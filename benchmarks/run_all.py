@@ -42,7 +42,8 @@ class Bench:
 # Order: the cheap projector first; sampling last (it trains its own small model). Budgets sum to 33 min;
 # DRR: the n = P diagonal incl. 256³/256² (~3 min) — the full 9-row grid takes ~13 min and is run by hand.
 SCRIPTS = (
-    Bench("drr", "bench_drr.py", ("--quick", "--sizes", "64", "128", "256", "--pixels", "64", "128", "256"), 300),
+    Bench("drr", "bench_drr.py", ("--quick", "--sizes", "64", "128", "256", "--pixels", "64", "128", "256",
+                                  "--all-pixels-at", "256"), 300),
     Bench("train", "bench_train.py", ("--budget-s", "400"), 420),
     Bench("scaling", "bench_scaling.py", (), 660),  # 256³ with checkpointing: two ~2.5-min steps
     Bench("contention", "bench_contention.py", (), 120),
