@@ -47,7 +47,7 @@ def child(spec: dict) -> dict:
     import torch
 
     dev, k = spec["device"], spec["stage"]
-    base = harness.peak_memory_mb(dev)  # interpreter + torch before the model exists (0 on CUDA)
+    base = harness.reset_peak_memory(dev)  # interpreter + torch in use before the model exists (0 on CUDA)
     cfg = harness.load_stage_config(spec["config"], k, spec["res"], spec["batch"], spec["ckpt"], spec["extra"])
     bench = harness.build_stage_bench(cfg, k, dev, torch.bfloat16 if spec["dtype"] == "bf16" else None)
     # AdamW creates its moments at the first step, after the activations are freed: allocate them now so

@@ -132,12 +132,41 @@ def build_stage_bench(cfg, k: int, device: str = "cpu", autocast_dtype: Optional
     return StageBench(cfg, k, model, step, B, D, opt)
 
 
+def _proc_status_mb(field: str) -> Optional[float]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def peak_memory_mb(device: str = "cpu") -> float:
-    """Peak memory of this process so far: RSS on CPU, allocated tensors on CUDA (MB)."""
+    """Peak memory of this process since its start or the last reset_peak_memory(): RSS on CPU, tensors on CUDA (MB)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return kb / 1024
+    hwm = _proc_status_mb("VmHWM")  # resettable, unlike ru_maxrss
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory(device: str = "cpu") -> float:
+    """Start a new peak-memory window; returns the memory in use now (MB), the window's baseline.
+
+    On CPU, byte-code compilation and imports leave a transient high-water mark that a small model's step
+    never exceeds; writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS (Linux ≥ 4.0).
+    """
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # no reset: the window starts at the process's start
+    now = _proc_status_mb("VmRSS")
+    return now if now is not None else peak_memory_mb(device)
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
