@@ -5,6 +5,7 @@ loop prints "desc: i/n (postfix), elapsed, left" at most every PLAIN_EVERY_S sec
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Iterable, Iterator, Optional, TypeVar
@@ -13,9 +14,12 @@ PLAIN_EVERY_S = 30.0
 T = TypeVar("T")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A time left or spent as "1h02m", "3m05s" or "42s" ("?" when not finite)."""
+    if not math.isfinite(seconds):
+        return "?"
     s = int(round(seconds))
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class PlainProgress:
@@ -41,9 +45,9 @@ class PlainProgress:
             return
         done = now - self.t0
         of = f"/{self.total}" if self.total is not None else ""
-        left = f", {_duration(done / self.n * (self.total - self.n))} left" if self.total and self.n else ""
+        left = f", {duration(done / self.n * (self.total - self.n))} left" if self.total and self.n else ""
         post = f" ({self.postfix})" if self.postfix else ""
-        print(f"{self.desc}: {self.n}{of} {self.unit}{post}, {_duration(done)}{left}", file=sys.stderr, flush=True)
+        print(f"{self.desc}: {self.n}{of} {self.unit}{post}, {duration(done)}{left}", file=sys.stderr, flush=True)
 
     def set_postfix_str(self, s: str) -> None:
         self.postfix = s

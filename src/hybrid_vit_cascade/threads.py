@@ -61,14 +61,19 @@ def fixed_threads(environ: Optional[dict] = None) -> Optional[int]:
     return None
 
 
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:  # not Linux, or /proc not mounted
+        return None
+
+
 def read_cpu_times(cpus: list[int], stat_text: Optional[str] = None) -> Optional[tuple[float, float]]:
     """(busy, idle) clock ticks summed over `cpus` from /proc/stat; None where it cannot be read."""
+    stat_text = _read(PROC_STAT) if stat_text is None else stat_text
     if stat_text is None:
-        try:
-            with open(PROC_STAT) as f:
-                stat_text = f.read()
-        except OSError:
-            return None
+        return None
     wanted = {f"cpu{c}" for c in cpus}
     busy = idle = 0.0
     seen = 0
@@ -86,12 +91,9 @@ def read_cpu_times(cpus: list[int], stat_text: Optional[str] = None) -> Optional
 
 def read_self_ticks(text: Optional[str] = None) -> Optional[float]:
     """This process's user + system CPU time, clock ticks (all its threads)."""
+    text = _read(PROC_SELF_STAT) if text is None else text
     if text is None:
-        try:
-            with open(PROC_SELF_STAT) as f:
-                text = f.read()
-        except OSError:
-            return None
+        return None
     fields = text.rsplit(")", 1)[-1].split()  # the command name may hold spaces: split after it
     return float(fields[11]) + float(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
 

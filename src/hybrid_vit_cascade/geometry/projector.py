@@ -38,6 +38,15 @@ _CHUNK_ELEMENTS = 1 << 25
 _MAX_CACHE = 8  # cached geometries (size, spacing, device, dtype)
 
 
+def _cached(cache: dict, key: tuple, build):
+    """cache[key], built on first use; the oldest entry goes once _MAX_CACHE geometries are held."""
+    if key not in cache:
+        if len(cache) >= _MAX_CACHE:
+            cache.pop(next(iter(cache)))
+        cache[key] = build()
+    return cache[key]
+
+
 def _slices(vol: Tensor, axis: int) -> Tensor:
     """(B, n, n, n) → (n, B, n, n) view: slices across world `axis` as the batch, volumes as channels."""
     return vol.movedim(axis + 1, 0)  # strided view; grid_sample reads strides
@@ -143,11 +152,7 @@ class Projector(nn.Module):
     def _sampling(self, n: int, spacing_mm: float, device, dtype) -> list[tuple[Tensor, Tensor]]:
         """Per view: grid (n, P, P, 2) in grid_sample coords of each slice, step (P, P) in mm."""
         key = (n, float(spacing_mm), str(device), dtype)
-        if key not in self._grids:
-            if len(self._grids) >= _MAX_CACHE:
-                self._grids.pop(next(iter(self._grids)))
-            self._grids[key] = [self._view_grid(v, n, spacing_mm, device, dtype) for v in self.views]
-        return self._grids[key]
+        return _cached(self._grids, key, lambda: [self._view_grid(v, n, spacing_mm, device, dtype) for v in self.views])
 
     @staticmethod
     def _view_grid(view: View, n: int, spacing_mm: float, device, dtype) -> tuple[Tensor, Tensor]:
@@ -194,11 +199,7 @@ class Projector(nn.Module):
 
         def adjoint() -> SeparableAdjoint | None:
             # built at the first backward only: inference never pays for the tap matrices
-            if key not in self._adjoints:
-                if len(self._adjoints) >= _MAX_CACHE:
-                    self._adjoints.pop(next(iter(self._adjoints)))
-                self._adjoints[key] = SeparableAdjoint.build(axes, grids)
-            return self._adjoints[key]
+            return _cached(self._adjoints, key, lambda: SeparableAdjoint.build(axes, grids))
 
         return _JosephProjection.apply(vol, axes, grids, [s for _, s in tables], adjoint)  # (B, V, P, P)
 
@@ -215,19 +216,19 @@ class Projector(nn.Module):
         if n <= 0 or not spacing_mm > 0:
             raise ValueError(f"need a positive shape and spacing, got shape={shape}, spacing_mm={spacing_mm}")
         key = (n, float(spacing_mm), str(device))
-        if key not in self._v2d:
-            half = n * spacing_mm / 2
-            c = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * spacing_mm  # voxel centres, mm
-            pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), dim=-1)  # (n, n, n, 3) RAS+ mm
-            P = self.det_pixels
-            uvs, depths = [], []
-            for view in self.views:
-                col, row, axial = view.project(pts, resolve_det_spacing(view, 2 * half))
-                uvs.append(torch.stack([(2 * col + 1) / P - 1, (2 * row + 1) / P - 1], dim=-1))
-                depths.append(axial / half)
-            uv = torch.stack(uvs).to(device=device, dtype=torch.float32)  # (V, n, n, n, 2)
-            depth = torch.stack(depths).to(device=device, dtype=torch.float32)  # (V, n, n, n)
-            if len(self._v2d) >= _MAX_CACHE:
-                self._v2d.pop(next(iter(self._v2d)))
-            self._v2d[key] = (uv, depth)
-        return self._v2d[key]
+        return _cached(self._v2d, key, lambda: self._voxel_to_detector(n, spacing_mm, device))
+
+    def _voxel_to_detector(self, n: int, spacing_mm: float, device) -> tuple[Tensor, Tensor]:
+        # voxel_to_detector's uncached computation (float64 geometry, float32 result)
+        half = n * spacing_mm / 2
+        c = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * spacing_mm  # voxel centres, mm
+        pts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), dim=-1)  # (n, n, n, 3) RAS+ mm
+        P = self.det_pixels
+        uvs, depths = [], []
+        for view in self.views:
+            col, row, axial = view.project(pts, resolve_det_spacing(view, 2 * half))
+            uvs.append(torch.stack([(2 * col + 1) / P - 1, (2 * row + 1) / P - 1], dim=-1))
+            depths.append(axial / half)
+        uv = torch.stack(uvs).to(device=device, dtype=torch.float32)  # (V, n, n, n, 2)
+        depth = torch.stack(depths).to(device=device, dtype=torch.float32)  # (V, n, n, n)
+        return uv, depth

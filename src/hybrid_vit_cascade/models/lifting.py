@@ -131,6 +131,12 @@ def depth_prior_from_volumes(
     return torch.stack(profiles).float()  # (V, bins, grid, grid)
 
 
+def present_view_weights(view_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Fusion weight per view (B, V): 0 for an absent view, V / n_present for a present one (1 when all are)."""
+    m = view_mask.to(dtype)
+    return m * (view_mask.shape[1] / m.sum(dim=1, keepdim=True))
+
+
 class DepthLifting(nn.Module):
     """Per-view features (B, V, C, P', P') → lifted volume (B, L, D, D, D) and depth distributions."""
 
@@ -205,8 +211,7 @@ class DepthLifting(nn.Module):
             f = head(feats[:, v])  # (B, L, P', P')
             lifted.append(self._lift_view(f, probs[:, v], uv[v], depth[v]))
         if view_mask is not None:
-            m = view_mask.to(lifted[0].dtype)  # (B, V)
-            w = m * (V / m.sum(dim=1, keepdim=True))  # 0 for an absent view, V / n_present otherwise
+            w = present_view_weights(view_mask, lifted[0].dtype)  # (B, V)
             lifted = [x * w[:, v, None, None, None, None] for v, x in enumerate(lifted)]
         if self.fuse is not None:
             out = self.fuse(torch.cat(lifted, dim=1))  # (B, V*L, D, H, W) → (B, L, D, H, W)
@@ -226,10 +231,7 @@ class DepthLifting(nn.Module):
         the per-view volumes and their concatenation would be 4 GB for two views of 16 channels)."""
         B, V = feats.shape[:2]
         L = self.feature_heads[0].out_channels
-        w = None
-        if view_mask is not None:
-            m = view_mask.to(feats.dtype)  # (B, V)
-            w = m * (V / m.sum(dim=1, keepdim=True))  # as in forward(): 0 absent, V / n_present present
+        w = None if view_mask is None else present_view_weights(view_mask, feats.dtype)  # (B, V)
         out = None
         for v, head in enumerate(self.feature_heads):
             f = head(feats[:, v])  # (B, L, P', P')

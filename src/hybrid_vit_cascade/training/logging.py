@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hybrid_vit_cascade.files import write_text_atomic
+from hybrid_vit_cascade.progress import duration
 
 # Without a terminal (a log file, a pipe, CI) progress is one plain line per `training.log_every`
 # steps, at most one per PLAIN_EVERY_S seconds (the stage's last step always prints): a long run's
@@ -142,13 +143,6 @@ def _dropped(line: str, prefix: str, after_step: int) -> bool:
     return rec.get("step", 0) > after_step and any(key.startswith(prefix) for key in rec)
 
 
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 class StageProgress:
     """Progress of one stage in optimizer steps: one tqdm bar on a terminal, plain lines (no '\\r') otherwise."""
 
@@ -181,7 +175,7 @@ class StageProgress:
         rate = (self.step - self.first) / max(now - self.t0, 1e-9)
         left = (self.total - self.step) / rate if rate > 0 else math.inf
         print(f"{self.desc}: step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.0f}%), "
-              f"loss {loss:.4g}, {rate:.3g} steps/s, {_duration(left)} left", file=sys.stderr, flush=True)
+              f"loss {loss:.4g}, {rate:.3g} steps/s, {duration(left)} left", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
