@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import cpu_count, write_result  # noqa: E402
+from harness import run_child, write_result  # noqa: E402
+
+from hybrid_vit_cascade.threads import cpu_set  # noqa: E402
 
 TARGET_BUSY_FRACTION = 0.5  # issue 12: beside one busy process, ≥ 50 % of the quiet throughput
 TARGET_QUIET_LOSS = 0.10  # and the quiet throughput within 10 % of before
@@ -55,17 +57,16 @@ def run_case(policy: str, busy: int, args) -> dict:
     env.pop("OMP_NUM_THREADS", None)
     env.pop("HVC_THREADS", None)
     if policy == "fixed":
-        env["HVC_THREADS"] = str(cpu_count())
+        env["HVC_THREADS"] = str(len(cpu_set()))
     spinners = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
     try:
         time.sleep(0.5 if busy else 0)  # the competitors are running before training starts
-        out = subprocess.run([sys.executable, __file__, "--child", "--config", args.config, "--stage", str(args.stage),
-                              "--seconds", str(args.seconds), "--warmup", str(args.warmup)], env=env, capture_output=True, text=True, check=True)
+        res = run_child([__file__, "--child", "--config", args.config, "--stage", str(args.stage),
+                         "--seconds", str(args.seconds), "--warmup", str(args.warmup)], env=env)
     finally:
         for p in spinners:
             p.kill()
             p.wait()
-    res = json.loads(out.stdout.strip().splitlines()[-1])
     return {"policy": policy, "busy": busy, **res}
 
 

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from hybrid_vit_cascade.config import GeometryConfig  # noqa: E402
 from hybrid_vit_cascade.geometry.physics import hu_to_mu  # noqa: E402
 from hybrid_vit_cascade.geometry.projector import Projector  # noqa: E402
+from harness import cpu_name  # noqa: E402  (benchmarks/ is on sys.path: this script's own folder)
 
 VIEWS = ["ap", "lateral"]
 BATCH = 8
@@ -45,15 +45,6 @@ RENDERERS = {  # name -> (renderer, constructor kwargs, call kwargs); DiffDRR de
     "diffdrr_siddon": ("siddon", {}, {}),
     "diffdrr_trilinear": ("trilinear", {}, {"n_points": 500}),
 }
-
-
-def _cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"model name\s*:\s*(.+)", text)
-        return m.group(1).strip() if m else platform.processor()
-    except OSError:
-        return platform.processor()
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -277,7 +268,7 @@ def main(argv=None) -> dict:
             print("diffdrr not installed: timing ours only")
             use_dd = False
     meta = {
-        "cpu": _cpu_name(), "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+        "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
         "geometry": {"kind": "cone", "sid_mm": 850.0, "sdd_mm": 1050.0, "fov_mm": 360.0, "det_spacing": "auto"},
         "views": VIEWS, "batch": BATCH, "dtype": "float32", "quick": args.quick,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": [round(x, 2) for x in os.getloadavg()],

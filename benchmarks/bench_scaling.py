@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,13 +73,12 @@ def child(spec: dict) -> dict:
 def run_child(spec: dict) -> dict:
     """One point in a fresh interpreter; a child killed by a signal (the OOM killer) is reported, not raised."""
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(spec["threads"])} if spec.get("threads") else {}))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode < 0:
-        return {"status": "failed", "reason": f"killed by signal {-proc.returncode} (out of memory?)"}
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench_scaling child {spec} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        return harness.run_child([str(Path(__file__).resolve()), "--child", json.dumps(spec)], env=env)
+    except harness.ChildFailed as err:
+        if err.signal is None:
+            raise RuntimeError(f"bench_scaling child {spec} failed:\n{err.stderr[-2000:]}") from None
+        return {"status": "failed", "reason": f"killed by signal {err.signal} (out of memory?)"}
 
 
 def count_params(config: str, stage: int, res: int, extra: dict) -> int:

@@ -33,14 +33,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (CONFIGS, build_stage_bench, load_stage_config, machine, native_bf16, peak_memory_mb,  # noqa: E402
-                     write_result)
+from harness import (CONFIGS, ChildFailed, build_stage_bench, load_stage_config, machine,  # noqa: E402
+                     native_bf16, peak_memory_mb, run_child, write_result)
 
 from step_profile import CATEGORIES, Scopes, attribute, flop_mapping, module_categories  # noqa: E402
 
@@ -140,16 +139,10 @@ def run_stage(spec: dict) -> dict:
 # ---------------------------------------------------------------- orchestration
 def _child(spec: dict, timeout: float) -> dict:
     """run_stage in a fresh process (its own ru_maxrss); a failure comes back as {"error": ...}."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        why = f"killed by signal {-p.returncode}" if p.returncode < 0 else f"exit {p.returncode}"
-        return {"error": f"{why}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else 'no output'}"}
-    return json.loads(lines[-1])
+        return run_child([str(Path(__file__).resolve()), "--child", json.dumps(spec)], timeout=timeout)
+    except ChildFailed as err:
+        return {"error": err.reason}
 
 
 def estimate_memory(base: dict, args) -> dict:

@@ -181,22 +181,52 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float
     return out
 
 
-def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's processor string elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
     return {
-        "cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join([Path(sys.executable).name] + sys.argv),
     }
+
+
+class ChildFailed(RuntimeError):
+    """A benchmark child that exited badly: `reason` in one line, `signal` if it was killed, its stderr."""
+
+    def __init__(self, reason: str, signal: Optional[int] = None, stderr: str = ""):
+        super().__init__(reason)
+        self.reason, self.signal, self.stderr = reason, signal, stderr
+
+
+def run_child(argv: list[str], env: Optional[dict] = None, timeout: Optional[float] = None) -> dict:
+    """Run `python <argv>` in a fresh process (its own peak memory and thread pool); its last JSON line.
+
+    Raises ChildFailed on a timeout, a signal (the OOM killer), a non-zero exit or no JSON output.
+    """
+    import subprocess
+
+    try:
+        p = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ChildFailed(f"timed out after {timeout:.0f} s") from None
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        why = f"killed by signal {-p.returncode}" if p.returncode < 0 else f"exit {p.returncode}"
+        last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "no output"
+        raise ChildFailed(f"{why}: {last}", -p.returncode if p.returncode < 0 else None, p.stderr)
+    return json.loads(lines[-1])
 
 
 def write_result(name: str, payload: dict, folder: Optional[Path] = None) -> Path:
@@ -206,14 +236,6 @@ def write_result(name: str, payload: dict, folder: Optional[Path] = None) -> Pat
     path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=1) + "\n")
     return path
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def native_bf16(device: str = "cpu") -> bool:

@@ -109,7 +109,7 @@ def test_bench_contention_smoke(tmp_path):
     res = bench_contention.main(["--smoke", "--results", str(tmp_path)])
     assert [(r["policy"], r["busy"]) for r in res["rows"]] == [("fixed", 0), ("fixed", 1), ("auto", 0), ("auto", 1)]
     assert all(r["steps"] >= 1 and r["steps_per_s"] > 0 for r in res["rows"])
-    assert res["rows"][0]["threads_last"] == bench_contention.cpu_count()  # "fixed" pins every CPU
+    assert res["rows"][0]["threads_last"] == len(bench_contention.cpu_set())  # "fixed" pins every CPU
     assert (tmp_path / "contention.json").exists()
     assert "## Shared machine" in bench_contention.markdown(res)
 
@@ -190,3 +190,19 @@ def test_bench_scaling_skips_what_would_not_fit(monkeypatch):
     assert ran == [16, 24]
     p = s["points"][-1]
     assert p["status"] == "extrapolated" and "predicted peak 32.0 GB" in p["reason"]
+
+
+def test_run_child_returns_the_last_json_line_or_says_why_it_failed():
+    import pytest
+
+    import harness
+
+    assert harness.run_child(["-c", 'print("log line"); print(\'{"a": 1}\'); print(\'{"a": 2}\')']) == {"a": 2}
+    with pytest.raises(harness.ChildFailed, match=r"^exit 3: boom$") as err:
+        harness.run_child(["-c", "import sys; sys.stderr.write('boom\\n'); sys.exit(3)"])
+    assert err.value.signal is None
+    with pytest.raises(harness.ChildFailed, match=r"^killed by signal 9: no output$") as err:
+        harness.run_child(["-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert err.value.signal == 9
+    with pytest.raises(harness.ChildFailed, match=r"^exit 0: no output$"):
+        harness.run_child(["-c", "print('no json')"])
