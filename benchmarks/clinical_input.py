@@ -52,8 +52,8 @@ from hybrid_vit_cascade.data.xray_stats import area_resample, body_mask, match_t
 from hybrid_vit_cascade.geometry.physics import normalize_xray  # noqa: E402
 from hybrid_vit_cascade.inference import clinical_eval as CE  # noqa: E402
 from hybrid_vit_cascade.inference.pipeline import Reconstructor  # noqa: E402
-from hybrid_vit_cascade.inference.radiograph import read_radiograph  # noqa: E402
-from hybrid_vit_cascade.inference.radiograph_fit import model_field, radiograph_to_model  # noqa: E402
+from hybrid_vit_cascade.data.radiograph import read_radiograph  # noqa: E402
+from hybrid_vit_cascade.data.radiograph_fit import model_field, radiograph_to_model  # noqa: E402
 from hybrid_vit_cascade.runtime.seeding import mix_seed  # noqa: E402
 
 KINDS = ("reader", "centre+pop", "centre+own", "clean->pop", "li_centre")

@@ -7,7 +7,7 @@ that threshold on a trained checkpoint: each held-out case's clean X-rays are pe
 of errors a film reader can leave (white noise, blur, a residual monotone tone error, a global gain
 error, a smooth low-frequency field like scatter), at several strengths; each perturbed input is
 reconstructed with the same seed as the clean one; the loss is clean − perturbed PSNR-3D (paired).
-The simulated clinical films (data/clinical.py read by inference/radiograph.py) are scored alike.
+The simulated clinical films (data/clinical.py read by data/radiograph.py) are scored alike.
 
     python benchmarks/clinical_proxy.py --checkpoint demo_out/checkpoints/cascade \
         [--baseline-checkpoint demo_out/checkpoints/regression] [--max-cases 5] [--samples 4]
@@ -77,8 +77,8 @@ def central_ray_input(rec, paths) -> np.ndarray:
     """Diagnostic: the films cropped on their centre (the central ray, where the clean DRR is centred)
     instead of on the body, then histogram-matched like the reader does (V, P, P)."""
     from hybrid_vit_cascade.data.xray_stats import area_resample, body_mask, match_to_quantiles
-    from hybrid_vit_cascade.inference.radiograph import read_radiograph
-    from hybrid_vit_cascade.inference.radiograph_fit import model_field
+    from hybrid_vit_cascade.data.radiograph import read_radiograph
+    from hybrid_vit_cascade.data.radiograph_fit import model_field
 
     field = model_field(rec)
     out = []

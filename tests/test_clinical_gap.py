@@ -108,8 +108,8 @@ def test_film_keeps_the_xray_given_the_body(trained, tmp_path):
     MONOCHROME1, collimation) and cut at the central ray, maps back to the clean X-ray with the case's
     own body mask and in-body quantiles: the chain keeps the X-ray; the gap is in estimating them."""
     from hybrid_vit_cascade.data.xray_stats import area_resample, body_mask, match_to_quantiles
-    from hybrid_vit_cascade.inference.radiograph import read_radiograph
-    from hybrid_vit_cascade.inference.radiograph_fit import model_field
+    from hybrid_vit_cascade.data.radiograph import read_radiograph
+    from hybrid_vit_cascade.data.radiograph_fit import model_field
 
     rec, ds = trained
     field = model_field(rec)

@@ -10,8 +10,8 @@ from _dicomkit import radiograph_dataset
 from hybrid_vit_cascade.config import GeometryConfig
 from hybrid_vit_cascade.data import xray_stats as XS
 from hybrid_vit_cascade.inference import xray_io as X
-from hybrid_vit_cascade.inference.radiograph import read_radiograph
-from hybrid_vit_cascade.inference.radiograph_fit import ModelField, describe, radiograph_to_model
+from hybrid_vit_cascade.data.radiograph import read_radiograph
+from hybrid_vit_cascade.data.radiograph_fit import ModelField, describe, radiograph_to_model
 from hybrid_vit_cascade.runtime.checkpoint import make_data_info
 
 FIELD = ModelField(GeometryConfig(det_pixels=16), 360.0)  # 16 px of 360·1.05/16 = 23.625 mm: 378 mm at the isocentre

@@ -35,8 +35,8 @@ from hybrid_vit_cascade.data.xray_stats import xray_stats
 from hybrid_vit_cascade.geometry.physics import hu_to_unit, normalize_xray
 from hybrid_vit_cascade.geometry.projector import Projector
 from hybrid_vit_cascade.inference.baselines import BackprojectionBaseline
-from hybrid_vit_cascade.inference.radiograph import model_slot, read_radiograph
-from hybrid_vit_cascade.inference.radiograph_fit import ModelField, radiograph_to_model
+from hybrid_vit_cascade.data.radiograph import model_slot, read_radiograph
+from hybrid_vit_cascade.data.radiograph_fit import ModelField, radiograph_to_model
 
 MODEL = DataConfig(fov_mm=360.0, geometry=GeometryConfig(det_pixels=48))  # views: ap, lateral
 FILM_FOV, FILM_SIZE, FILM_PX, PITCH = 480.0, 64, 128, 4.0  # films see far more than the model's 378 mm

@@ -1,7 +1,7 @@
 """The body in an X-ray image, and what the training X-rays look like inside it.
 
 A display radiograph's pixels are processed intensities, not line integrals. Inference maps them to
-the model's X-ray range by histogram matching inside the body (inference/radiograph.py): the film's
+the model's X-ray range by histogram matching inside the body (data/radiograph.py): the film's
 in-body distribution is carried onto the training DRRs' in-body distribution by a monotone LUT.
 That needs the training distribution, stored at training time in data_info.json (`xray_stats`):
 per view, `N_QUANTILES` quantiles of the training split's X-rays inside the body, the mean
@@ -168,3 +168,15 @@ def match_to_quantiles(img: np.ndarray, mask: np.ndarray, target: np.ndarray, fl
         frac = (img[below] - lo) / (knots[0] - lo)
         out[below] = floor + frac * (values[0] - floor)
     return out
+
+
+LOW_PCT, HIGH_PCT = 0.5, 99.5  # robust ends of a display radiograph's intensities (ignore a few outliers)
+
+
+def percentile_normalize(pixels: np.ndarray) -> np.ndarray:
+    """Display intensities (bright = attenuating) -> [-1, 1] by robust percentiles."""
+    lo, hi = np.percentile(pixels, [LOW_PCT, HIGH_PCT])
+    if not hi > lo:
+        raise ValueError("image is (nearly) constant; nothing to reconstruct from")
+    x = (pixels - lo) / (hi - lo) * 2.0 - 1.0
+    return np.clip(x, -1.0, 1.0)

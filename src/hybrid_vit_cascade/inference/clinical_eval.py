@@ -3,7 +3,7 @@
 For each evaluated case, every view is rendered from the case's CT cube (the dataset's
 `ct_<render_size>`, the cube the clean DRRs were cast through, back to HU) as a clinical CR/DX DICOM
 film (`data/clinical.py`, parameters drawn from (seed, case, view)), read back through
-`inference/radiograph.read_radiograph` like a user's film, and reconstructed with the same seeds as
+`data/radiograph.read_radiograph` like a user's film, and reconstructed with the same seeds as
 the clean X-rays. The rows `<method> [clinical film]` sit beside the clean rows; the gap is paired,
 case by case: clean PSNR-3D − clinical PSNR-3D (issue target: ≤ GAP_TARGET_DB).
 """
@@ -59,8 +59,8 @@ def read_films(rec, paths: list[Path]) -> tuple[Tensor, list[dict[str, Any]]]:
 
     Each film's view comes from its own header (ViewPosition, PatientOrientation), as a user's would.
     """
-    from hybrid_vit_cascade.inference.radiograph import read_radiograph
-    from hybrid_vit_cascade.inference.radiograph_fit import model_field, radiograph_to_model
+    from hybrid_vit_cascade.data.radiograph import read_radiograph
+    from hybrid_vit_cascade.data.radiograph_fit import model_field, radiograph_to_model
 
     field = model_field(rec)
     xs, infos = [], []

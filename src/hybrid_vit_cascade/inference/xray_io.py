@@ -9,9 +9,9 @@ Two kinds of input:
   intensities, not line integrals. They are mapped to [-1, 1] by robust percentiles — the
   `LOW_PCT` percentile to -1 and the `HIGH_PCT` percentile to 1 (bright = attenuating).
   This is an approximation: clinical processing (log, unsharp masking, LUTs) is not undone, so
-  expect a domain gap. Greyscale DICOM films are read by `inference/radiograph.py` (modality and
+  expect a domain gap. Greyscale DICOM films are read by `data/radiograph.py` (modality and
   VOI LUTs, MONOCHROME1, view, orientation, physical scale, collimation); given the checkpoint's
-  field (`field=`), `inference/radiograph_fit.py` crops them to the model's physical field and
+  field (`field=`), `data/radiograph_fit.py` crops them to the model's physical field and
   histogram-matches them to the training X-rays instead.
 
 Arrays are `(H, W)` in radiographic display orientation (DESIGN.md "Views"): row 0 superior; AP:
@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from hybrid_vit_cascade.data.io import DICOM_SUFFIXES, NIFTI_SUFFIXES, has_dicom_preamble
+from hybrid_vit_cascade.data.radiograph import XrayReadError  # noqa: F401 (raised here; importers find it here)
+from hybrid_vit_cascade.data.xray_stats import percentile_normalize
 from hybrid_vit_cascade.files import atomic_write
 
 # Text chunks of the PNGs written by `write_drr_png`.
@@ -42,14 +44,6 @@ PNG_ENCODING_KEY, PNG_ENCODING = "hvc-encoding", "line-integral-uint16-v1"
 PNG_LI_MAX_KEY, PNG_VIEW_KEY = "hvc-li-max", "hvc-view"
 PNG_RENDER_KEY = "hvc-render"  # JSON of data/render.render_settings: what the DRR was rendered with
 COLOUR_TOLERANCE = 0.02  # channel spread (99th pct) above 2% of the range = a colour image
-
-
-class XrayReadError(ValueError):
-    """An X-ray file could not be used; `path` and `reason` say which and why."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path, self.reason = str(path), " ".join(str(reason).splitlines())  # one line, even quoting a library
-        super().__init__(f"{self.path}: {self.reason}")
 
 
 @dataclass
@@ -62,7 +56,7 @@ class RawXray:
     view: str | None = None  # view recorded in the file itself (hvc PNGs), if any
     note: str = ""  # how the file was interpreted, for the log
     render: dict | None = None  # render settings recorded in the file (hvc PNGs), checked against the model
-    radiograph: object = None  # a clinical DICOM film: inference.radiograph.Radiograph (header, scale, collimation)
+    radiograph: object = None  # a clinical DICOM film: data.radiograph.Radiograph (header, scale, collimation)
     info: dict | None = None  # what was inferred for a film on its way into the model (radiograph_fit)
 
 
@@ -164,7 +158,7 @@ def _read_dicom(path: str) -> RawXray:
         raise XrayReadError(path, f"multi-frame DICOM ({ds.NumberOfFrames} frames); give one image per view")
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        from hybrid_vit_cascade.inference.radiograph import read_radiograph
+        from hybrid_vit_cascade.data.radiograph import read_radiograph
 
         rad = read_radiograph(path, ds=ds)  # LUTs, polarity, view, orientation, scale, collimation
         note = f"DICOM {modality} {photometric}" + (" (inverted)" if rad.info["inverted"] else "")
@@ -243,18 +237,6 @@ def read_xray(path: str | os.PathLike) -> RawXray:
 # ------------------------------------------------------------------------------ normalisation
 
 
-LOW_PCT, HIGH_PCT = 0.5, 99.5  # robust ends of a display radiograph's intensities (ignore a few outliers)
-
-
-def percentile_normalize(pixels: np.ndarray) -> np.ndarray:
-    """Display intensities (bright = attenuating) -> [-1, 1] by robust percentiles."""
-    lo, hi = np.percentile(pixels, [LOW_PCT, HIGH_PCT])
-    if not hi > lo:
-        raise ValueError("image is (nearly) constant; nothing to reconstruct from")
-    x = (pixels - lo) / (hi - lo) * 2.0 - 1.0
-    return np.clip(x, -1.0, 1.0)
-
-
 def resample_square(img: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop (H, W) to a square and resample to (size, size): area average down, bilinear up."""
     H, W = img.shape
@@ -292,14 +274,14 @@ def check_view(raw: RawXray, li_max: float) -> None:
 def to_model_input(raw: RawXray, li_max: float, det_pixels: int, field=None) -> np.ndarray:
     """One RawXray (H, W) -> (det_pixels, det_pixels) in the model's X-ray range.
 
-    `field` (inference.radiograph_fit.ModelField): the checkpoint's detector field and training X-ray
+    `field` (data.radiograph_fit.ModelField): the checkpoint's detector field and training X-ray
     statistics; with it a DICOM film is cropped to that physical field and histogram-matched.
     """
     from hybrid_vit_cascade.geometry.physics import normalize_xray
 
     check_view(raw, li_max)
     if raw.radiograph is not None and field is not None:
-        from hybrid_vit_cascade.inference.radiograph_fit import radiograph_to_model
+        from hybrid_vit_cascade.data.radiograph_fit import radiograph_to_model
 
         x, raw.info = radiograph_to_model(raw.radiograph, field, raw.view)
         return x
@@ -339,7 +321,7 @@ def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], l
     for r in raws:
         if r.pixels.ndim != 2:
             raise XrayReadError(r.path, f"holds {r.pixels.shape[0]} images; with several files give one (H, W) per file")
-    from hybrid_vit_cascade.inference.radiograph import settle_views
+    from hybrid_vit_cascade.data.radiograph import settle_views
 
     settle_views(raws, model_views, views)  # DICOM films: header view (ViewPosition), --views wins with a warning
     got = ", ".join(paths)

@@ -26,10 +26,10 @@ import numpy as np
 from scipy import ndimage
 
 from hybrid_vit_cascade.config import GeometryConfig
-from hybrid_vit_cascade.data.xray_stats import area_resample, body_anchor, body_mask, match_to_quantiles
+from hybrid_vit_cascade.data.radiograph import Radiograph, XrayReadError, read_radiograph
+from hybrid_vit_cascade.data.xray_stats import (area_resample, body_anchor, body_mask, match_to_quantiles,
+                                                percentile_normalize)
 from hybrid_vit_cascade.geometry.views import make_view, resolve_det_spacing
-from hybrid_vit_cascade.inference.radiograph import Radiograph, read_radiograph
-from hybrid_vit_cascade.inference.xray_io import XrayReadError, percentile_normalize
 
 PAD_TOLERANCE = 0.5  # model pixels of the field allowed beyond the film without padding rules
 SEARCH = 0.15  # registration searches ±15 % of the field (±57 mm of 378) around the first guess

@@ -36,7 +36,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from hybrid_vit_cascade.inference.xray_io import XrayReadError
 
 # Source–detector distance (mm) when the header has none: erect PA and lateral chest films are taken
 # at 180 cm (72 in), supine / portable AP films at about 100 cm (40 in) — standard radiographic
@@ -61,6 +60,14 @@ _AXIS = {"L": "x", "R": "x", "A": "y", "P": "y", "H": "z", "F": "z"}
 FLAT_TOLERANCE = 0.02  # a border line is flat if its 5–95 % spread is below 2 % of the image's range
 EXTREME_FRACTION = 0.1  # … and its median lies within 10 % of the range from the image's max or min
 MAX_BORDER = 0.45  # collimation never takes more than 45 % of the film from one side
+
+
+class XrayReadError(ValueError):
+    """An X-ray file could not be used; `path` and `reason` say which and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path, self.reason = str(path), " ".join(str(reason).splitlines())  # one line, even quoting a library
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 @dataclass
