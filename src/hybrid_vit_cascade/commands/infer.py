@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.inference.pipeline import Reconstructor, xrays_from_ct
     from hybrid_vit_cascade.data.io import sidecar_path
     from hybrid_vit_cascade.files import write_json_atomic
-    from hybrid_vit_cascade.inference.radiograph_fit import describe, model_field
+    from hybrid_vit_cascade.data.radiograph_fit import describe, model_field
     from hybrid_vit_cascade.inference.xray_io import load_xrays
     from hybrid_vit_cascade.metrics import volume_metrics
     from hybrid_vit_cascade.runtime.sampling import resolve_sampling
