@@ -134,9 +134,8 @@ def main() -> None:
         truth = rec.to_hu(item["ct"][res][0])
         psnr = lambda vol: M.volume_metrics(rec.to_hu(vol[0]), truth, rec.window)["psnr3d"]  # noqa: E731
         clean = {nm: psnr(recon(nm, torch.from_numpy(x), cid)) for nm in names}
-        paths, _ = CE.write_case_films(rec, CE.case_cube_hu(ds, i, rec.render_size, rec.window), cid, film_dir,
-                                       args.seed, film_dir.parent)
-        xf, _ = CE.read_films(rec, paths)
+        xf, _, _, paths = CE.case_films(rec, CE.case_cube_hu(ds, i, rec.render_size, rec.window), cid, film_dir,
+                                        args.seed, film_dir.parent, keep=True)
         inputs = [("clinical film", 0.0, xf.numpy()), ("film, central-ray crop", 0.0, central_ray_input(rec, paths))]
         inputs += [(fam, s, perturb(x, fam, s, args.seed + i)) for fam, ss in FAMILIES.items() for s in ss]
         for fam, s, xp in inputs:

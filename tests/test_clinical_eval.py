@@ -51,7 +51,7 @@ def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypat
     from hybrid_vit_cascade.inference.pipeline import Reconstructor
 
     rec, ds = Reconstructor(ck), CTXrayDataset(prep, "test", [32])
-    again, _ = CE.write_case_films(rec, CE.case_cube_hu(ds, 0, rec.render_size, rec.window), first["case_id"],
-                                   tmp_path / "again", 0, tmp_path)
+    *_, again = CE.case_films(rec, CE.case_cube_hu(ds, 0, rec.render_size, rec.window), first["case_id"],
+                              tmp_path / "again", 0, tmp_path, keep=True)
     for p in again:
         assert p.read_bytes() == (tmp_path / "a" / "clinical" / p.name).read_bytes()

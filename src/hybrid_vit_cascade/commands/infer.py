@@ -85,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
                 rec.check_source({**r.render, "views": rec.views}, f"X-ray {r.path}")
     if len(present) < len(rec.views):
         print(f"reconstructing from {'+'.join(present)} only (checkpoint views: {'+'.join(rec.views)})")
-    settings = resolve_sampling(rec.cfg, args.steps, args.sampler, args.samples, args.guidance_scale)
+    display = not args.ct and any(r.kind != "line_integral" for r in raws)  # a film: no DRR guidance by default
+    settings = resolve_sampling(rec.cfg, args.steps, args.sampler, args.samples, args.guidance_scale,
+                                display_input=display)
+    if display and args.guidance_scale is None and settings.guidance_scale != resolve_sampling(rec.cfg).guidance_scale:
+        print(f"DRR guidance {settings.guidance_scale:g} (not the config's): the X-rays are display intensities, "
+              "not line integrals (--guidance-scale overrides)")
     if settings.samples > 1 and not rec.is_diffusion:
         print("note: a regression checkpoint is deterministic; all samples are identical (std = 0)")
     results = rec.reconstruct(xray, steps=settings.steps, sampler=settings.sampler, samples=settings.samples,

@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from hybrid_vit_cascade import metrics as M
-from hybrid_vit_cascade.data.clinical import (VIEW_POSITION, FilmParams, sample_film_params, simulate_film,
-                                              write_film_dicom)
+from hybrid_vit_cascade.data.clinical import VIEW_POSITION, FilmParams, sample_film_params
 from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.geometry.physics import unit_to_hu
+from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed
 
 FILM_FIXED: dict[str, Any] = {}  # film parameters fixed for every film (tests: a coarse pitch_mm for speed)
@@ -41,37 +41,18 @@ def case_cube_hu(ds, index: int, render_size: int, window: tuple[float, float]) 
     return unit_to_hu(unit, window).numpy()
 
 
-def write_case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int,
-                     root: Path) -> tuple[list[Path], list[FilmParams]]:
-    """One simulated clinical DICOM per view of the checkpoint, parameters drawn from (seed, case, view)."""
-    paths, params = [], []
-    for view in rec.views:
-        p = sample_film_params(mix_seed("clinical-film", seed, case_id, view), VIEW_POSITION[view], rec.cfg.data,
-                               **FILM_FIXED)
-        film = simulate_film(hu, rec.cfg.data, p)
-        paths.append(write_film_dicom(inside(folder / f"{case_id}_{view}.dcm", root), film, case_id, root=root))
-        params.append(p)
-    return paths, params
+def case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int, root: Path,
+               keep: bool = False) -> tuple[Tensor, list[dict[str, Any]], list[FilmParams], list[Path]]:
+    """One simulated clinical film per view of the checkpoint, read back like a user's: (V, P, P) model
+    input, the reader's info per film, the film parameters (drawn from (seed, case, view)), the files."""
+    from hybrid_vit_cascade.data.film_inputs import film_round_trip
+    from hybrid_vit_cascade.data.radiograph_fit import model_field
 
-
-def read_films(rec, paths: list[Path]) -> tuple[Tensor, list[dict[str, Any]]]:
-    """The films as the model's input (V, P, P) through the clinical reader, and what it inferred per film.
-
-    Each film's view comes from its own header (ViewPosition, PatientOrientation), as a user's would.
-    """
-    from hybrid_vit_cascade.data.radiograph import read_radiograph
-    from hybrid_vit_cascade.data.radiograph_fit import model_field, radiograph_to_model
-
-    field = model_field(rec)
-    xs, infos = [], []
-    for view, path in zip(rec.views, paths):
-        rad = read_radiograph(path)
-        if rad.view != view:
-            raise ValueError(f"{path}: the reader took the {view} film for {rad.view!r}")
-        x, info = radiograph_to_model(rad, field, view=view)
-        xs.append(torch.as_tensor(np.asarray(x), dtype=torch.float32))
-        infos.append(info)
-    return torch.stack(xs), infos
+    params = [sample_film_params(mix_seed("clinical-film", seed, case_id, view), VIEW_POSITION[view], rec.cfg.data,
+                                 **FILM_FIXED) for view in rec.views]
+    x, infos, paths = film_round_trip(hu, rec.cfg.data, model_field(rec), rec.views, params, case_id,
+                                      inside(folder, root), root=root, keep=keep)
+    return torch.from_numpy(x), infos, params, paths
 
 
 def score_case(rec, reg, bp, ds, index: int, item: dict, x_clean: Tensor, sampling: dict[str, Any], seed: int,
@@ -79,21 +60,19 @@ def score_case(rec, reg, bp, ds, index: int, item: dict, x_clean: Tensor, sampli
     """One case through its clinical films: (per-case metrics keyed `<method key>[TAG]`, summary-row metrics
     keyed (method, stage, res), the case's `clinical` record). `score` is evaluate's per-case scorer;
     `sampling` the clean runs' arguments (`baseline_steps`: the regression baseline's), so each pair differs
-    only in the input. Films are deleted after reading unless `keep`."""
+    only in the input — and in the DRR guidance when the caller left it unset: a film gets the film default
+(runtime/sampling.py FILM_GUIDANCE_SCALE), as `hvc infer` gives it. Films are deleted after reading
+unless `keep`."""
     from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
 
     cid = item["meta"]["case_id"]
-    paths, params = write_case_films(rec, case_cube_hu(ds, index, rec.render_size, rec.window), cid,
-                             out_dir / "clinical", seed, out_dir)
-    try:
-        x_film, infos = read_films(rec, paths)
-    finally:
-        if not keep:
-            for p in paths:
-                p.unlink(missing_ok=True)
+    x_film, infos, params, paths = case_films(rec, case_cube_hu(ds, index, rec.render_size, rec.window), cid,
+                                              out_dir / "clinical", seed, out_dir, keep)
     li_film = denormalize_xray(x_film, rec.li_max)  # DRR consistency against what the model was given
     sampling = dict(sampling)
     reg_steps = sampling.pop("baseline_steps", None)
+    if sampling.get("guidance_scale") is None:  # a film is no line integral: the film default, as `hvc infer`
+        sampling["guidance_scale"] = resolve_sampling(rec.cfg, display_input=True).guidance_scale
     last = rec.reconstruct(x_film, seed=seed, case_keys=[cid], **sampling)[-1]
     runs = [(f"cascade/stage{last.index}_{last.name}", ("cascade" + TAG, f"stage{last.index}_{last.name}", last.res),
              last.mean[0], last.res, rec),

