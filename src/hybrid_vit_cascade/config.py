@@ -241,6 +241,12 @@ class TrainingConfig(_Strict):
     # probability (0–1) that a training sample shows only one of the two views (which one uniform), so one
     # checkpoint reconstructs from one film or two; 0 = always both views (needs two data.views if > 0)
     view_dropout: float = Field(0.0, ge=0, le=1)
+    # probability (0–1) that a training sample's X-rays are replaced by the reader's input from simulated
+    # clinical films of the same case (data/clinical.py → DICOM → data/radiograph*.py, as `hvc infer` reads a
+    # user's film), so the model learns the film domain; the physics loss still uses the clean line integrals
+    film_augment: float = Field(0.0, ge=0, le=1)
+    # films per case and view made once at the start of training (training/film_cache.py) and drawn from
+    film_variants: int = Field(4, gt=0, le=64)
 
     @model_validator(mode="after")
     def _decay(self) -> "TrainingConfig":

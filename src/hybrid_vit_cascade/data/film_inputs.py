@@ -15,11 +15,25 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
 from ..config import DataConfig
+from ..geometry.physics import unit_to_hu
 from .clinical import FilmParams, simulate_film, write_film_dicom
 from .radiograph import XrayReadError, read_radiograph
 from .radiograph_fit import ModelField, radiograph_to_model
+
+
+def case_cube_hu(ds, index: int, render_size: int, window: tuple[float, float]) -> np.ndarray:
+    """The HU cube (render_size³, RAS+) the dataset's clean X-rays of case `index` were rendered from."""
+    case = ds.cases[index]
+    key = f"ct_{render_size}"
+    with np.load(ds.root / case["file"]) as z:
+        if key not in z:
+            raise ValueError(f"case {case['case_id']}: no {key} in {case['file']} (the DRRs' render size); "
+                             "re-prepare the dataset")
+        unit = torch.from_numpy(np.ascontiguousarray(z[key], dtype=np.float32))
+    return unit_to_hu(unit, window).numpy()
 
 
 def film_round_trip(hu: np.ndarray, data_cfg: DataConfig, field: ModelField, views: Sequence[str],

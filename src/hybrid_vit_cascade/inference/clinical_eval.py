@@ -19,26 +19,14 @@ from torch import Tensor
 
 from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.data.clinical import VIEW_POSITION, FilmParams, sample_film_params
+from hybrid_vit_cascade.data.film_inputs import case_cube_hu  # noqa: F401 (callers find it here too)
 from hybrid_vit_cascade.files import inside
-from hybrid_vit_cascade.geometry.physics import unit_to_hu
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed
 
 FILM_FIXED: dict[str, Any] = {}  # film parameters fixed for every film (tests: a coarse pitch_mm for speed)
 TAG = " [clinical film]"  # suffix of a method's row / per-case key when its input was the clinical film
 GAP_TARGET_DB = 1.5  # issue 11: the clinical film may cost at most this much PSNR-3D
-
-
-def case_cube_hu(ds, index: int, render_size: int, window: tuple[float, float]) -> np.ndarray:
-    """The HU cube (render_size³, RAS+) the dataset's clean X-rays of case `index` were rendered from."""
-    case = ds.cases[index]
-    key = f"ct_{render_size}"
-    with np.load(ds.root / case["file"]) as z:
-        if key not in z:
-            raise ValueError(f"case {case['case_id']}: no {key} in {case['file']} (the DRRs' render size); "
-                             "re-prepare the dataset")
-        unit = torch.from_numpy(np.ascontiguousarray(z[key], dtype=np.float32))
-    return unit_to_hu(unit, window).numpy()
 
 
 def case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int, root: Path,

@@ -37,13 +37,17 @@ class StageDataset(Dataset):
     sample at its own resolution d (runtime.conditioning upsamples it) — when `cond_cache` is given}.
     `view_caches` {view-set label: cache} (training.view_dropout) add "prev_views": {label: (1, d, d, d)},
     the previous stage's sample from that view set alone, for the samples that show only it.
+    `films` (training.film_augment, training/film_cache.py) add "films": (F, V, P, P), the case's X-rays
+    as the reader makes them from F simulated clinical films; the step decides which sample uses one.
     """
 
-    def __init__(self, base: Dataset, resolution: int, cond_cache=None, view_caches: Optional[dict] = None):
+    def __init__(self, base: Dataset, resolution: int, cond_cache=None, view_caches: Optional[dict] = None,
+                 films=None):
         self.base = base
         self.resolution = resolution
         self.cond_cache = cond_cache
         self.view_caches = view_caches or {}
+        self.films = films
 
     def __len__(self) -> int:
         return len(self.base)
@@ -64,6 +68,8 @@ class StageDataset(Dataset):
             out["prev"] = _load(self.cond_cache, case_id)
         if self.view_caches:
             out["prev_views"] = {label: _load(c, case_id) for label, c in self.view_caches.items()}
+        if self.films is not None:
+            out["films"] = _load(self.films, case_id)
         return out
 
 

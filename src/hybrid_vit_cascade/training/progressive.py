@@ -198,11 +198,21 @@ def train_progressive(
     earlier = first > 1 and (src_root / DATA_INFO_FILE).is_file()  # else: "stage j is not trained" below
     render_size = read_data_info(src_root)["render_size"] if earlier else manifest["render_size"]
     check_dataset(cfg, manifest, root, ckpt, render_size)
+    from hybrid_vit_cascade.data.xray_stats import training_xray_stats
+
+    stats = training_xray_stats(root)  # what a film is matched to at inference, and in film augmentation
     if is_main:
         save_resolved_config(cfg, ckpt)
-        from hybrid_vit_cascade.data.xray_stats import training_xray_stats
+        write_json_atomic(ckpt / DATA_INFO_FILE, make_data_info(root, manifest, stats))
+    films = None
+    if cfg.training.film_augment > 0:
+        from hybrid_vit_cascade.training.film_cache import build_film_cache
 
-        write_json_atomic(ckpt / DATA_INFO_FILE, make_data_info(root, manifest, training_xray_stats(root)))
+        with accelerator.main_process_first():  # the main process makes them, the others then reuse them
+            # under data.cache_dir: checkpoints trained on the same data (the cascade, its baseline) share them
+            films = build_film_cache(cfg, _split(root, "train", cfg.stages[0].resolution),
+                                     Path(cfg.data.cache_dir) / "film_cache", str(manifest.get("settings_hash")),
+                                     render_size, stats, say)
 
     from hybrid_vit_cascade.models.cascade import Cascade
 
@@ -226,7 +236,7 @@ def train_progressive(
     try:
         for k in stages:
             summaries.append(_train_stage(cfg, k, cascade, accelerator, root, manifest, ckpt, logger,
-                                          resume_payload if k == first else None, stop_at_step, say))
+                                          resume_payload if k == first else None, stop_at_step, say, films))
             if not summaries[-1]["completed"]:
                 break
             snap = stage_snapshot(ckpt, cfg, k, "best")
@@ -248,7 +258,8 @@ def _load_frozen(cascade, j: int, snap: Path) -> None:
     stage.requires_grad_(False).eval()
 
 
-def _train_stage(cfg, k, cascade, accelerator, root, manifest, ckpt, logger, resume, stop_at_step, say) -> dict:
+def _train_stage(cfg, k, cascade, accelerator, root, manifest, ckpt, logger, resume, stop_at_step, say,
+                 films=None) -> dict:
     res = cfg.stages[k - 1].resolution
     train_base, val_base = _split(root, "train", res), _split(root, "val", res)
     cache, view_caches = None, {}
@@ -267,7 +278,7 @@ def _train_stage(cfg, k, cascade, accelerator, root, manifest, ckpt, logger, res
                 cache = c
             else:
                 view_caches[subset_label(views)] = c
-    train_ds = StageDataset(train_base, res, cache, view_caches)
+    train_ds = StageDataset(train_base, res, cache, view_caches, films)
     val_ds = StageDataset(val_base, res, cache) if len(val_base) else []  # validation: every view
     trainer = StageTrainer(cfg, k, cascade, accelerator, train_ds, val_ds, ckpt, logger,
                            float(manifest["xray_scale"]["li_max"]), resume, stop_at_step, say)

@@ -1,6 +1,8 @@
 """One training or validation step of the stage being trained: objective loss + physics loss, or samples.
 
 The stage is called through runtime.conditioning (`make_condition`, `stage_model_fn`), as inference calls it.
+With training.film_augment a training sample may be shown one of its simulated clinical films
+(training/film_cache.py) instead of its X-rays; the physics loss always compares with the clean ones.
 With training.view_dropout a training sample may see one view only (`view_mask`); stage k ≥ 2 is then
 conditioned on what stage k−1 produced from that same view (the conditioning cache's per-view
 samples), and the physics loss still compares the prediction with every view's ground-truth X-ray.
@@ -54,19 +56,36 @@ class StageStepper:
         ctx = self.ctx
         return draw_view_mask(gens_views, len(ctx.view_names), ctx.cfg.training.view_dropout, ctx.device)
 
+    def film_inputs(self, batch: dict, gens_films: Optional[Sequence[torch.Generator]]) -> Tensor:
+        """The X-rays the model is shown: sample b's own, or with probability training.film_augment one of
+        its simulated films (which one uniform; batch["films"] (B, F, V, P, P), training/film_cache.py)."""
+        xray = batch["xray"]
+        if gens_films is None or "films" not in batch:
+            return xray
+        films = batch["films"]
+        F = films.shape[1]
+        u = torch.stack([torch.rand(2, generator=g, device=xray.device) for g in gens_films])  # (B, 2), always both
+        use = u[:, 0] < self.ctx.cfg.training.film_augment
+        which = (u[:, 1] * F).long().clamp(max=F - 1)
+        picked = films[torch.arange(len(which), device=films.device), which.to(films.device)]  # (B, V, P, P)
+        return torch.where(use[:, None, None, None], picked.to(xray), xray)
+
     def losses(self, batch: dict, gens, gens_cond, train: bool,
-               gens_views: Optional[Sequence[torch.Generator]] = None) -> dict[str, Tensor]:
+               gens_views: Optional[Sequence[torch.Generator]] = None,
+               gens_films: Optional[Sequence[torch.Generator]] = None) -> dict[str, Tensor]:
         """{"<kind>_loss", "physics_loss", "physics_loss_<view>"..., "loss"} for a batch on the device.
 
         <kind> is "diffusion" or "regression" (training.objective); "loss" is what is optimised:
         the objective loss + physics_weight × physics_loss. `gens_views` (training with view dropout)
-        draw which views each sample shows; their own generators, so no other draw moves.
+        draw which views each sample shows, `gens_films` (training.film_augment) which sample sees a
+        simulated film instead of its X-rays; their own generators, so no other draw moves.
         """
         ctx = self.ctx
-        xray = batch["xray"]
+        xray = batch["xray"]  # clean line integrals: the physics loss's target, whatever the model is shown
         mask = self.view_mask(gens_views)
         prev, cond_noise = self.condition(batch, gens_cond, train, mask)
-        model_fn = stage_model_fn(self.model, xray, prev, cond_noise, view_mask=mask)
+        shown = self.film_inputs(batch, gens_films)
+        model_fn = stage_model_fn(self.model, shown, prev, cond_noise, view_mask=mask)
         out = ctx.objective.loss(model_fn, batch["x0"], gens)
         res = {f"{ctx.objective.kind}_loss": out.loss}
         total = out.loss

@@ -249,8 +249,10 @@ class StageTrainer:
                 # Which views each sample shows: own generators, none at all without view dropout.
                 gens_v = sample_generators([mix_seed("train-views", tc.seed, k, epoch, i) for i in idx],
                                            self.device) if tc.view_dropout else None
+                gens_f = sample_generators([mix_seed("train-films", tc.seed, k, epoch, i) for i in idx],
+                                           self.device) if tc.film_augment and "films" in batch else None
                 with acc.accumulate(model):
-                    res = stepper.losses(batch, gens, gens_c, train=True, gens_views=gens_v)
+                    res = stepper.losses(batch, gens, gens_c, train=True, gens_views=gens_v, gens_films=gens_f)
                     acc.backward(res["loss"])
                     for key, v in res.items():
                         sums[key] = sums.get(key, 0.0) + v.detach().float()

@@ -1,0 +1,77 @@
+"""Film-augmented training inputs (training.film_augment): each training case's views as clinical films, made once.
+
+A user's film reaches the model through the reader (data/radiograph*.py): crop centred by
+registration, intensities histogram-matched to the training X-rays, scatter and unsharp masking
+left in. A model trained on clean line integrals only has never seen that input. With
+`training.film_augment` > 0, every training case gets `training.film_variants` simulated films per
+view (data/clinical.py, parameters drawn from (training.seed, variant, case, view)), each read back
+by the same reader with this run's training X-ray statistics (data/film_inputs.py), cached as
+`<data.cache_dir>/film_cache/films_<key>/<case_id>.npy` (F, V, P, P) float32 — the same per-case
+store as the conditioning cache. The key hashes what the films depend on (not the model), so a
+rerun and another model on the same data (the regression baseline) reuse them; any change rebuilds. Training then swaps a sample's X-rays for one of its films with probability
+`film_augment` (training/step.py); the physics loss keeps the clean line integrals.
+Films are rendered at FILM_PITCH_MM (clinical plates are 0.1–0.2 mm; the model's pixels are ≥ 1 mm,
+each the area mean of many film pixels, and tests/test_clinical_gap.py measured ±0.1 dB between
+2 and 0.5 mm).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from hybrid_vit_cascade.config import Config
+from hybrid_vit_cascade.data.clinical import VIEW_POSITION, sample_film_params
+from hybrid_vit_cascade.data.film_inputs import case_cube_hu, film_round_trip
+from hybrid_vit_cascade.data.radiograph_fit import ModelField
+from hybrid_vit_cascade.files import inside, write_json_atomic
+from hybrid_vit_cascade.runtime.seeding import mix_seed
+from hybrid_vit_cascade.training.cond_cache import COMPLETE, ConditionCache
+
+FILM_PITCH_MM = 2.0
+FILM_VERSION = 1  # bump when the film chain or the reader changes what a film becomes
+
+
+def film_cache_key(cfg: Config, data_id: str, render_size: int, xray_stats: dict) -> str:
+    """Hash of everything the training films depend on."""
+    d = {"data": cfg.data.model_dump(mode="json"), "data_id": data_id, "render_size": render_size,
+         "stats": xray_stats, "seed": cfg.training.seed, "variants": cfg.training.film_variants,
+         "pitch_mm": FILM_PITCH_MM, "version": FILM_VERSION}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_size: int, xray_stats: dict,
+                     log: Callable[[str], None] = print) -> Optional[ConditionCache]:
+    """Films of every case of `ds` (a CTXrayDataset of the training split), reusing a complete cache;
+    None when training.film_augment is 0. Run it on one process (the others wait, then read)."""
+    tc = cfg.training
+    if tc.film_augment <= 0:
+        return None
+    key = film_cache_key(cfg, data_id, render_size, xray_stats)  # objective and stages are not in it: shared
+    cache = ConditionCache(inside(Path(cache_root) / f"films_{key}", cache_root, "film cache"), 0, key)
+    if cache.complete:
+        log(f"film augmentation: reusing the training films in {cache.root}")
+        return cache
+    views, window = list(cfg.data.views), tuple(float(v) for v in cfg.data.hu_window)
+    field = ModelField(cfg.data.geometry, float(cfg.data.fov_mm), xray_stats)
+    log(f"film augmentation: {tc.film_variants} simulated film(s) per view for {len(ds)} training cases "
+        f"(p = {tc.film_augment:g})")
+    with tempfile.TemporaryDirectory(prefix="hvc_films_") as tmp:
+        for i in range(len(ds)):
+            cid = ds.cases[i]["case_id"]
+            if cache.path(cid).is_file():
+                continue
+            hu = case_cube_hu(ds, i, render_size, window)
+            films = []
+            for f in range(tc.film_variants):
+                params = [sample_film_params(mix_seed("train-film", tc.seed, f, cid, v), VIEW_POSITION[v], cfg.data,
+                                             pitch_mm=FILM_PITCH_MM) for v in views]
+                x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp)
+                films.append(x)
+            cache.save(cid, np.stack(films))  # (F, V, P, P)
+    write_json_atomic(cache.root / COMPLETE, {"films": tc.film_variants, "key": key, "cases": len(ds)})
+    return cache

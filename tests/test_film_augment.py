@@ -1,0 +1,102 @@
+"""training.film_augment: simulated clinical films, read back like a user's, as training inputs."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from _trainkit import tiny_cfg, tiny_dataset, tiny_dict  # noqa: F401 (fixture)
+from hybrid_vit_cascade.config import ConfigError, config_from_dict
+from hybrid_vit_cascade.runtime.sampling import FILM_GUIDANCE_SCALE, resolve_sampling
+from hybrid_vit_cascade.runtime.seeding import sample_generators
+from hybrid_vit_cascade.training.step import StageStepper
+
+
+def _cache(cfg, root, tmp_path, log=None):
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
+    from hybrid_vit_cascade.data.xray_stats import training_xray_stats
+    from hybrid_vit_cascade.training.film_cache import build_film_cache
+
+    man = load_manifest(root)
+    ds = CTXrayDataset(root, "train", [16])
+    cache = build_film_cache(cfg, ds, tmp_path / "film_cache", str(man.get("settings_hash")), int(man["render_size"]),
+                             training_xray_stats(root), log or (lambda m: None))
+    return cache, ds
+
+
+def test_film_cache_holds_reader_inputs_and_is_reused(tiny_dataset, tmp_path):  # noqa: F811
+    cfg = tiny_cfg(tiny_dataset, stages=(16,), film_augment=0.5, film_variants=2)
+    cache, ds = _cache(cfg, tiny_dataset, tmp_path)
+    for i in range(len(ds)):
+        films = cache.load(ds.cases[i]["case_id"])
+        clean = ds[i]["xray"].numpy()
+        assert films.shape == (2, *clean.shape) and films.dtype == np.float32
+        assert np.isfinite(films).all() and films.min() >= -1 and films.max() <= 1
+        assert not np.allclose(films[0], films[1])  # two different films of the same case
+        # a film of the case, not of another one: closer to its own clean X-rays than to the next case's
+        other = ds[(i + 1) % len(ds)]["xray"].numpy()
+        assert np.abs(films - clean).mean() < np.abs(films - other).mean()
+    said = []
+    again, _ = _cache(cfg, tiny_dataset, tmp_path, said.append)
+    assert again.root == cache.root and any("reusing" in m for m in said)
+    more, _ = _cache(tiny_cfg(tiny_dataset, stages=(16,), film_augment=0.5, film_variants=3), tiny_dataset, tmp_path)
+    assert more.root != cache.root  # another film count: another key
+
+
+def test_no_film_cache_without_film_augment(tiny_dataset, tmp_path):  # noqa: F811
+    cache, _ = _cache(tiny_cfg(tiny_dataset, stages=(16,)), tiny_dataset, tmp_path)
+    assert cache is None and not (tmp_path / "film_cache").exists()
+
+
+def _stepper(p: float) -> StageStepper:
+    ctx = SimpleNamespace(cfg=SimpleNamespace(training=SimpleNamespace(film_augment=p)))
+    return StageStepper(ctx, model=None)
+
+
+def test_film_inputs_follow_the_probability():
+    B, F, V, P = 64, 3, 2, 4
+    batch = {"xray": torch.zeros(B, V, P, P),
+             "films": torch.arange(1, F + 1, dtype=torch.float32)[None, :, None, None, None].expand(B, F, V, P, P)}
+    gens = lambda: sample_generators(range(B))  # noqa: E731
+    assert torch.equal(_stepper(0.0).film_inputs(batch, gens()), batch["xray"])
+    always = _stepper(1.0).film_inputs(batch, gens())
+    assert set(always[:, 0, 0, 0].tolist()) == {1.0, 2.0, 3.0}  # every film variant drawn
+    half = _stepper(0.5).film_inputs(batch, gens())
+    shown = (half[:, 0, 0, 0] > 0).float().mean().item()
+    assert 0.3 < shown < 0.7
+    assert torch.equal(half, _stepper(0.5).film_inputs(batch, gens()))  # the seeds decide, nothing else
+    assert torch.equal(_stepper(1.0).film_inputs(batch, None), batch["xray"])  # validation: no generators
+
+
+def test_training_with_film_augment_writes_its_films(tiny_dataset, tmp_path):  # noqa: F811
+    from hybrid_vit_cascade.training.progressive import train_progressive
+
+    d = tiny_dict(tiny_dataset, stages=(16,), film_augment=0.5, film_variants=1, max_steps_per_stage=3,
+                  val_samples=0)
+    d["data"]["cache_dir"] = str(tmp_path / "cache")
+    train_progressive(config_from_dict(d), tmp_path / "ck", device="cpu", log=lambda m: None)
+    (folder,) = (tmp_path / "cache" / "film_cache").iterdir()
+    assert json.loads((folder / "complete.json").read_text())["films"] == 1
+    assert len(list(folder.glob("*.npy"))) == 6  # the 6 training cases of the tiny dataset
+
+
+def test_film_augment_must_be_a_probability(tiny_dataset):  # noqa: F811
+    d = tiny_dict(tiny_dataset, film_augment=1.5)
+    with pytest.raises(ConfigError, match="film_augment"):
+        config_from_dict(d)
+
+
+def test_film_variants_must_be_positive(tiny_dataset):  # noqa: F811
+    d = tiny_dict(tiny_dataset, film_variants=0)
+    with pytest.raises(ConfigError, match="film_variants"):
+        config_from_dict(d)
+
+
+def test_display_inputs_default_to_the_film_guidance(tiny_dataset):  # noqa: F811
+    cfg = config_from_dict({**tiny_dict(tiny_dataset), "diffusion": {"sample_steps": 3, "guidance_scale": 1.0}})
+    assert resolve_sampling(cfg).guidance_scale == 1.0
+    assert resolve_sampling(cfg, display_input=True).guidance_scale == FILM_GUIDANCE_SCALE
+    assert resolve_sampling(cfg, guidance_scale=0.5, display_input=True).guidance_scale == 0.5  # explicit wins
