@@ -4,9 +4,9 @@ The model's detector covers `det_pixels × det_spacing` mm at the detector, i.e.
 mm per pixel at the isocentre (`ModelField.pixel_mm`; parallel beam: `det_spacing`). The film is
 cropped to that physical field at the isocentre, centred as the training cube is (on the body
 across, on the lungs vertically: data/preprocessing.body_center): a first guess from the film's body
-mask and lungs (data/xray_stats.body_anchor), refined by registering the intensity-matched film to
-the training X-rays' mean image (translation, normalised cross-correlation; older checkpoints: the
-first guess). Each model pixel is the exact area mean of the film pixels under it. Beyond the
+mask and lungs (data/xray_stats.body_anchor), refined by registering the film to the training
+X-rays' mean image (translation, normalised cross-correlation, each candidate field
+intensity-matched as the final cut is; older checkpoints: the first guess). Each model pixel is the exact area mean of the film pixels under it. Beyond the
 usable film (its edge or collimation) the field may be filled with air only where the body does
 not reach that edge; otherwise the film does not cover the field and `XrayReadError` says by how much.
 
@@ -33,6 +33,8 @@ from hybrid_vit_cascade.geometry.views import make_view, resolve_det_spacing
 
 PAD_TOLERANCE = 0.5  # model pixels of the field allowed beyond the film without padding rules
 SEARCH = 0.15  # registration searches ±15 % of the field (±57 mm of 378) around the first guess
+REGISTER_SUB = 4  # registration steps: a quarter of the mean image's cell (378 mm / 32 / 4 ≈ 3 mm)
+REGISTER_ROUNDS = 3  # searches, each re-centred on the last one's edge peak: up to ±45 % of the field
 
 
 @dataclass(frozen=True)
@@ -96,39 +98,75 @@ def _intensities(x: np.ndarray, stats: Optional[dict], path: str) -> tuple[np.nd
         raise XrayReadError(path, str(err)) from None
 
 
-def _register(film: np.ndarray, body: np.ndarray, centre: tuple[float, float], spacing: tuple[float, float],
-              P: int, pix: float, stats: dict, path: str) -> tuple[tuple[float, float], list[float], float]:
+def _register_once(film: np.ndarray, body: np.ndarray, centre: tuple[float, float],
+                   spacing: tuple[float, float], P: int, pix: float, stats: dict,
+                   path: str) -> tuple[tuple[float, float], list[float], float, bool]:
     """Refine the field's centre by translation: best normalised cross-correlation with the training mean.
 
     The first guess (the body anchor) and the training cube's centre differ by the anatomy's and the
-    guess's quirks; the intensity-matched film around it is compared with the training X-rays' mean
-    image at every whole model-pixel shift within ±SEARCH of the field, then refined to sub-pixel
-    by a parabola through the peak. Returns (centre, shift in mm (down, right), peak NCC).
+    guess's quirks. Every candidate field within ±SEARCH of the guess, on a grid of a quarter of the
+    mean image's cell (n = its size; a cell is the field / n), is cut, averaged to n × n cells and
+    intensity-matched exactly as the final cut will be, then compared with the training X-rays' mean
+    image: whole-cell steps first, then the neighbours of the best at half and quarter cells (the
+    score varies smoothly over a cell: the mean image is that coarse), then a parabola through the
+    peak's neighbours for the sub-step offset. (Matching once on the
+    wide search area instead, with its extra air and collimation, skewed the peak: 20–85 mm misses
+    on some simulated films.) Returns (centre, shift in mm (down, right), peak NCC, whether the peak
+    lies on the search area's edge).
     """
-    S = max(1, int(round(SEARCH * P)))
-    wide, _, _ = _cut(film, body, centre, spacing, P + 2 * S, pix)
-    wide, _ = _intensities(wide, stats, path)
     mean = np.asarray(stats["mean_image"], dtype=np.float64)
-    t = ndimage.zoom(mean, P / mean.shape[0], order=1, grid_mode=True, mode="nearest")[:P, :P]
-    t = (t - t.mean()) / max(t.std(), 1e-12)
-    score = np.full((2 * S + 1, 2 * S + 1), -np.inf)
-    for dy in range(2 * S + 1):
-        for dx in range(2 * S + 1):
-            w = wide[dy:dy + P, dx:dx + P]
-            sd = w.std()
-            if sd > 0:
-                score[dy, dx] = float(((w - w.mean()) * t).mean() / sd)
-    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    n = mean.shape[0]
+    t = (mean - mean.mean()) / max(mean.std(), 1e-12)
+    sub = REGISTER_SUB
+    w = P * pix / (n * sub)  # mm per working pixel
+    S = max(1, int(round(SEARCH * n * sub)))  # search radius, working pixels
+    wide, _, _ = _cut(film, body, centre, spacing, n * sub + 2 * S, w)  # one resampling for every candidate
+    scores: dict[tuple[int, int], float] = {}
+
+    def score(dy: int, dx: int) -> float:
+        if (dy, dx) not in scores:
+            cells = wide[dy:dy + n * sub, dx:dx + n * sub].reshape(n, sub, n, sub).mean(axis=(1, 3))
+            try:
+                x, _ = _intensities(cells, stats, path)
+            except XrayReadError:  # no body in this window
+                scores[(dy, dx)] = -np.inf
+                return -np.inf
+            sd = x.std()
+            scores[(dy, dx)] = float(((x - x.mean()) * t).mean() / sd) if sd > 0 else -np.inf
+        return scores[(dy, dx)]
+
+    # whole cells over the search area, then the 3 × 3 neighbours at half the step, down to one working pixel
+    by, bx = max(((dy, dx) for dy in range(0, 2 * S + 1, sub) for dx in range(0, 2 * S + 1, sub)),
+                 key=lambda o: score(*o))
+    step = sub // 2
+    while step >= 1:
+        by, bx = max(((min(max(by + a * step, 0), 2 * S), min(max(bx + b * step, 0), 2 * S))
+                      for a in (-1, 0, 1) for b in (-1, 0, 1)), key=lambda o: score(*o))
+        step //= 2
 
     def vertex(a: float, b: float, c: float) -> float:  # parabola through three samples: offset of the peak
         den = a - 2 * b + c
         return 0.0 if not np.isfinite(den) or den >= 0 else float(np.clip((a - c) / (2 * den), -0.5, 0.5))
 
-    fy = vertex(*score[iy - 1:iy + 2, ix]) if 0 < iy < 2 * S else 0.0
-    fx = vertex(*score[iy, ix - 1:ix + 2]) if 0 < ix < 2 * S else 0.0
-    dy_mm, dx_mm = (iy + fy - S) * pix, (ix + fx - S) * pix
+    fy = vertex(score(by - 1, bx), score(by, bx), score(by + 1, bx)) if 0 < by < 2 * S else 0.0
+    fx = vertex(score(by, bx - 1), score(by, bx), score(by, bx + 1)) if 0 < bx < 2 * S else 0.0
+    dy_mm, dx_mm = (by + fy - S) * w, (bx + fx - S) * w
     new = (centre[0] + dy_mm / spacing[0], centre[1] + dx_mm / spacing[1])
-    return new, [round(dy_mm, 1), round(dx_mm, 1)], float(score[iy, ix])
+    return new, [dy_mm, dx_mm], scores[(by, bx)], bool({by, bx} & {0, 2 * S})
+
+
+def _register(film: np.ndarray, body: np.ndarray, centre: tuple[float, float], spacing: tuple[float, float],
+              P: int, pix: float, stats: dict, path: str) -> tuple[tuple[float, float], list[float], float]:
+    """`_register_once`, moved on while the best field lies on the search area's edge (a first guess
+    far off: up to ~10 cm on some simulated films), at most REGISTER_ROUNDS times; (centre, total
+    shift in mm (down, right), peak NCC)."""
+    total = [0.0, 0.0]
+    for _ in range(REGISTER_ROUNDS):
+        centre, shift, score, on_edge = _register_once(film, body, centre, spacing, P, pix, stats, path)
+        total = [total[0] + shift[0], total[1] + shift[1]]
+        if not on_edge:
+            break
+    return centre, [round(total[0], 1), round(total[1], 1)], score
 
 
 def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] = None) -> tuple[np.ndarray, dict]:
