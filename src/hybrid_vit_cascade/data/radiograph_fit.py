@@ -98,6 +98,13 @@ def _intensities(x: np.ndarray, stats: Optional[dict], path: str) -> tuple[np.nd
         raise XrayReadError(path, str(err)) from None
 
 
+def _features(img: np.ndarray) -> np.ndarray:
+    """An image flattened and standardised for correlation (NaN when flat)."""
+    f = img.ravel()
+    sd = f.std()
+    return (f - f.mean()) / sd if sd > 0 else np.full_like(f, np.nan)
+
+
 def _register_once(film: np.ndarray, body: np.ndarray, centre: tuple[float, float],
                    spacing: tuple[float, float], P: int, pix: float, stats: dict,
                    path: str) -> tuple[tuple[float, float], list[float], float, bool]:
@@ -116,7 +123,7 @@ def _register_once(film: np.ndarray, body: np.ndarray, centre: tuple[float, floa
     """
     mean = np.asarray(stats["mean_image"], dtype=np.float64)
     n = mean.shape[0]
-    t = (mean - mean.mean()) / max(mean.std(), 1e-12)
+    t = _features(mean)
     sub = REGISTER_SUB
     w = P * pix / (n * sub)  # mm per working pixel
     S = max(1, int(round(SEARCH * n * sub)))  # search radius, working pixels
@@ -131,8 +138,8 @@ def _register_once(film: np.ndarray, body: np.ndarray, centre: tuple[float, floa
             except XrayReadError:  # no body in this window
                 scores[(dy, dx)] = -np.inf
                 return -np.inf
-            sd = x.std()
-            scores[(dy, dx)] = float(((x - x.mean()) * t).mean() / sd) if sd > 0 else -np.inf
+            x = _features(x)
+            scores[(dy, dx)] = float((x * t).mean()) if np.isfinite(x).all() else -np.inf
         return scores[(dy, dx)]
 
     # whole cells over the search area, then the 3 × 3 neighbours at half the step, down to one working pixel
