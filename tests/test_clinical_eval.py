@@ -8,6 +8,7 @@ import pytest
 
 from hybrid_vit_cascade.cli import main as hvc
 from hybrid_vit_cascade.inference import clinical_eval as CE
+from hybrid_vit_cascade.runtime import sampling
 from test_inference import dataset, make_checkpoint  # noqa: F401 (fixture)
 
 COARSE = {"pitch_mm": 2.0}  # clinical pitch is 0.1–0.2 mm; 2 mm keeps the films ~250 px for CI
@@ -23,6 +24,7 @@ def _evaluate(ck, reg, data, out) -> dict:
 
 def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setattr(CE, "FILM_FIXED", COARSE)
+    monkeypatch.setattr(sampling, "FILM_GUIDANCE_SCALE", 0.25)  # a value no config uses: seen only on films
     prep = str(dataset / "prep")
     ck = make_checkpoint(tmp_path / "ck", dataset=prep)
     reg = make_checkpoint(tmp_path / "reg", objective="regression", dataset=prep)
@@ -37,6 +39,8 @@ def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypat
         assert g["gap"]["mean"] == pytest.approx(np.mean(d)) and g["cases"] == len(d)
         assert g["meets_target"] == (np.mean(d) <= CE.GAP_TARGET_DB) and g["target_db"] == 1.5
     first, rest = m["cases"][0], m["cases"][1:]
+    # films get the film default of DRR guidance (no --guidance-scale given), the clean X-rays the config's
+    assert all(c["clinical"]["guidance_scale"] == 0.25 for c in m["cases"]) and m["info"]["DRR guidance"] != 0.25
     assert first["clinical"]["films"] == [f"{first['case_id']}_{v}.dcm" for v in ("ap", "lateral")]
     assert sorted(p.name for p in (tmp_path / "a" / "clinical").iterdir()) == first["clinical"]["films"]
     assert all(c["clinical"]["films"] == [] for c in rest)  # beyond --montage-cases: read, then removed
@@ -55,3 +59,9 @@ def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypat
                               tmp_path / "again", 0, tmp_path, keep=True)
     for p in again:
         assert p.read_bytes() == (tmp_path / "a" / "clinical" / p.name).read_bytes()
+
+
+def test_film_pitch_must_be_a_plausible_pitch(tmp_path, capsys):
+    rc = hvc(["evaluate", "--checkpoint", str(tmp_path / "ck"), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--clinical", "--film-pitch", "0"])
+    assert rc == 2 and "--film-pitch must be in (0, 5] mm, got 0.0" in capsys.readouterr().err

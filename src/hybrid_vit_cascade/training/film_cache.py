@@ -29,6 +29,7 @@ from hybrid_vit_cascade.data.clinical import VIEW_POSITION, sample_film_params
 from hybrid_vit_cascade.data.film_inputs import case_cube_hu, film_round_trip
 from hybrid_vit_cascade.data.radiograph_fit import ModelField
 from hybrid_vit_cascade.files import inside, write_json_atomic
+from hybrid_vit_cascade.progress import progress_bar
 from hybrid_vit_cascade.runtime.seeding import mix_seed
 from hybrid_vit_cascade.training.cond_cache import COMPLETE, ConditionCache
 
@@ -45,7 +46,7 @@ def film_cache_key(cfg: Config, data_id: str, render_size: int, xray_stats: dict
 
 
 def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_size: int, xray_stats: dict,
-                     log: Callable[[str], None] = print) -> Optional[ConditionCache]:
+                     log: Callable[[str], None] = print, progress: bool = True) -> Optional[ConditionCache]:
     """Films of every case of `ds` (a CTXrayDataset of the training split), reusing a complete cache;
     None when training.film_augment is 0. Run it on one process (the others wait, then read)."""
     tc = cfg.training
@@ -61,7 +62,7 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
     log(f"film augmentation: {tc.film_variants} simulated film(s) per view for {len(ds)} training cases "
         f"(p = {tc.film_augment:g})")
     with tempfile.TemporaryDirectory(prefix="hvc_films_") as tmp:
-        for i in range(len(ds)):
+        for i in progress_bar(range(len(ds)), "films", "case", progress):
             cid = ds.cases[i]["case_id"]
             if cache.path(cid).is_file():
                 continue

@@ -212,7 +212,7 @@ def train_progressive(
             # under data.cache_dir: checkpoints trained on the same data (the cascade, its baseline) share them
             films = build_film_cache(cfg, _split(root, "train", cfg.stages[0].resolution),
                                      Path(cfg.data.cache_dir) / "film_cache", str(manifest.get("settings_hash")),
-                                     render_size, stats, say)
+                                     render_size, stats, say, progress=is_main)
 
     from hybrid_vit_cascade.models.cascade import Cascade
 
