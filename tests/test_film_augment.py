@@ -100,3 +100,21 @@ def test_display_inputs_default_to_the_film_guidance(tiny_dataset):  # noqa: F81
     assert resolve_sampling(cfg).guidance_scale == 1.0
     assert resolve_sampling(cfg, display_input=True).guidance_scale == FILM_GUIDANCE_SCALE
     assert resolve_sampling(cfg, guidance_scale=0.5, display_input=True).guidance_scale == 0.5  # explicit wins
+
+
+def test_film_cache_splits_cases_over_ranks(tiny_dataset, tmp_path):  # noqa: F811
+    """Two ranks (run one after the other here) each make their half; the last call marks it complete."""
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
+    from hybrid_vit_cascade.data.xray_stats import training_xray_stats
+    from hybrid_vit_cascade.training.film_cache import build_film_cache
+
+    cfg = tiny_cfg(tiny_dataset, stages=(16,), film_augment=0.5, film_variants=1)
+    man, ds = load_manifest(tiny_dataset), CTXrayDataset(tiny_dataset, "train", [16])
+    args = (cfg, ds, tmp_path / "fc", str(man.get("settings_hash")), int(man["render_size"]),
+            training_xray_stats(tiny_dataset), lambda m: None, False)
+    with pytest.raises(RuntimeError, match="is missing cases"):  # rank 0 alone: rank 1's cases are absent
+        build_film_cache(*args, rank=0, world=2)
+    half = build_film_cache(*args, rank=1, world=2)  # rank 1 makes the rest ...
+    assert not half.complete  # ... but only rank 0 declares the cache complete
+    done = build_film_cache(*args, rank=0, world=2)
+    assert done.complete and len(list(done.root.glob("*.npy"))) == len(ds)

@@ -12,7 +12,9 @@ rerun and another model on the same data (the regression baseline) reuse them; a
 `film_augment` (training/step.py); the physics loss keeps the clean line integrals.
 Films are rendered at FILM_PITCH_MM (clinical plates are 0.1–0.2 mm; the model's pixels are ≥ 1 mm,
 each the area mean of many film pixels, and tests/test_clinical_gap.py measured ±0.1 dB between
-2 and 0.5 mm).
+2 and 0.5 mm). Cost per film on the 2-core CPU of BENCHMARKS.md: 0.1 s for the demo (24³ cube,
+32-px detector), 0.6 s at 128³ / 128 px, 8.9 s at 256³ / 256 px — every process makes its share of
+the cases, but at 256³ a large dataset takes hours, which is why the GPU configs leave it off.
 """
 from __future__ import annotations
 
@@ -46,9 +48,10 @@ def film_cache_key(cfg: Config, data_id: str, render_size: int, xray_stats: dict
 
 
 def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_size: int, xray_stats: dict,
-                     log: Callable[[str], None] = print, progress: bool = True) -> Optional[ConditionCache]:
+                     log: Callable[[str], None] = print, progress: bool = True, rank: int = 0, world: int = 1,
+                     barrier: Callable[[], None] = lambda: None) -> Optional[ConditionCache]:
     """Films of every case of `ds` (a CTXrayDataset of the training split), reusing a complete cache;
-    None when training.film_augment is 0. Run it on one process (the others wait, then read)."""
+    None when training.film_augment is 0. Cases are split over `world` ranks; `barrier` synchronises them."""
     tc = cfg.training
     if tc.film_augment <= 0:
         return None
@@ -61,8 +64,9 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
     field = ModelField(cfg.data.geometry, float(cfg.data.fov_mm), xray_stats)
     log(f"film augmentation: {tc.film_variants} simulated film(s) per view for {len(ds)} training cases "
         f"(p = {tc.film_augment:g})")
+    mine = [i for i in range(len(ds)) if i % world == rank]
     with tempfile.TemporaryDirectory(prefix="hvc_films_") as tmp:
-        for i in progress_bar(range(len(ds)), "films", "case", progress):
+        for i in progress_bar(mine, "films", "case", progress):
             cid = ds.cases[i]["case_id"]
             if cache.path(cid).is_file():
                 continue
@@ -74,5 +78,11 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
                 x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp)
                 films.append(x)
             cache.save(cid, np.stack(films))  # (F, V, P, P)
-    write_json_atomic(cache.root / COMPLETE, {"films": tc.film_variants, "key": key, "cases": len(ds)})
+    barrier()
+    if rank == 0:
+        missing = [c["case_id"] for c in ds.cases if not cache.path(c["case_id"]).is_file()]
+        if missing:
+            raise RuntimeError(f"film cache {cache.root} is missing cases {missing[:5]}")
+        write_json_atomic(cache.root / COMPLETE, {"films": tc.film_variants, "key": key, "cases": len(ds)})
+    barrier()
     return cache

@@ -208,11 +208,12 @@ def train_progressive(
     if cfg.training.film_augment > 0:
         from hybrid_vit_cascade.training.film_cache import build_film_cache
 
-        with accelerator.main_process_first():  # the main process makes them, the others then reuse them
-            # under data.cache_dir: checkpoints trained on the same data (the cascade, its baseline) share them
-            films = build_film_cache(cfg, _split(root, "train", cfg.stages[0].resolution),
-                                     Path(cfg.data.cache_dir) / "film_cache", str(manifest.get("settings_hash")),
-                                     render_size, stats, say, progress=is_main)
+        # under data.cache_dir: checkpoints trained on the same data (the cascade, its baseline) share them;
+        # every process makes its share of the cases
+        films = build_film_cache(cfg, _split(root, "train", cfg.stages[0].resolution),
+                                 Path(cfg.data.cache_dir) / "film_cache", str(manifest.get("settings_hash")),
+                                 render_size, stats, say, progress=is_main, rank=accelerator.process_index,
+                                 world=accelerator.num_processes, barrier=accelerator.wait_for_everyone)
 
     from hybrid_vit_cascade.models.cascade import Cascade
 
