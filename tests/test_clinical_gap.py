@@ -12,9 +12,10 @@ CI cannot train the demo model, so the target is held two ways:
 (b) directly: a tiny model trained for a few seconds reconstructs from the clinical films within
     1.5 dB PSNR-3D of its reconstruction from the clean X-rays, mean over its 8 cases × 2 films (the
     model does use its X-rays: `test_tiny_model_depends_on_its_xrays`).
-(a) fails today (strict xfail, so a fix shows up as XPASS): in this session the reader recovered the
-demo films' inputs to 21.9 dB (20.6–24.4; cut at the central ray instead of on the body: 26.5 dB)
-and the demo cascade lost 11.8 dB PSNR-3D; the tiny films here read back at ~26 dB. Where the demo
+(a) fails today (strict xfail, so a fix shows up as XPASS): the reader recovers the demo films'
+inputs to 22.45 dB (make demo at f0b9afa; 21.9 dB before the registration fix) and the demo cascade,
+trained on films (training.film_augment) and sampled without DRR guidance on them, loses 5.44 dB
+PSNR-3D (8.5 dB before either); the tiny films here read back at ~26 dB. Where the demo
 films lose it (benchmarks/clinical_input.py, 5 test cases × 2 views): the crop's centre is 12.8 mm
 (vertical) and 5.1 mm (across) from where the cube projects, mean over 10 cases (the cube is centred
 on the lungs' 3D extent, which a film shows only in projection; no 2D rule tried did better),
