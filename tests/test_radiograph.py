@@ -301,6 +301,9 @@ def test_hvc_infer_prints_the_header_and_writes_the_sidecar(tmp_path, capsys):
     assert "CR LL → LATERAL; 2.667 × 2.667 mm/px" in text and "crop 269 × 269 mm" in text
     assert "note: no PatientOrientation" in text and "defaults for a LATERAL chest film" in text
     side = json.loads((tmp_path / "ct.json").read_text())
+    from hybrid_vit_cascade.runtime.sampling import FILM_GUIDANCE_SCALE
+
+    assert side["sampling"]["guidance_scale"] == FILM_GUIDANCE_SCALE and side["sampling"]["samples"] == 1  # films
     by_view = {i["view"]: i for i in side["inputs"]}
     ap = by_view["ap"]["inferred"]
     assert by_view["ap"]["path"] == pa and ap["header_view"] == "PA" and ap["magnification"] == 1.1

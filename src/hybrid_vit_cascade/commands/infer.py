@@ -149,8 +149,10 @@ def run(args: argparse.Namespace) -> int:
         depth_png = write_depth_figure(stem.with_name(stem.name + "_depth.png"), rec, xray,
                                        rec.data_info.get("dataset"), views=present)  # None: no depth lifting
         written += [depth_png] if depth_png else []
-    if inputs:
-        written.append(write_json_atomic(sidecar_path(args.out), {"inputs": inputs}))
+    if inputs:  # how each film was read, and how the reconstruction was sampled from them
+        from dataclasses import asdict
+
+        written.append(write_json_atomic(sidecar_path(args.out), {"inputs": inputs, "sampling": asdict(settings)}))
     for w in written:
         print(f"wrote {w}")
     return 0
