@@ -118,24 +118,3 @@ def test_film_cache_splits_cases_over_ranks(tiny_dataset, tmp_path):  # noqa: F8
     assert not half.complete  # ... but only rank 0 declares the cache complete
     done = build_film_cache(*args, rank=0, world=2)
     assert done.complete and len(list(done.root.glob("*.npy"))) == len(ds)
-
-
-def test_jitter_moves_the_field_by_that_many_mm(tiny_dataset, tmp_path):  # noqa: F811
-    """radiograph_to_model's training jitter moves the crop's centre by exactly the given mm."""
-    from hybrid_vit_cascade.data import clinical as C
-    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
-    from hybrid_vit_cascade.data.film_inputs import case_cube_hu
-    from hybrid_vit_cascade.data.radiograph import read_radiograph
-    from hybrid_vit_cascade.data.radiograph_fit import ModelField, radiograph_to_model
-    from hybrid_vit_cascade.data.xray_stats import training_xray_stats
-
-    cfg = tiny_cfg(tiny_dataset, stages=(16,))
-    ds, man = CTXrayDataset(tiny_dataset, "train", [16]), load_manifest(tiny_dataset)
-    hu = case_cube_hu(ds, 0, int(man["render_size"]), tuple(cfg.data.hu_window))
-    film = C.simulate_film(hu, cfg.data, C.sample_film_params(0, "AP", cfg.data, pitch_mm=2.0))
-    rad = read_radiograph(C.write_film_dicom(tmp_path / "f.dcm", film, "X"))
-    field = ModelField(cfg.data.geometry, float(cfg.data.fov_mm), training_xray_stats(tiny_dataset))
-    _, still = radiograph_to_model(rad, field, view="ap")
-    _, moved = radiograph_to_model(rad, field, view="ap", jitter_mm=(6.0, -4.0))
-    d = np.subtract(moved["crop"]["centre_offset_mm"], still["crop"]["centre_offset_mm"])
-    assert d == pytest.approx([6.0, -4.0], abs=0.11)  # offsets are rounded to 0.1 mm

@@ -38,15 +38,14 @@ def case_cube_hu(ds, index: int, render_size: int, window: tuple[float, float]) 
 
 def film_round_trip(hu: np.ndarray, data_cfg: DataConfig, field: ModelField, views: Sequence[str],
                     params: Sequence[FilmParams], case_id: str, folder: str | os.PathLike,
-                    root: Optional[str | os.PathLike] = None, keep: bool = False,
-                    jitter_mm: Optional[Sequence[tuple[float, float]]] = None) -> tuple[np.ndarray, list[dict], list[Path]]:
+                    root: Optional[str | os.PathLike] = None,
+                    keep: bool = False) -> tuple[np.ndarray, list[dict], list[Path]]:
     """(V, P, P) float32 model input from one simulated film per view, the reader's info per film, the files.
 
     `hu`: the canonical HU cube (RAS+) the clean X-rays were rendered from; `params[v]` the film of
     `views[v]` (sample_film_params). Files go to `folder` (inside `root` if given) and are deleted
     after reading unless `keep`. A film the reader takes for another view is an error: the header's
-    view must survive the round trip, as it does for a user's film. `jitter_mm[v]` (training only)
-    moves view v's field from where the reader put it (radiograph_to_model).
+    view must survive the round trip, as it does for a user's film.
     """
     if len(params) != len(views):
         raise ValueError(f"{len(params)} film parameter set(s) for {len(views)} view(s)")
@@ -56,12 +55,11 @@ def film_round_trip(hu: np.ndarray, data_cfg: DataConfig, field: ModelField, vie
             film = simulate_film(hu, data_cfg, p)
             paths.append(write_film_dicom(Path(folder) / f"{case_id}_{view}.dcm", film, case_id, root=root))
         xs, infos = [], []
-        for v, (view, path) in enumerate(zip(views, paths)):
+        for view, path in zip(views, paths):
             rad = read_radiograph(path)
             if rad.view != view:
                 raise XrayReadError(path, f"the reader took the {view} film for {rad.view!r}")
-            x, info = radiograph_to_model(rad, field, view=view,
-                                          jitter_mm=(0.0, 0.0) if jitter_mm is None else tuple(jitter_mm[v]))
+            x, info = radiograph_to_model(rad, field, view=view)
             xs.append(np.asarray(x, dtype=np.float32))
             infos.append(info)
     finally:

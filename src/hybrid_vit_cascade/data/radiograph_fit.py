@@ -176,14 +176,11 @@ def _register(film: np.ndarray, body: np.ndarray, centre: tuple[float, float], s
     return centre, [round(total[0], 1), round(total[1], 1)], score
 
 
-def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] = None,
-                        jitter_mm: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, dict]:
+def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] = None) -> tuple[np.ndarray, dict]:
     """(det_pixels, det_pixels) model input in [-1, 1] from a read film, and everything inferred.
 
     `view`: the model slot the film is fed as (default: the film's view); it picks the training
     statistics and, for a film whose header named no view, the orientation and scale defaults.
-    `jitter_mm` (down, right; training augmentation only): moves the field from where registration
-    put it, so training films miss the cube's centre as often as held-out films do.
     """
     if rad.view is None and view is not None:
         rad = read_radiograph(rad.path, view=view)
@@ -206,7 +203,6 @@ def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] 
     if stats is not None and "mean_image" in stats:
         (crow, ccol), shift, score = _register(film, body, (crow, ccol), (sr, sc), P, pix, stats, rad.path)
         how += f"; registered to the training X-rays' mean (NCC {score:.2f})"
-    crow, ccol = crow + jitter_mm[0] / sr, ccol + jitter_mm[1] / sc
     x, missing, cut = _cut(film, body, (crow, ccol), (sr, sc), P, pix)
     x, mask = _intensities(x, stats, rad.path)
     if cut:

@@ -29,7 +29,6 @@ import numpy as np
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.data.clinical import VIEW_POSITION, sample_film_params
 from hybrid_vit_cascade.data.film_inputs import case_cube_hu, film_round_trip
-from hybrid_vit_cascade.data.radiograph import XrayReadError
 from hybrid_vit_cascade.data.radiograph_fit import ModelField
 from hybrid_vit_cascade.files import inside, write_json_atomic
 from hybrid_vit_cascade.progress import progress_bar
@@ -37,19 +36,14 @@ from hybrid_vit_cascade.runtime.seeding import mix_seed
 from hybrid_vit_cascade.training.cond_cache import COMPLETE, ConditionCache
 
 FILM_PITCH_MM = 2.0
-# Each training film's field is moved by N(0, FILM_JITTER_MM²) per axis from where the reader put it.
-# The reader misses the training cube's centre by ~5 mm (mean |vertical miss|) on training cases but
-# ~10–13 mm on validation films (the mean image it registers to was made from the training cases):
-# jitter shows the model held-out-sized misses.
-FILM_JITTER_MM = 10.0
-FILM_VERSION = 2  # bump when the film chain or the reader changes what a film becomes
+FILM_VERSION = 1  # bump when the film chain or the reader changes what a film becomes
 
 
 def film_cache_key(cfg: Config, data_id: str, render_size: int, xray_stats: dict) -> str:
     """Hash of everything the training films depend on."""
     d = {"data": cfg.data.model_dump(mode="json"), "data_id": data_id, "render_size": render_size,
          "stats": xray_stats, "seed": cfg.training.seed, "variants": cfg.training.film_variants,
-         "pitch_mm": FILM_PITCH_MM, "jitter_mm": FILM_JITTER_MM, "version": FILM_VERSION}
+         "pitch_mm": FILM_PITCH_MM, "version": FILM_VERSION}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -81,12 +75,7 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
             for f in range(tc.film_variants):
                 params = [sample_film_params(mix_seed("train-film", tc.seed, f, cid, v), VIEW_POSITION[v], cfg.data,
                                              pitch_mm=FILM_PITCH_MM) for v in views]
-                jitter = [tuple(np.random.default_rng(mix_seed("train-film-jitter", tc.seed, f, cid, v))
-                                .normal(0.0, FILM_JITTER_MM, 2)) for v in views]
-                try:
-                    x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp, jitter_mm=jitter)
-                except XrayReadError:  # the moved field left the film where the body reaches its edge
-                    x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp)
+                x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp)
                 films.append(x)
             cache.save(cid, np.stack(films))  # (F, V, P, P)
     barrier()
