@@ -17,13 +17,12 @@ COARSE = {"pitch_mm": 2.0}  # clinical pitch is 0.1–0.2 mm; 2 mm keeps the fil
 def _evaluate(ck, reg, data, out) -> dict:
     rc = hvc(["evaluate", "--checkpoint", str(ck), "--data", data, "--split", "test", "--out", str(out),
               "--samples", "1", "--baseline-checkpoint", str(reg), "--no-progress", "--montage-cases", "1",
-              "--clinical"])
+              "--clinical", "--film-pitch", str(COARSE["pitch_mm"])])
     assert rc == 0
     return json.loads((out / "metrics.json").read_text())
 
 
 def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(CE, "FILM_FIXED", COARSE)
     monkeypatch.setattr(sampling, "FILM_GUIDANCE_SCALE", 0.25)  # a value no config uses: seen only on films
     prep = str(dataset / "prep")
     ck = make_checkpoint(tmp_path / "ck", dataset=prep)
@@ -56,7 +55,7 @@ def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypat
 
     rec, ds = Reconstructor(ck), CTXrayDataset(prep, "test", [32])
     *_, again = CE.case_films(rec, CE.case_cube_hu(ds, 0, rec.render_size, rec.window), first["case_id"],
-                              tmp_path / "again", 0, tmp_path, keep=True)
+                              tmp_path / "again", 0, tmp_path, keep=True, fixed=COARSE)
     for p in again:
         assert p.read_bytes() == (tmp_path / "a" / "clinical" / p.name).read_bytes()
 

@@ -24,7 +24,6 @@ from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed
 
-FILM_FIXED: dict[str, Any] = {}  # film parameters fixed for every film (tests: a coarse pitch_mm for speed)
 TAG = " [clinical film]"  # suffix of a method's row / per-case key when its input was the clinical film
 GAP_TARGET_DB = 1.5  # issue 11: the clinical film may cost at most this much PSNR-3D
 
@@ -38,7 +37,7 @@ def case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int, root:
     from hybrid_vit_cascade.data.radiograph_fit import model_field
 
     params = [sample_film_params(mix_seed("clinical-film", seed, case_id, view), VIEW_POSITION[view], rec.cfg.data,
-                                 **{**FILM_FIXED, **(fixed or {})}) for view in rec.views]
+                                 **(fixed or {})) for view in rec.views]
     x, infos, paths = film_round_trip(hu, rec.cfg.data, model_field(rec), rec.views, params, case_id,
                                       inside(folder, root), root=root, keep=keep)
     return torch.from_numpy(x), infos, params, paths

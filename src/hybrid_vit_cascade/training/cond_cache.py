@@ -36,7 +36,10 @@ COMPLETE = "complete.json"
 
 
 class ConditionCache:
-    """Stage j's sampled outputs, one `<case_id>.npy` (1, r, r, r) float32 per case, under a hashed key."""
+    """Stage j's sampled outputs, one `<case_id>.npy` (1, r, r, r) float32 per case, under a hashed key.
+
+    training/film_cache.py keeps its films (F, V, P, P) in the same store (stage 0).
+    """
 
     def __init__(self, root: Path, stage: int, key: str):
         self.root = Path(root)
@@ -61,6 +64,18 @@ class ConditionCache:
 
     def save(self, case_id: str, arr: np.ndarray) -> None:
         atomic_write(self.path(case_id), lambda f: np.save(f, arr.astype(np.float32)), root=self.root)
+
+    def seal(self, case_ids: Sequence[str], record: dict, what: str, rank: int = 0,
+             barrier: Callable[[], None] = lambda: None) -> None:
+        """After every rank saved its cases: rank 0 checks all `case_ids` are there and marks the cache
+        complete with `record`; `what` names the cache in the error."""
+        barrier()
+        if rank == 0:
+            missing = [c for c in case_ids if not self.path(c).is_file()]
+            if missing:
+                raise RuntimeError(f"{what} {self.root} is missing cases {missing[:5]}")
+            write_json_atomic(self.root / COMPLETE, record)
+        barrier()
 
 
 def cache_key(cfg: Config, j: int, stage_weights: dict[str, Tensor], prev_key: Optional[str], data_id: str,
@@ -152,11 +167,6 @@ def build_condition_cache(
             out = objective.generate(model_fn, (len(ids), 1, res, res, res), device, gens, settings)
         for c, o in zip(ids, out.cpu().numpy()):
             cache.save(c, o)
-    barrier()
-    if rank == 0:
-        missing = [c for c, _ in cases if not cache.path(c).is_file()]
-        if missing:
-            raise RuntimeError(f"conditioning cache {cache.root} is missing cases {missing[:5]}")
-        write_json_atomic(cache.root / COMPLETE, {"stage": j, "key": key, "cases": len(cases)})
-    barrier()
+    cache.seal([c for c, _ in cases], {"stage": j, "key": key, "cases": len(cases)}, "conditioning cache", rank,
+               barrier)
     return cache

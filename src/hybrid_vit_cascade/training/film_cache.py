@@ -30,10 +30,10 @@ from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.data.clinical import VIEW_POSITION, sample_film_params
 from hybrid_vit_cascade.data.film_inputs import case_cube_hu, film_round_trip
 from hybrid_vit_cascade.data.radiograph_fit import ModelField
-from hybrid_vit_cascade.files import inside, write_json_atomic
+from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.progress import progress_bar
 from hybrid_vit_cascade.runtime.seeding import mix_seed
-from hybrid_vit_cascade.training.cond_cache import COMPLETE, ConditionCache
+from hybrid_vit_cascade.training.cond_cache import ConditionCache
 
 FILM_PITCH_MM = 2.0
 FILM_VERSION = 1  # bump when the film chain or the reader changes what a film becomes
@@ -78,11 +78,6 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
                 x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp)
                 films.append(x)
             cache.save(cid, np.stack(films))  # (F, V, P, P)
-    barrier()
-    if rank == 0:
-        missing = [c["case_id"] for c in ds.cases if not cache.path(c["case_id"]).is_file()]
-        if missing:
-            raise RuntimeError(f"film cache {cache.root} is missing cases {missing[:5]}")
-        write_json_atomic(cache.root / COMPLETE, {"films": tc.film_variants, "key": key, "cases": len(ds)})
-    barrier()
+    cache.seal([c["case_id"] for c in ds.cases], {"films": tc.film_variants, "key": key, "cases": len(ds)},
+               "film cache", rank, barrier)
     return cache

@@ -200,7 +200,8 @@ def train_progressive(
     check_dataset(cfg, manifest, root, ckpt, render_size)
     from hybrid_vit_cascade.data.xray_stats import training_xray_stats
 
-    stats = training_xray_stats(root)  # what a film is matched to at inference, and in film augmentation
+    # what a film is matched to at inference (data_info, written by the main process) and in film augmentation
+    stats = training_xray_stats(root) if is_main or cfg.training.film_augment > 0 else None
     if is_main:
         save_resolved_config(cfg, ckpt)
         write_json_atomic(ckpt / DATA_INFO_FILE, make_data_info(root, manifest, stats))
