@@ -118,3 +118,51 @@ def test_film_cache_splits_cases_over_ranks(tiny_dataset, tmp_path):  # noqa: F8
     assert not half.complete  # ... but only rank 0 declares the cache complete
     done = build_film_cache(*args, rank=0, world=2)
     assert done.complete and len(list(done.root.glob("*.npy"))) == len(ds)
+
+
+def test_losses_show_the_film_and_keep_the_clean_xray_for_physics(monkeypatch):
+    """With film_augment 1 the model is given the film; the physics loss is still given the clean X-rays."""
+    from hybrid_vit_cascade.training import step as S
+
+    seen = {}
+
+    def physics(x0, xray, *args):
+        seen["physics"] = xray
+        return SimpleNamespace(total=torch.tensor(0.0), per_view=[])
+
+    monkeypatch.setattr(S, "stage_model_fn", lambda model, xray, *a, **k: seen.setdefault("model", xray))
+    monkeypatch.setattr(S, "physics_loss", physics)
+    objective = SimpleNamespace(kind="diffusion", loss=lambda fn, x0, gens: SimpleNamespace(loss=torch.tensor(1.0),
+                                                                                         x0_pred=x0))
+    ctx = SimpleNamespace(cfg=SimpleNamespace(training=SimpleNamespace(film_augment=1.0)), k=1, objective=objective,
+                          stage_cfg=SimpleNamespace(use_physics_loss=True, physics_weight=0.1), projector=None,
+                          spacing_mm=None, hu_window=None, mu_water=None, li_max=None, view_names=[])
+    clean, film = torch.zeros(2, 2, 4, 4), torch.ones(2, 1, 2, 4, 4)
+    batch = {"xray": clean, "films": film, "x0": torch.zeros(2, 1, 4, 4, 4)}
+    StageStepper(ctx, model=None).losses(batch, None, None, train=True, gens_films=sample_generators([0, 1]))
+    assert torch.equal(seen["model"], film[:, 0]) and seen["physics"] is clean
+
+
+def test_registration_recovers_a_first_guess_far_off(tiny_dataset, tmp_path, monkeypatch):  # noqa: F811
+    """A body anchor 100 mm too high (beyond one search's ±15 % of the field) still ends where a good one does."""
+    from hybrid_vit_cascade.data import clinical as C
+    from hybrid_vit_cascade.data import radiograph_fit as RF
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
+    from hybrid_vit_cascade.data.film_inputs import case_cube_hu
+    from hybrid_vit_cascade.data.radiograph import read_radiograph
+    from hybrid_vit_cascade.data.xray_stats import training_xray_stats
+
+    cfg = tiny_cfg(tiny_dataset, stages=(16,))
+    ds, man = CTXrayDataset(tiny_dataset, "train", [16]), load_manifest(tiny_dataset)
+    hu = case_cube_hu(ds, 0, int(man["render_size"]), tuple(cfg.data.hu_window))
+    film = C.simulate_film(hu, cfg.data, C.sample_film_params(0, "AP", cfg.data, pitch_mm=2.0, field=(1.6, 1.6)))
+    rad = read_radiograph(C.write_film_dicom(tmp_path / "f.dcm", film, "X"))
+    field = RF.ModelField(cfg.data.geometry, float(cfg.data.fov_mm), training_xray_stats(tiny_dataset))
+    _, good = RF.radiograph_to_model(rad, field, view="ap")
+    anchor = RF.body_anchor
+    monkeypatch.setattr(RF, "body_anchor", lambda img, body: (lambda r, c, how: (r - 100.0 / rad.spacing_mm[0], c,
+                                                                                 how))(*anchor(img, body)))
+    _, far = RF.radiograph_to_model(rad, field, view="ap")
+    assert abs(far["crop"]["registration_shift_mm"][0]) > RF.SEARCH * field.field_mm  # beyond one search
+    assert np.allclose(far["crop"]["centre_offset_mm"], good["crop"]["centre_offset_mm"], atol=field.pixel_mm / 2)
+
