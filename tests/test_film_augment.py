@@ -166,3 +166,36 @@ def test_registration_recovers_a_first_guess_far_off(tiny_dataset, tmp_path, mon
     assert abs(far["crop"]["registration_shift_mm"][0]) > RF.SEARCH * field.field_mm  # beyond one search
     assert np.allclose(far["crop"]["centre_offset_mm"], good["crop"]["centre_offset_mm"], atol=field.pixel_mm / 2)
 
+
+
+def test_the_film_round_trip_levels_each_film_by_the_other_views_width(tiny_dataset, tmp_path):  # noqa: F811
+    """Training films and `evaluate --clinical` go through the same body-width level step as `hvc infer`."""
+    import math
+
+    from hybrid_vit_cascade.data import clinical as C
+    from hybrid_vit_cascade.data import radiograph_fit as RF
+    from hybrid_vit_cascade.data import xray_stats as XS
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
+    from hybrid_vit_cascade.data.film_inputs import case_cube_hu, film_round_trip
+
+    cfg = tiny_cfg(tiny_dataset, stages=(16,))
+    ds, man = CTXrayDataset(tiny_dataset, "train", [16]), load_manifest(tiny_dataset)
+    hu = case_cube_hu(ds, 0, int(man["render_size"]), tuple(cfg.data.hu_window))
+    views = list(cfg.data.views)
+    params = [C.sample_film_params(1, C.VIEW_POSITION[v], cfg.data, pitch_mm=2.0) for v in views]
+    stats = XS.training_xray_stats(tiny_dataset)
+    for v in views:
+        stats["views"][v].pop("level_fits", None)
+
+    def trip():
+        field = RF.ModelField(cfg.data.geometry, float(cfg.data.fov_mm), stats)
+        return film_round_trip(hu, cfg.data, field, views, params, "c0", tmp_path)
+
+    plain, _, _ = trip()
+    width = XS.body_width(XS.body_mask(plain[1]))
+    want = 1.2 * XS.body_level(plain[0], XS.body_mask(plain[0]))  # a fit that asks for 1.2 × the matched level
+    stats["views"][views[0]]["level_fits"] = {views[1]: [math.log(want / width), 1.0]}
+    x, infos, _ = trip()
+    assert XS.body_level(x[0], XS.body_mask(x[0])) == pytest.approx(want, rel=1e-3)
+    assert f"level × 1.200 from the {views[1]} film's body width" in infos[0]["intensity"]
+    np.testing.assert_array_equal(x[1], plain[1])  # no fits for the second view: as read

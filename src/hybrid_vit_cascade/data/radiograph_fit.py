@@ -27,14 +27,15 @@ from scipy import ndimage
 
 from hybrid_vit_cascade.config import GeometryConfig
 from hybrid_vit_cascade.data.radiograph import Radiograph, XrayReadError, read_radiograph
-from hybrid_vit_cascade.data.xray_stats import (area_resample, body_anchor, body_mask, match_to_quantiles,
-                                                percentile_normalize)
+from hybrid_vit_cascade.data.xray_stats import (area_resample, body_anchor, body_level, body_mask, body_width,
+                                                match_to_quantiles, percentile_normalize)
 from hybrid_vit_cascade.geometry.views import make_view, resolve_det_spacing
 
 PAD_TOLERANCE = 0.5  # model pixels of the field allowed beyond the film without padding rules
 SEARCH = 0.15  # registration searches ±15 % of the field (±57 mm of 378) around the first guess
 REGISTER_SUB = 4  # registration steps: a quarter of the mean image's cell (378 mm / 32 / 4 ≈ 3 mm)
 REGISTER_ROUNDS = 3  # searches, each re-centred on the last one's edge peak: up to ±45 % of the field
+LEVEL_RATIO_RANGE = (2 / 3, 1.5)  # a body-width level correction beyond this is a failed width: clamped
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,34 @@ def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] 
         info["notes"] = info["notes"] + ["no xray_stats in data_info.json (trained before they were stored): "
                                          "percentile mapping instead of histogram matching"]
     return np.clip(x, -1.0, 1.0), info
+
+
+def patient_levels(xs: dict[str, np.ndarray], field: ModelField) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Histogram-matched films (view → (P, P)) moved from the training population's in-body level to the
+    level their patient's body width predicts (xray_stats `level_fits`); (films, what was done per view).
+
+    Each view's level comes from another view's width when that film is there (its width is this
+    view's thickness), else from its own width. (x + 1) — the line integral up to li_max / 2 — is
+    scaled, so air stays at −1 and the LUT stays monotone. Views without fits are returned unchanged.
+    """
+    stats = (field.xray_stats or {}).get("views", {})
+    out, notes = dict(xs), {}
+    masks = {v: body_mask(x) for v, x in xs.items()}
+    for view, x in xs.items():
+        fits = stats.get(view, {}).get("level_fits", {})
+        source = next((w for w in xs if w != view and w in fits), view if view in fits else None)
+        width = body_width(masks[source]) if source else 0.0
+        if source is None or width <= 0:
+            continue
+        a, b = fits[source]
+        ratio = math.exp(a + b * math.log(width)) / body_level(x, masks[view])
+        lo, hi = LEVEL_RATIO_RANGE
+        clamped = not lo <= ratio <= hi
+        ratio = float(np.clip(ratio, lo, hi))
+        out[view] = np.clip((x + 1.0) * ratio - 1.0, -1.0, 1.0)
+        notes[view] = (f"in-body level × {ratio:.3f} from the {source} film's body width ({width:.1f} px)"
+                       + (" (clamped: check the film's body outline)" if clamped else ""))
+    return out, notes
 
 
 def describe(info: dict) -> str:

@@ -5,8 +5,10 @@ the model's X-ray range by histogram matching inside the body (data/radiograph.p
 in-body distribution is carried onto the training DRRs' in-body distribution by a monotone LUT.
 That needs the training distribution, stored at training time in data_info.json (`xray_stats`):
 per view, `N_QUANTILES` quantiles of the training split's X-rays inside the body, the mean
-fraction of the detector the body covers, and the mean X-ray on a coarse grid (where the anatomy
-sits on the detector, which a film's crop is registered to). Both sides find the body with the same `body_mask`, so the
+fraction of the detector the body covers, the mean X-ray on a coarse grid (where the anatomy
+sits on the detector, which a film's crop is registered to), and `level_fits`: how each case's
+in-body level follows the body's width in each view (`fit_levels`: the population quantiles
+carry every film to the average patient; the width a film still shows moves it to its own). Both sides find the body with the same `body_mask`, so the
 two distributions describe the same region.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ BODY_METHOD = "otsu-largest-filled-v1"  # how `body_mask` finds the body; stored
 OTSU_BINS = 256
 MEAN_SIZE = 32  # the stored mean training X-ray: MEAN_SIZE² cells over the detector
 RIM_FRACTION = 0.08  # the body's rim left out of the lung search: 8 % of the body's width
+LEVEL_MIN_CASES = 3  # fewer training cases: no body-level fit (the population level alone)
 
 
 def air_threshold(values: np.ndarray) -> float:
@@ -89,9 +92,48 @@ def in_body_quantiles(values: np.ndarray) -> np.ndarray:
     return np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0.0, 1.0, N_QUANTILES))
 
 
+def body_width(mask: np.ndarray) -> float:
+    """Median width (pixels) of the body over the image rows it crosses: the patient's extent across the view."""
+    rows = np.asarray(mask, dtype=bool).sum(axis=1)
+    rows = rows[rows > 0]
+    return float(np.median(rows)) if rows.size else 0.0
+
+
+def body_level(img: np.ndarray, mask: np.ndarray) -> float:
+    """Mean in-body line integral in units of the model's range (x + 1: air is 0)."""
+    return float((np.asarray(img, dtype=np.float64)[mask] + 1.0).mean())
+
+
+def fit_levels(levels: dict[str, list[float]], widths: dict[str, list[float]]) -> dict[str, dict[str, list[float]]]:
+    """Per view, log(in-body level) = a + b·log(body width of view w), least squares over the training cases.
+
+    A ray's line integral grows with the thickness it crosses, which the *other* view shows as the
+    body's width (the lateral film's width is the AP thickness): a film's processing hides its level
+    but not its geometry. Fits for every view w, so a single film can use its own width. Views or
+    fits without spread (fewer than LEVEL_MIN_CASES cases, equal widths) are left out.
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    for view, lv in levels.items():
+        y = np.log(np.asarray(lv, dtype=np.float64))
+        fits = {}
+        for other, wd in widths.items():
+            w = np.asarray(wd, dtype=np.float64)
+            ok = np.isfinite(y) & (w > 0)
+            if ok.sum() < LEVEL_MIN_CASES or np.ptp(np.log(w[ok])) < 1e-6:
+                continue
+            b, a = np.polyfit(np.log(w[ok]), y[ok], 1)  # slope, intercept
+            fits[other] = [round(float(a), 6), round(float(b), 6)]
+        if fits:
+            out[view] = fits
+    return out
+
+
 def xray_stats(images_per_view: dict[str, list[np.ndarray]]) -> dict:
-    """data_info `xray_stats` of model-range X-rays: per view, in-body quantiles and mean body fraction."""
+    """data_info `xray_stats` of model-range X-rays: per view, in-body quantiles, mean body fraction,
+    mean image and the body-level fits (`fit_levels`; the lists of every view hold the same cases in order)."""
     views = {}
+    levels: dict[str, list[float]] = {}
+    widths: dict[str, list[float]] = {}
     for view, images in images_per_view.items():
         inside, fractions, small = [], [], []
         for img in images:
@@ -99,6 +141,8 @@ def xray_stats(images_per_view: dict[str, list[np.ndarray]]) -> dict:
             m = body_mask(img)
             inside.append(img[m])
             fractions.append(float(m.mean()))
+            levels.setdefault(view, []).append(body_level(img, m))
+            widths.setdefault(view, []).append(body_width(m))
             H, W = img.shape
             small.append(area_resample(img, 0.0, H / MEAN_SIZE, 0.0, W / MEAN_SIZE, MEAN_SIZE))
         q = in_body_quantiles(np.concatenate(inside))
@@ -106,6 +150,8 @@ def xray_stats(images_per_view: dict[str, list[np.ndarray]]) -> dict:
                        "body_fraction": round(float(np.mean(fractions)), 6),
                        # the mean X-ray on a MEAN_SIZE² grid over the detector: where anatomy sits in training
                        "mean_image": np.round(np.mean(small, axis=0), 4).tolist()}
+    for view, fits in fit_levels(levels, widths).items():
+        views[view]["level_fits"] = fits  # {width view: [a, b]}: log level = a + b · log width (pixels)
     n = len(next(iter(images_per_view.values()), []))
     return {"method": BODY_METHOD, "quantiles": N_QUANTILES, "images_per_view": n, "views": views}
 

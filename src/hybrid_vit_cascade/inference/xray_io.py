@@ -353,4 +353,13 @@ def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], l
     x = np.zeros((len(model_views), det_pixels, det_pixels))  # absent views stay zeros (masked out)
     for r in ordered:
         x[model_views.index(r.view)] = to_model_input(r, li_max, det_pixels, field)
+    films = {r.view: r for r in ordered if r.radiograph is not None and field is not None}
+    if films:  # the films' levels from their bodies' widths (one film's width is the other's thickness)
+        from hybrid_vit_cascade.data.radiograph_fit import patient_levels
+
+        levelled, notes = patient_levels({v: x[model_views.index(v)] for v in films}, field)
+        for v, r in films.items():
+            x[model_views.index(v)] = levelled[v]
+            if v in notes:
+                r.info["intensity"] = f"{r.info.get('intensity', '')}; {notes[v]}"
     return torch.as_tensor(x, dtype=torch.float32), ordered

@@ -36,7 +36,7 @@ from hybrid_vit_cascade.runtime.seeding import mix_seed
 from hybrid_vit_cascade.training.cond_cache import ConditionCache
 
 FILM_PITCH_MM = 2.0
-FILM_VERSION = 1  # bump when the film chain or the reader changes what a film becomes
+FILM_VERSION = 2  # bump when the film chain or the reader changes what a film becomes
 
 
 def film_cache_key(cfg: Config, data_id: str, render_size: int, xray_stats: dict) -> str:
