@@ -56,6 +56,27 @@ def test_spearman_of_monotone_maps():
     assert C.spearman([1.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1])
 
 
+def test_gaussian_reference_spearman_of_two_far_apart_spreads():
+    """Half the voxels σ = 1, half σ = 1000: |error| = σ|z| splits into two groups that never overlap in practice,
+    and the rank correlation of a two-valued variable with perfectly separated halves is √3/2 · n/√(n² − 1)."""
+    std = np.repeat([1.0, 1000.0], 5000)
+    n = std.size
+    assert C.spearman_gaussian_reference(std) == pytest.approx(math.sqrt(3) / 2 * n / math.sqrt(n * n - 1), abs=2e-3)
+    assert math.isnan(C.spearman_gaussian_reference(np.full(10, 3.0)))  # constant σ: no ranking to score
+
+
+def test_a_calibrated_ensemble_scores_its_gaussian_reference():
+    """Samples and truth drawn from the same N(μ, σ²) per voxel: the measured Spearman matches the reference."""
+    rng = np.random.default_rng(1)
+    sigma = np.exp(rng.normal(3.0, 0.8, size=20_000))  # heteroscedastic, like a CT's std map
+    mu = rng.normal(0, 100, size=sigma.size)
+    samples = mu + sigma * rng.standard_normal((64, sigma.size))
+    truth = mu + sigma * rng.standard_normal(sigma.size)
+    c = C.case_calibration(samples, truth)
+    assert c["spearman_gaussian_reference"] == pytest.approx(c["spearman_std_abs_error"], abs=0.02)
+    assert 0.3 < c["spearman_gaussian_reference"] < 0.7  # far from 1 although calibrated by construction
+
+
 def test_binned_calibration_and_exact_pooling():
     std, err = np.array([1.0, 3.0, 3.0, 600.0]), np.array([1.0, 2.0, 4.0, 0.0])
     b = C.binned(std, err)

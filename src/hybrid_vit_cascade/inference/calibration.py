@@ -3,6 +3,10 @@
 For one case, K sampled volumes x_1..x_K and the truth y (all HU, same shape), with the ensemble
 mean μ and the voxel-wise standard deviation σ (ddof = 1, as `StageResult.std`):
 - `spearman`: rank correlation of σ and |μ − y| over the voxels — does the map point at the errors?
+- `spearman_gaussian_reference`: the Spearman that errors drawn exactly from N(0, σ²) would give with
+  this σ map — what a perfectly calibrated Gaussian posterior scores. It is not 1: |error| = σ·|z|
+  with z ~ N(0, 1) ranks by σ only as far as σ varies more than |z| does, so the reference is the
+  yardstick for `spearman` (above it: errors more concentrated where σ is large than a Gaussian's).
 - `coverage`: the fraction of voxels with |y − μ| ≤ k·σ; a calibrated Gaussian gives 95.45 % at k = 2.
 - `gaussian_nll`: mean over voxels of −log N(y; μ, σ²) (nats per voxel, density per HU), with σ
   floored at SIGMA_FLOOR_HU: where all K samples agree exactly (σ = 0, e.g. air clipped at the
@@ -31,6 +35,7 @@ GAUSS_COVERAGE_2SIGMA = math.erf(2 / math.sqrt(2))  # 0.9545: what a calibrated 
 # σ bin edges (HU) of the calibration plot: octaves from the floor up to a wrong-tissue spread.
 CAL_EDGES_HU = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, math.inf)
 SCALE_RANGE = (1 / 64, 64.0)  # search interval of the fitted std scale
+REFERENCE_DRAWS = 4  # draws of z averaged in the Gaussian reference Spearman (seeded: reproducible)
 
 
 def _f64(a) -> np.ndarray:
@@ -59,6 +64,15 @@ def spearman(std, abs_error) -> float:
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
     return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def spearman_gaussian_reference(std, draws: int = REFERENCE_DRAWS, seed: int = 0) -> float:
+    """Mean over `draws` of spearman(σ, σ·|z|), z ~ N(0, 1) per voxel: a calibrated Gaussian's score; NaN for constant σ."""
+    s = _f64(std)
+    if s.size < 2 or np.ptp(s) == 0:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    return float(np.mean([spearman(s, s * np.abs(rng.standard_normal(s.shape))) for _ in range(draws)]))
 
 
 def coverage(mean, std, truth, k: float = COVERAGE_K) -> float:
@@ -158,6 +172,7 @@ def case_calibration(samples_hu, truth_hu, scale: Optional[float] = None) -> dic
         raise ValueError(f"samples {x.shape} do not stack volumes shaped like the truth {y.shape}")
     err = np.abs(mean - y)
     out = {"samples": int(x.shape[0]), "spearman_std_abs_error": spearman(std, err),
+           "spearman_gaussian_reference": spearman_gaussian_reference(std),
            "coverage_2sigma": coverage(mean, std, y), "nll": gaussian_nll(mean, std, y),
            "crps_hu": crps_ensemble(x, y), "std_hu_mean": float(std.mean()), "abs_error_hu_mean": float(err.mean()),
            # all K samples identical (typically clamped at a window edge): no interval, σ floored in the NLL
