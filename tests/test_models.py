@@ -198,3 +198,27 @@ def test_scalar_t_and_missing_cond_noise_are_accepted():
     x_t, t, xray, prev, _ = inputs(s1, prev_res=8)
     v = s1(x_t, torch.tensor(0.5), xray, prev, None)  # cond_noise None = clean previous stage
     assert v.shape == x_t.shape
+
+
+def test_sampling_reuses_the_xray_encoding_with_unchanged_outputs():
+    """stage_model_fn(reuse_condition=True) encodes the X-rays / prev once per chain; every call's output is equal."""
+    from hybrid_vit_cascade.runtime.conditioning import stage_model_fn
+
+    stage = tiny_stage(res=16, index=1).eval()
+    with torch.no_grad():
+        for p in stage.parameters():  # past the zero-init, so the output depends on every input
+            p.add_(0.05 * torch.randn_like(p))
+    x_t, t, xray, prev, cond = inputs(stage)
+    mask = torch.tensor([[True, False], [True, True]])
+    calls = []
+    stage.encoder.register_forward_hook(lambda *a: calls.append(1))
+    plain = stage_model_fn(stage, xray, prev, cond, view_mask=mask)
+    reused = stage_model_fn(stage, xray, prev, cond, view_mask=mask, reuse_condition=True)
+    with torch.no_grad():
+        for s in (0.0, 0.5, 1.0):  # several sampler steps: other x_t and t each time
+            x, tt = x_t + s, (t + s) % 1
+            a = plain(x, tt)
+            n = len(calls)
+            assert torch.equal(reused(x, tt), a)
+            assert len(calls) == n + (1 if s == 0.0 else 0)  # encoded on the first call only
+    assert not torch.equal(plain(x_t, t), plain(x_t + 1, t))  # the output does depend on x_t

@@ -238,7 +238,7 @@ class Reconstructor:
                     low = prev[c0:c0 + len(chunk)].to(dev)
                     cond, cond_noise = make_condition(low, res, self.cfg, cgens, scfg.cond_noise_level)
                 mask = None if mask_row is None else mask_row.to(dev).expand(len(chunk), -1)
-                model_fn = stage_model_fn(stage, x_ray, cond, cond_noise, view_mask=mask)
+                model_fn = stage_model_fn(stage, x_ray, cond, cond_noise, view_mask=mask, reuse_condition=True)
                 fn = model_fn
                 if guidance_scale > 0:
                     fn = drr_consistency_wrap(model_fn, self.project, x_ray, guidance_scale,

@@ -109,6 +109,30 @@ class CascadeStage(nn.Module):
                                  f"give at least one of {self.views}")
         return t
 
+    def encode_condition(self, xray: Tensor, prev: Optional[Tensor] = None, view_mask: Optional[Tensor] = None,
+                         dtype: torch.dtype = torch.float32) -> dict[str, Optional[Tensor]]:
+        """What the X-rays and the previous stage give the denoiser, independent of x_t and t.
+
+        {"lifted": (B, L, D, D, D) or None, "depth_probs": (B, V, bins, P', P') or None, "prev_up":
+        (B, 1, D, D, D) or None, "pooled": (B, V, C)}. A sampler calls the stage tens of times with the
+        same X-rays: computed once and passed as `forward(..., encoded=)`, the outputs are unchanged.
+        """
+        D = self.resolution
+        feats = self.encoder(xray.to(dtype), view_mask)  # (B, V, C, P', P')
+        out: dict[str, Optional[Tensor]] = {"lifted": None, "depth_probs": None, "prev_up": None}
+        if self.lifting is not None:
+            out["lifted"], out["depth_probs"] = self.lifting(feats, view_mask)  # (B, L, D³), (B, V, bins, P', P')
+        if self.has_prev:
+            prev_up = prev.to(dtype)
+            if tuple(prev.shape[2:]) != (D, D, D):
+                prev_up = F.interpolate(prev_up, size=(D, D, D), mode="trilinear", align_corners=False)
+            out["prev_up"] = prev_up
+        pooled = feats.mean(dim=(-2, -1))  # (B, V, C): global X-ray summary for the conditioning vector
+        if view_mask is not None:  # an absent view's summary is its missing-view token itself
+            pooled = torch.where(view_mask[..., None], pooled, self.encoder.missing[None].to(pooled.dtype))
+        out["pooled"] = pooled
+        return out
+
     def forward(
         self,
         x_t: Tensor,
@@ -118,34 +142,24 @@ class CascadeStage(nn.Module):
         cond_noise: Optional[Tensor] = None,
         return_aux: bool = False,
         view_mask: Optional[Tensor] = None,
+        encoded: Optional[dict[str, Optional[Tensor]]] = None,
     ):
         """v prediction (B, 1, D, D, D); with return_aux also {"depth_probs", "lifted", "prev_up"}.
 
         view_mask (B, V) bool, True = view present, None = all present (bit-identical to an all-True
         mask). An absent view's X-ray is never read: its encoder features and its pooled summary are
         the learned missing-view embedding, and its lifted volume is left out of the fusion.
+        `encoded`: `encode_condition` of these X-rays / prev / view_mask, computed earlier (sampling).
         """
         t = self._check_inputs(x_t, t, xray, prev, cond_noise, view_mask)
-        B, _, D, H, W = x_t.shape
-        feats = self.encoder(xray.to(x_t.dtype), view_mask)  # (B, V, C, P', P')
-        parts = [x_t]
-        aux: dict[str, Optional[Tensor]] = {"depth_probs": None, "lifted": None, "prev_up": None}
-        if self.lifting is not None:
-            lifted, probs = self.lifting(feats, view_mask)  # (B, L, D, H, W), (B, V, bins, P', P')
-            parts.append(lifted)
-            aux.update(lifted=lifted, depth_probs=probs)
-        if self.has_prev:
-            prev_up = prev.to(x_t.dtype)
-            if tuple(prev.shape[2:]) != (D, H, W):
-                prev_up = F.interpolate(prev_up, size=(D, H, W), mode="trilinear", align_corners=False)
-            parts.append(prev_up)
-            aux["prev_up"] = prev_up
-        x_in = torch.cat(parts, dim=1)  # (B, C_in, D, H, W)
-        pooled = feats.mean(dim=(-2, -1))  # (B, V, C): global X-ray summary for the conditioning vector
-        if view_mask is not None:  # an absent view's summary is its missing-view token itself
-            pooled = torch.where(view_mask[..., None], pooled, self.encoder.missing[None].to(pooled.dtype))
-        v = self.denoiser(x_in, t, pooled, cond_noise)
-        return (v, aux) if return_aux else v
+        if encoded is None:
+            encoded = self.encode_condition(xray, prev, view_mask, x_t.dtype)
+        parts = [x_t] + [encoded[k] for k in ("lifted", "prev_up") if encoded[k] is not None]
+        x_in = torch.cat(parts, dim=1)  # (B, C_in, D, H, W): x_t first, the refinement head's skip relies on it
+        v = self.denoiser(x_in, t, encoded["pooled"], cond_noise)
+        if return_aux:
+            return v, {k: encoded[k] for k in ("depth_probs", "lifted", "prev_up")}
+        return v
 
     def init_prior_from_dataset(
         self,

@@ -60,19 +60,26 @@ def stage_model_fn(
     cond_noise: Optional[Tensor] = None,
     autocast: Optional[Callable[[], object]] = None,
     view_mask: Optional[Tensor] = None,
+    reuse_condition: bool = False,
 ) -> ModelFn:
     """model_fn(x_t, t) -> float32 output of `stage` with its X-rays (B, V, P, P), condition and view mask bound.
 
     view_mask (B, V) bool, True = view present; None = every view (the stage is then called exactly
-    as before view masks existed).
+    as before view masks existed). `reuse_condition` (sampling, no parameter gradients): the X-ray
+    encoding, lifting and upsampled condition are computed on the first call and reused by every
+    later one — the same outputs, without re-encoding the same X-rays at each sampler step.
     """
     ctx = autocast or nullcontext
     extra = {} if view_mask is None else {"view_mask": view_mask}
+    encoded: dict = {}
 
     def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
         threads.tick()  # every training step and sampler step passes here: follow the machine's load
         with ctx():
-            return stage(x_t, t, xray, prev, cond_noise, **extra).float()
+            if reuse_condition and "c" not in encoded:
+                with torch.no_grad():
+                    encoded["c"] = stage.encode_condition(xray, prev, view_mask, x_t.dtype)
+            return stage(x_t, t, xray, prev, cond_noise, encoded=encoded.get("c"), **extra).float()
 
     return model_fn
 

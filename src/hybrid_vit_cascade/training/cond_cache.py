@@ -162,7 +162,7 @@ def build_condition_cache(
         mask = None
         if views is not None:  # the same views for every case of this cache
             mask = torch.tensor([v in views for v in all_views], device=device).expand(len(ids), -1)
-        model_fn = stage_model_fn(stage, xray, prev, cond_noise, autocast, view_mask=mask)
+        model_fn = stage_model_fn(stage, xray, prev, cond_noise, autocast, view_mask=mask, reuse_condition=True)
         with torch.no_grad():
             out = objective.generate(model_fn, (len(ids), 1, res, res, res), device, gens, settings)
         for c, o in zip(ids, out.cpu().numpy()):

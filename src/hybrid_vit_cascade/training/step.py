@@ -107,7 +107,7 @@ class StageStepper:
         gens_cond = sample_generators([mix_seed("val-cond", ctx.cfg.training.seed, ctx.k, c) for c in ids], ctx.device)
         xray = batch["xray"]
         prev, cond_noise = self.condition(batch, gens_cond, train=False)
-        model_fn = stage_model_fn(self.model, xray, prev, cond_noise, ctx.accelerator.autocast)
+        model_fn = stage_model_fn(self.model, xray, prev, cond_noise, ctx.accelerator.autocast, reuse_condition=True)
         B = xray.shape[0]
         r = ctx.resolution
         return ctx.objective.generate(model_fn, (B, 1, r, r, r), ctx.device, gens, settings)
