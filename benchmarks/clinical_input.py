@@ -5,7 +5,8 @@ the clean normalised X-ray to lose ≤ 1.5 dB PSNR-3D. This script scores, per h
 view, the input the reader makes from a simulated clinical film (data/clinical.py, the film
 `hvc evaluate --clinical` draws) and what each of its steps would give if it were perfect:
 
-- `reader`: `read_radiograph` + `radiograph_to_model`, as `hvc evaluate --clinical` runs them;
+- `reader`: `read_radiograph` + `radiograph_to_model`, as `hvc evaluate --clinical` runs them per view
+  (before the case's films are moved to their body-width level, radiograph_fit.patient_levels);
 - `centre+pop`: the same film cropped on its central ray (where the clean DRR's cube projects),
   histogram-matched to the training population's in-body quantiles (the reader's intensity step);
 - `centre+own`: cropped on the central ray, matched to this case's own clean in-body quantiles with

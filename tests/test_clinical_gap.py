@@ -13,9 +13,10 @@ CI cannot train the demo model, so the target is held two ways:
     1.5 dB PSNR-3D of its reconstruction from the clean X-rays, mean over its 8 cases × 2 films (the
     model does use its X-rays: `test_tiny_model_depends_on_its_xrays`).
 (a) fails today (strict xfail, so a fix shows up as XPASS): the reader recovers the demo films'
-inputs to 22.45 dB (make demo at f0b9afa; 21.9 dB before the registration fix) and the demo cascade,
-trained on films (training.film_augment) and sampled without DRR guidance on them, loses 5.44 dB
-PSNR-3D (8.5 dB before either); the tiny films here read back at ~26 dB. Where the demo
+inputs to 23.44 dB (make demo at cfb5fe8, with the body-width level step; 22.45 dB at f0b9afa without
+it, 21.9 dB before the registration fix) and the demo cascade, trained on films
+(training.film_augment) and sampled without DRR guidance on them, loses 5.10 dB PSNR-3D (5.44 dB at
+f0b9afa, 8.5 dB before film training); the tiny films here read back at ~26 dB. Where the demo
 films lose it (benchmarks/clinical_input.py, 5 test cases × 2 views): the crop's centre is 12.8 mm
 (vertical) and 5.1 mm (across) from where the cube projects, mean over 10 cases (the cube is centred
 on the lungs' 3D extent, which a film shows only in projection; no 2D rule tried did better),
@@ -107,11 +108,12 @@ def _films(rec, ds, i, folder, seed=0, **fixed):
 def _read(rec, paths) -> torch.Tensor:
     """The films through the reader, as `hvc evaluate --clinical` reads them: (V, P, P) model input."""
     from hybrid_vit_cascade.data.radiograph import read_radiograph
-    from hybrid_vit_cascade.data.radiograph_fit import model_field, radiograph_to_model
+    from hybrid_vit_cascade.data.radiograph_fit import model_field, patient_levels, radiograph_to_model
 
     field = model_field(rec)
-    return torch.stack([torch.as_tensor(radiograph_to_model(read_radiograph(p), field, view=v)[0], dtype=torch.float32)
-                        for v, p in zip(rec.views, paths)])
+    xs, _ = patient_levels({v: radiograph_to_model(read_radiograph(p), field, view=v)[0]
+                            for v, p in zip(rec.views, paths)}, field)
+    return torch.stack([torch.as_tensor(xs[v], dtype=torch.float32) for v in rec.views])
 
 
 def test_film_keeps_the_xray_given_the_body(trained, tmp_path):
