@@ -241,6 +241,31 @@ def test_field_not_covered(tmp_path):
     assert x[0, 0] == pytest.approx(-1.0)
 
 
+def test_a_body_running_off_the_film_is_continued_from_its_edge(tmp_path):
+    """A chest that fills a 330 mm wide film (a 35 cm PA plate is ~32 cm at the isocentre): the model's 378 mm
+    field overhangs 24 mm per side, within EDGE_FILL_FRACTION, so the film's edge columns are repeated, with a
+    warning; a 250 mm wide film (64 mm per side) is refused."""
+    from hybrid_vit_cascade.data.radiograph_fit import EDGE_FILL_FRACTION
+
+    s = _chest(130, 110, body=(15, 115, 0, 110))  # 3 mm pixels: 330 × 390 mm, the body touches left and right
+    f = write_film(tmp_path / "wide.dcm", s, ViewPosition="PA", PatientOrientation=["L", "F"],
+                   ImagerPixelSpacing=[3.0, 3.0], EstimatedRadiographicMagnificationFactor=1.0)
+    x, info = radiograph_to_model(read_radiograph(f), FIELD)
+    assert set(info["crop"]["edge_filled_mm"]) == {"left", "right"}
+    assert info["crop"]["edge_filled_mm"]["left"] == pytest.approx(24.0, abs=1.0)  # (378 − 330) / 2
+    assert set(info["crop"]["air_padded_mm"]) <= {"top", "bottom"}
+    assert any("runs off the film's left edge" in w for w in info["warnings"])
+    rows = slice(6, 10)  # the body's middle rows: its edge columns are body (+1 in the percentile map), not air
+    assert x[rows, 0].min() > 0.5 and x[rows, -1].min() > 0.5
+    narrow = write_film(tmp_path / "narrow.dcm", _chest(130, 84, body=(15, 115, 0, 84)), ViewPosition="PA",
+                        PatientOrientation=["L", "F"], ImagerPixelSpacing=[3.0, 3.0],
+                        EstimatedRadiographicMagnificationFactor=1.0)
+    limit = EDGE_FILL_FRACTION * FIELD.field_mm
+    with pytest.raises(X.XrayReadError, match=rf"narrow\.dcm: the film covers 252 × 390 mm .* reaches the film's "
+                                              rf"left and right edge \(more than {limit:.0f} mm beyond it\)"):
+        radiograph_to_model(read_radiograph(narrow), FIELD)
+
+
 def test_histogram_matching_recovers_a_monotone_lut(tmp_path):
     y, x = np.mgrid[0:64, 0:64]
     r2 = ((x - 31.5) / 26) ** 2 + ((y - 31.5) / 29) ** 2

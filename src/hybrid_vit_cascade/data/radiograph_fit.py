@@ -32,6 +32,10 @@ from hybrid_vit_cascade.data.xray_stats import (area_resample, body_anchor, body
 from hybrid_vit_cascade.geometry.views import make_view, resolve_det_spacing
 
 PAD_TOLERANCE = 0.5  # model pixels of the field allowed beyond the film without padding rules
+# Where the body runs off the film (a 35 cm PA film is ~32 cm wide at the isocentre; the chest often
+# fills it), up to this fraction of the field per side is continued from the film's edge, with a
+# warning; beyond it the film is refused.
+EDGE_FILL_FRACTION = 0.1
 SEARCH = 0.15  # registration searches ±15 % of the field (±57 mm of 378) around the first guess
 REGISTER_SUB = 4  # registration steps: a quarter of the mean image's cell (378 mm / 32 / 4 ≈ 3 mm)
 REGISTER_ROUNDS = 3  # searches, each re-centred on the last one's edge peak: up to ±45 % of the field
@@ -69,10 +73,12 @@ def model_field(rec) -> ModelField:
 
 
 def _cut(film: np.ndarray, body: np.ndarray, centre: tuple[float, float], spacing: tuple[float, float],
-         P: int, pix: float) -> tuple[np.ndarray, dict, list[str]]:
+         P: int, pix: float, edge_fill: bool = False) -> tuple[np.ndarray, dict, list[str]]:
     """The (P, P) field of `pix` mm pixels centred at `centre` (film pixels), air beyond the film.
 
-    Returns (image, mm missing per side, sides where the body reaches a missing edge).
+    With `edge_fill`, a side the body reaches is continued by repeating the film's edge row or column
+    instead (the body goes on past the film there; air would cut it off). Returns (image, mm missing
+    per side, sides where the body reaches a missing edge).
     """
     sr, sc = spacing
     half_r, half_c = P * pix / 2 / sr, P * pix / 2 / sc  # half the field, film pixels
@@ -82,9 +88,17 @@ def _cut(film: np.ndarray, body: np.ndarray, centre: tuple[float, float], spacin
     touches = {"top": body[0].any(), "bottom": body[-1].any(), "left": body[:, 0].any(), "right": body[:, -1].any()}
     mm = {"top": sr, "bottom": sr, "left": sc, "right": sc}
     missing = {s: round(v * mm[s], 1) for s, v in short.items() if v * mm[s] > PAD_TOLERANCE * pix}
-    pads = [max(0, math.ceil(short[s])) for s in ("top", "bottom", "left", "right")]
-    arr = np.pad(film, ((pads[0], pads[1]), (pads[2], pads[3])), constant_values=float(film.min()))  # air
-    x = area_resample(arr, r0 + pads[0], pix / sr, c0 + pads[2], pix / sc, P)
+    pads = {s: max(0, math.ceil(short[s])) for s in ("top", "bottom", "left", "right")}
+    arr, air = film, float(film.min())
+    for side, axis, before in (("top", 0, True), ("bottom", 0, False), ("left", 1, True), ("right", 1, False)):
+        if pads[side]:
+            width = [(0, 0), (0, 0)]
+            width[axis] = (pads[side], 0) if before else (0, pads[side])
+            if edge_fill and touches[side]:
+                arr = np.pad(arr, width, mode="edge")
+            else:
+                arr = np.pad(arr, width, constant_values=air)
+    x = area_resample(arr, r0 + pads["top"], pix / sr, c0 + pads["left"], pix / sc, P)
     return x, missing, [s for s in missing if touches[s]]
 
 
@@ -204,20 +218,28 @@ def radiograph_to_model(rad: Radiograph, field: ModelField, view: Optional[str] 
     if stats is not None and "mean_image" in stats:
         (crow, ccol), shift, score = _register(film, body, (crow, ccol), (sr, sc), P, pix, stats, rad.path)
         how += f"; registered to the training X-rays' mean (NCC {score:.2f})"
-    x, missing, cut = _cut(film, body, (crow, ccol), (sr, sc), P, pix)
-    x, mask = _intensities(x, stats, rad.path)
-    if cut:
+    x, missing, cut = _cut(film, body, (crow, ccol), (sr, sc), P, pix, edge_fill=True)
+    too_far = [side for side in cut if missing[side] > EDGE_FILL_FRACTION * P * pix]
+    if too_far:
         where = "inside the collimation " if rad.info.get("collimation_source") else ""
         raise XrayReadError(rad.path, f"the film covers {film.shape[1] * sc:.0f} × {film.shape[0] * sr:.0f} mm "
                                       f"at the isocentre {where}(width × height); the model needs {P * pix:.0f} × "
                                       f"{P * pix:.0f} mm centred on the body, which reaches the film's "
-                                      f"{' and '.join(cut)} edge")
+                                      f"{' and '.join(too_far)} edge (more than "
+                                      f"{EDGE_FILL_FRACTION * P * pix:.0f} mm beyond it)")
+    x, mask = _intensities(x, stats, rad.path)
+    if cut:
+        info["warnings"] = info["warnings"] + [
+            "the body runs off the film's " + " and ".join(f"{side} edge ({missing[side]:g} mm of the field beyond it)"
+                                                           for side in cut)
+            + ": continued by repeating the film's edge; expect errors near that edge"]
     info["crop"] = {
         "field_mm": round(P * pix, 1), "model_pixel_mm": round(pix, 4), "centred_on": how,
         # the field's centre from the film's centre (mm at the isocentre; + = toward the image's bottom / right)
         "centre_offset_mm": [round((crow + t - rad.pixels.shape[0] / 2) * sr, 1),
                              round((ccol + l - rad.pixels.shape[1] / 2) * sc, 1)],
-        "air_padded_mm": missing,
+        "air_padded_mm": {side: mm for side, mm in missing.items() if side not in cut},
+        "edge_filled_mm": {side: missing[side] for side in cut},  # the body runs off the film there
         "registration_shift_mm": shift,  # from the body anchor to the registered centre (down, right)
     }
     info["body_fraction"] = round(float(mask.mean()), 4)
