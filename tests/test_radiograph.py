@@ -335,3 +335,53 @@ def test_hvc_infer_prints_the_header_and_writes_the_sidecar(tmp_path, capsys):
     assert ap["isocentre_spacing_mm"] == [pytest.approx(3 / 1.1)] * 2 and ap["crop"]["field_mm"] == 268.8
     lat = by_view["lateral"]["inferred"]
     assert lat["source_detector_mm"] == 1800.0 and lat["source_detector_defaulted"] is True
+
+
+def test_compressed_films_read_like_uncompressed_ones(tmp_path):
+    """Clinical exports are often JPEG 2000 or JPEG (12-bit extended, lossless): decoded through pylibjpeg."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import JPEG2000Lossless
+
+    tags = dict(ViewPosition="PA", PatientOrientation=["L", "F"], ImagerPixelSpacing=[3.0, 3.0])
+    plain = write_film(tmp_path / "plain.dcm", _chest(), **tags)
+    ds = pydicom.dcmread(plain)
+    ds.compress(JPEG2000Lossless)
+    ds.save_as(tmp_path / "j2k.dcm")
+    a, b = read_radiograph(plain), read_radiograph(str(tmp_path / "j2k.dcm"))
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    # A 12-bit JPEG Extended (Process 2 and 4) image shipped with pydicom, given a radiograph's header
+    jpg = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    jpg.Modality = "DX"
+    for k, v in tags.items():
+        setattr(jpg, k, v)
+    jpg.save_as(tmp_path / "jpg.dcm")
+    r = read_radiograph(str(tmp_path / "jpg.dcm"))
+    assert r.pixels.shape == (1024, 256) and np.isfinite(r.pixels).all() and np.ptp(r.pixels) > 0
+    jls = pydicom.dcmread(get_testdata_file("JPEGLSNearLossless_16.dcm"))  # JPEG-LS, 16 bits
+    for k, v in {**tags, "Modality": "DX"}.items():
+        setattr(jls, k, v)
+    jls.save_as(tmp_path / "jls.dcm")
+    assert read_radiograph(str(tmp_path / "jls.dcm")).pixels.shape == (50, 10)
+
+
+def test_a_missing_decoder_is_named(tmp_path, monkeypatch):
+    import importlib
+
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = pydicom.dcmread(write_film(tmp_path / "plain.dcm", _chest(), ViewPosition="PA", ImagerPixelSpacing=[3.0, 3.0]))
+    ds.compress(JPEG2000Lossless)
+    ds.save_as(tmp_path / "j2k.dcm")
+    real = importlib.import_module
+
+    def no_openjpeg(name, *a):
+        if name == "openjpeg":
+            raise ImportError("No module named 'openjpeg'")
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib, "import_module", no_openjpeg)
+    with pytest.raises(X.XrayReadError, match=r"j2k\.dcm: JPEG 2000 Image Compression \(Lossless Only\) pixel data "
+                                              r"needs the pylibjpeg-openjpeg decoder \(pip install pylibjpeg-openjpeg\)"):
+        read_radiograph(str(tmp_path / "j2k.dcm"))

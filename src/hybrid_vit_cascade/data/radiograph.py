@@ -29,6 +29,7 @@ the body, resamples it onto the model's detector and maps the intensities.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
@@ -98,13 +99,34 @@ def _number(ds, key: str) -> Optional[float]:
     return v if v is not None and np.isfinite(v) and v > 0 else None
 
 
+def _load_decoder(ds, path: str) -> None:
+    """Import the plugin pydicom decodes this file's compressed pixel data with; a clear error when it is missing.
+
+    Clinical CR/DX exports are often JPEG (baseline, 12-bit extended, lossless), JPEG 2000 or JPEG-LS;
+    RLE and uncompressed data need nothing beyond pydicom.
+    """
+    from pydicom import uid
+
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    for family, module, package in ((uid.JPEGTransferSyntaxes, "libjpeg", "pylibjpeg-libjpeg"),
+                                    (uid.JPEG2000TransferSyntaxes, "openjpeg", "pylibjpeg-openjpeg"),
+                                    (uid.JPEGLSTransferSyntaxes, "jpeg_ls", "pyjpegls")):
+        if syntax in family:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise XrayReadError(path, f"{syntax.name} pixel data needs the {package} decoder "
+                                          f"(pip install {package})") from None
+
+
 def _values(ds, path: str, info: dict) -> np.ndarray:
     """Stored pixels → bright-is-attenuating values: modality LUT, log of LIN, VOI, MONOCHROME1."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    _load_decoder(ds, path)
     try:
         arr = ds.pixel_array
-    except Exception as err:  # missing decoder for a compressed transfer syntax, truncated data, ...
+    except Exception as err:  # a syntax no decoder handles, truncated data, ...
         raise XrayReadError(path, f"cannot decode DICOM pixel data ({err})") from None
     if arr.ndim != 2:
         raise XrayReadError(path, f"unexpected DICOM pixel layout {arr.shape} for a greyscale radiograph")
