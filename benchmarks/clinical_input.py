@@ -5,8 +5,10 @@ the clean normalised X-ray to lose ≤ 1.5 dB PSNR-3D. This script scores, per h
 view, the input the reader makes from a simulated clinical film (data/clinical.py, the film
 `hvc evaluate --clinical` draws) and what each of its steps would give if it were perfect:
 
-- `reader`: `read_radiograph` + `radiograph_to_model`, as `hvc evaluate --clinical` runs them per view
-  (before the case's films are moved to their body-width level, radiograph_fit.patient_levels);
+- `reader`: `read_radiograph` + `radiograph_to_model` per view, before the case's films are moved to
+  their body-width level;
+- `reader+level`: then `radiograph_fit.patient_levels` over the case's films — the whole reader, as
+  `hvc infer` and `hvc evaluate --clinical` run it;
 - `centre+pop`: the same film cropped on its central ray (where the clean DRR's cube projects),
   histogram-matched to the training population's in-body quantiles (the reader's intensity step);
 - `centre+own`: cropped on the central ray, matched to this case's own clean in-body quantiles with
@@ -24,8 +26,10 @@ view, the input the reader makes from a simulated clinical film (data/clinical.p
 Writes benchmarks/results/clinical_input.json. CPU seconds per case at --pitch 0.6 (each 12 mm model
 pixel averages > 300 film pixels; on the demo's 5 test cases --pitch 0.15 moved every mean by ≤ 0.01 dB).
 
-Measured on the demo checkpoints (trained at a05bc78), 5 test cases × 2 views, mean input PSNR (dB):
-reader 22.1, centre+pop 24.7, centre+own 29.9, clean->pop 28.5, li_centre 49.6; with --fix
+Measured on the demo checkpoints trained at 61b5666 (benchmarks/results/clinical_input.json), 5 test
+cases × 2 views, mean input PSNR (dB): reader 22.39, reader+level 23.38, centre+pop 24.75, centre+own
+29.88, clean->pop 28.46, li_centre 49.57. On the earlier ones (a05bc78; before the level step): reader
+22.1, centre+pop 24.7, centre+own 29.9, clean->pop 28.5, li_centre 49.6; with --fix
 scatter_spr=0: 23.5 / 27.4 / 44.9 / 28.5 / 49.6; without unsharp masking and noise (--fix usm_gain=0
 --fix dose_ugy=1e4 --fix electronic_ugy=0) every number moves by ≤ 0.05 dB. So geometry and
 resampling keep ~50 dB; the reader's centring costs ~2.6 dB, matching to the population's
@@ -54,10 +58,10 @@ from hybrid_vit_cascade.geometry.physics import normalize_xray  # noqa: E402
 from hybrid_vit_cascade.inference import clinical_eval as CE  # noqa: E402
 from hybrid_vit_cascade.inference.pipeline import Reconstructor  # noqa: E402
 from hybrid_vit_cascade.data.radiograph import read_radiograph  # noqa: E402
-from hybrid_vit_cascade.data.radiograph_fit import model_field, radiograph_to_model  # noqa: E402
+from hybrid_vit_cascade.data.radiograph_fit import model_field, patient_levels, radiograph_to_model  # noqa: E402
 from hybrid_vit_cascade.runtime.seeding import mix_seed  # noqa: E402
 
-KINDS = ("reader", "centre+pop", "centre+own", "clean->pop", "li_centre")
+KINDS = ("reader", "reader+level", "centre+pop", "centre+own", "clean->pop", "li_centre")
 
 
 def central(img: np.ndarray, spacing: float, n: int, pix: float) -> np.ndarray:
@@ -116,10 +120,14 @@ def main() -> None:
                 cid = item["meta"]["case_id"]
                 clean = (2 * ((item["xray"].numpy() + 1) / 2 * li_ds / rec.li_max) - 1)  # the model's normalisation
                 hu = CE.case_cube_hu(ds, i, rec.render_size, rec.window)
+                params, inputs = {}, {}
                 for v, view in enumerate(rec.views):
-                    p = C.sample_film_params(mix_seed("clinical-film", args.seed, cid, view), C.VIEW_POSITION[view],
-                                             rec.cfg.data, **fixed)
-                    xs = case_inputs(rec, field, hu, clean[v], view, p, Path(tmp))
+                    params[view] = p = C.sample_film_params(mix_seed("clinical-film", args.seed, cid, view),
+                                                            C.VIEW_POSITION[view], rec.cfg.data, **fixed)
+                    inputs[view] = case_inputs(rec, field, hu, clean[v], view, p, Path(tmp))
+                levelled, _ = patient_levels({view: xs["reader"] for view, xs in inputs.items()}, field)
+                for v, view in enumerate(rec.views):
+                    p, xs = params[view], {**inputs[view], "reader+level": levelled[view]}
                     row = {"case": cid, "view": view, "curve": p.curve, "scatter_spr": p.scatter_spr}
                     for k in KINDS:
                         x = np.clip(xs[k], -1, 1)[None].astype(np.float32)
