@@ -11,7 +11,9 @@ usable film (its edge or collimation) the field may be filled with air only wher
 not reach that edge; otherwise the film does not cover the field and `XrayReadError` says by how much.
 
 Intensities: the training X-rays' in-body quantiles (data_info.json `xray_stats`, data/xray_stats.py)
-are the target of a monotone LUT estimated by histogram matching inside the film's own body mask.
+are the target of a monotone LUT estimated by histogram matching inside the film's own body mask;
+`patient_levels` then moves a case's films from that population level to the level their bodies'
+widths predict (xray_stats `level_fits`).
 A checkpoint without them falls back to the robust-percentile map, with a note. Not undone: the
 differential magnification of the film's geometry (which side of the body is nearer the source),
 and non-monotone processing (unsharp masking) — the measured domain gap is in INFERENCE.md.
@@ -275,6 +277,8 @@ def patient_levels(xs: dict[str, np.ndarray], field: ModelField) -> tuple[dict[s
         if source is None or width <= 0:
             continue
         a, b = fits[source]
+        if not masks[view].any():  # no body found in this film: nothing to scale
+            continue
         ratio = math.exp(a + b * math.log(width)) / body_level(x, masks[view])
         lo, hi = LEVEL_RATIO_RANGE
         clamped = not lo <= ratio <= hi
