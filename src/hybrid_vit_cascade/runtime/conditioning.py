@@ -78,7 +78,8 @@ def stage_model_fn(
         with ctx():
             if reuse_condition and "c" not in encoded:
                 with torch.no_grad():
-                    encoded["c"] = stage.encode_condition(xray, prev, view_mask, x_t.dtype)
+                    base = getattr(stage, "module", stage)  # a DDP / Accelerate wrapper keeps the stage in .module
+                    encoded["c"] = base.encode_condition(xray, prev, view_mask, x_t.dtype)
             return stage(x_t, t, xray, prev, cond_noise, encoded=encoded.get("c"), **extra).float()
 
     return model_fn
