@@ -21,7 +21,7 @@ from ..config import DataConfig
 from ..geometry.physics import unit_to_hu
 from .clinical import FilmParams, simulate_film, write_film_dicom
 from .radiograph import XrayReadError, read_radiograph
-from .radiograph_fit import ModelField, patient_levels, radiograph_to_model
+from .radiograph_fit import ModelField, level_films, radiograph_to_model
 
 
 def case_cube_hu(ds, index: int, render_size: int, window: tuple[float, float]) -> np.ndarray:
@@ -62,11 +62,8 @@ def film_round_trip(hu: np.ndarray, data_cfg: DataConfig, field: ModelField, vie
             x, info = radiograph_to_model(rad, field, view=view)
             xs.append(x)
             infos.append(info)
-        levelled, notes = patient_levels(dict(zip(views, xs)), field)  # as `hvc infer` does with a case's films
+        levelled = level_films(dict(zip(views, xs)), dict(zip(views, infos)), field)  # as `hvc infer` does
         xs = [np.asarray(levelled[v], dtype=np.float32) for v in views]
-        for view, info in zip(views, infos):
-            if view in notes:
-                info["intensity"] = f"{info.get('intensity', '')}; {notes[view]}"
     finally:
         if not keep:
             for path in paths:

@@ -289,6 +289,14 @@ def patient_levels(xs: dict[str, np.ndarray], field: ModelField) -> tuple[dict[s
     return out, notes
 
 
+def level_films(xs: dict[str, np.ndarray], infos: dict[str, dict], field: ModelField) -> dict[str, np.ndarray]:
+    """`patient_levels` of a case's films (view → (P, P)), each note appended to that film's info["intensity"]."""
+    levelled, notes = patient_levels(xs, field)
+    for view, note in notes.items():
+        infos[view]["intensity"] = f"{infos[view].get('intensity', '')}; {note}"
+    return levelled
+
+
 def describe(info: dict) -> str:
     """One line of what was inferred from a film's header, for `hvc infer`'s log."""
     parts = [f"{info.get('modality', '?')} {info.get('header_view') or 'no ViewPosition'}"

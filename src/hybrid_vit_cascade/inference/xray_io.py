@@ -355,11 +355,10 @@ def load_xrays(paths: Sequence[str | os.PathLike], model_views: Sequence[str], l
         x[model_views.index(r.view)] = to_model_input(r, li_max, det_pixels, field)
     films = {r.view: r for r in ordered if r.radiograph is not None and field is not None}
     if films:  # the films' levels from their bodies' widths (one film's width is the other's thickness)
-        from hybrid_vit_cascade.data.radiograph_fit import patient_levels
+        from hybrid_vit_cascade.data.radiograph_fit import level_films
 
-        levelled, notes = patient_levels({v: x[model_views.index(v)] for v in films}, field)
-        for v, r in films.items():
+        levelled = level_films({v: x[model_views.index(v)] for v in films}, {v: r.info for v, r in films.items()},
+                               field)
+        for v in films:
             x[model_views.index(v)] = levelled[v]
-            if v in notes:
-                r.info["intensity"] = f"{r.info.get('intensity', '')}; {notes[v]}"
     return torch.as_tensor(x, dtype=torch.float32), ordered
