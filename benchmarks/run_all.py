@@ -144,6 +144,26 @@ def clinical_section(results: Path) -> str:
     return "\n".join(lines)
 
 
+def clinical_input_section(results: Path) -> str:
+    """The film reader's input-PSNR decomposition, rendered from its JSON (not re-run: it needs trained checkpoints)."""
+    path = results / "clinical_input.json"
+    command = "python benchmarks/clinical_input.py --checkpoint demo_out/checkpoints/cascade"
+    title = "## Where a clinical film's model input loses its PSNR (`benchmarks/clinical_input.py`, not re-run by `make bench`)"
+    if not path.is_file():
+        return f"{title}\n\nNo results file: run `{command}`."
+    r = json.loads(path.read_text())
+    origin = _git_last_change(path)
+    pitch = r.get("fixed", {}).get("pitch_mm")
+    lines = [title, "", f"The numbers below come from `benchmarks/results/{path.name}`"
+             + (f", last committed in {origin}" if origin else "")
+             + f" (checkpoint `{r['checkpoint']}`, split(s) {', '.join(r['splits'])}, {len(r['points'])} films"
+             + (f", {pitch:g} mm pitch" if pitch else "") + f"). Command: `{command}`. The script's docstring "
+             "says what each row holds (the reader as shipped, and each of its steps made perfect).", "",
+             "| model input | mean PSNR vs the clean X-ray (dB) |", "|---|---|"]
+    lines += [f"| {kind} | {db:.2f} |" for kind, db in r["summary_db"].items()]
+    return "\n".join(lines)
+
+
 def header(status: dict, ran: list[str], this_run_s: float | None) -> str:
     """Machine, date, wall times and the command."""
     m = status.get("machine") or machine()
@@ -169,10 +189,10 @@ def header(status: dict, ran: list[str], this_run_s: float | None) -> str:
 
 
 def assemble(results: Path, status: dict, ran: list[str], this_run_s: float | None, out: Path) -> Path:
-    """Write BENCHMARKS.md from scratch: header, each script's section, the clinical proxy."""
+    """Write BENCHMARKS.md from scratch: header, each script's section, the two clinical-film analyses."""
     parts = [header(status, ran, this_run_s)]
     parts += [section(b, results, status.get("scripts", {}).get(b.name)) for b in SCRIPTS]
-    parts.append(clinical_section(results))
+    parts += [clinical_section(results), clinical_input_section(results)]
     out.write_text("\n\n".join(p.strip() for p in parts) + "\n")
     return out
 

@@ -74,6 +74,9 @@ def test_run_all_render_only_from_fake_results(tmp_path):
         "checkpoint": "ck", "cases": 1, "target_db": 1.5, "summary": {m: {"rows": [
             {"family": "noise", "strength": 0.01, "input_psnr": 40.0, "loss_db": 1.0, "loss_max": 1.2}],
             "threshold_input_psnr": 35.0} for m in ("cascade", "regression")}}))
+    (res / "clinical_input.json").write_text(json.dumps({
+        "checkpoint": "ck", "splits": ["test"], "fixed": {"pitch_mm": 0.6}, "points": [{}, {}],
+        "summary_db": {"reader": 22.25, "li_centre": 49.5}}))
     out = tmp_path / "BENCHMARKS.md"
     status = run_all.main(["--render", "--results", str(res), "--out", str(out)])
     text = out.read_text()
@@ -82,6 +85,7 @@ def test_run_all_render_only_from_fake_results(tmp_path):
     assert "the last run failed" in text and "ValueError: boom" in text and "stale numbers" not in text
     assert "## drr (`benchmarks/bench_drr.py`)\n\n**Not run yet**" in text
     assert "| noise | 0.01 | 40.0 | +1.00 | +1.00 |" in text and "cascade 35.0 dB" in text
+    assert "2 films, 0.6 mm pitch" in text and "| reader | 22.25 |" in text and "| li_centre | 49.50 |" in text
 
 
 def test_bench_scripts_expose_main_and_markdown():
