@@ -14,6 +14,7 @@ from hybrid_vit_cascade.cli import main as cli_main
 from hybrid_vit_cascade.config import config_from_dict
 from hybrid_vit_cascade.runtime import objective as objective_mod
 from hybrid_vit_cascade.training.progressive import train_progressive
+from hybrid_vit_cascade.training.logging import RunLogger
 from hybrid_vit_cascade.training.trainer import TrainingDiverged
 
 
@@ -60,8 +61,12 @@ def test_stage2_freezes_stage1_and_reuses_condition_cache(tiny_dataset, tmp_path
     # TensorBoard got the losses (per view), lr, grad norm, throughput, memory, val metrics and images.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    ev = EventAccumulator(str(ck / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
-    scalars, images = set(ev.Tags()["scalars"]), set(ev.Tags()["images"])
+    scalars, images = set(), set()
+    assert sorted(d.name for d in (ck / "tb").iterdir()) == ["stage1_s16", "stage2_s32"]  # one run per stage
+    for run in (ck / "tb").iterdir():
+        ev = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0}).Reload()
+        scalars |= set(ev.Tags()["scalars"])
+        images |= set(ev.Tags()["images"])
     for tag in ("diffusion_loss", "physics_loss", "physics_loss_ap", "physics_loss_lateral", "loss", "lr",
                 "grad_norm", "voxels_per_s", "peak_memory_mb"):
         assert f"stage2_s32/train/{tag}" in scalars, tag
@@ -203,7 +208,7 @@ def test_cli_train_then_refuses_to_clobber(tiny_dataset, tmp_path, capsys):
     assert cli_main(["train", "--config", str(cfgf), "--checkpoint_dir", str(ck), "--device", "cpu"]) == 0
     saved = config_from_dict(json.loads((ck / "config.json").read_text()))  # the resolved config round-trips
     assert saved.training.max_steps_per_stage == 1 and saved.stages[0].voxel_dim == 32
-    assert list((ck / "tb").glob("events.out.tfevents.*"))
+    assert list((ck / "tb").glob("stage1_*/events.out.tfevents.*"))
     assert cli_main(["train", "--config", str(cfgf), "--checkpoint_dir", str(ck), "--device", "cpu"]) == 2
     assert "--resume_from" in capsys.readouterr().err
     # The seed's script is the same entry point.
@@ -223,6 +228,16 @@ def test_wandb_offline(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "wb").mkdir()
     cfg = tiny_cfg(tiny_dataset, stages=(16,), max_steps_per_stage=2, val_samples=1)
-    train_progressive(cfg, tmp_path / "ck", device="cpu", use_wandb=True, wandb_project="hvc-test", log=lambda m: None)
+    train_progressive(cfg, tmp_path / "ck", device="cpu", use_wandb=True, wandb_project="hvc-test", stop_at_step=1,
+                      log=lambda m: None)
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    # A resumed training continues the same W&B run: its id is kept in the checkpoint folder.
+    run_id = (tmp_path / "ck" / "wandb_run_id").read_text().strip()
+    assert runs[0].name.endswith(f"-{run_id}")
+    ids = []
+    real_close = RunLogger.close
+    monkeypatch.setattr(RunLogger, "close", lambda self: (ids.append(self.wandb_run.id), real_close(self)))
+    train_progressive(None, tmp_path / "ck", resume_from=tmp_path / "ck", device="cpu", use_wandb=True,
+                      wandb_project="hvc-test", log=lambda m: None)
+    assert ids == [run_id]

@@ -100,6 +100,7 @@ def test_resume_after_a_kill_logs_every_step_once(tiny_dataset, tmp_path, monkey
     def scalars_then_die(self, values, step, prefix=""):
         real_scalars(self, values, step, prefix)
         if step == 5 and "train/loss" in values:
+            self.flush()  # what the killed run had written: TensorBoard events of steps 1–5 included
             self.jsonl.write('{"step": 6, "stage1_s16/tr')
             self.jsonl.flush()
             raise Killed
@@ -114,6 +115,11 @@ def test_resume_after_a_kill_logs_every_step_once(tiny_dataset, tmp_path, monkey
     seen = Counter((r["step"], k) for r in records for k in r if k != "step")
     assert sorted(s for s, k in seen if k == "stage1_s16/train/loss") == [1, 2, 3, 4, 5, 6]
     assert max(seen.values()) == 1
+    # TensorBoard: the resumed writer's purge_step discards the killed run's steps 4–5 when read
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ev = EventAccumulator(str(ck / "tb" / "stage1_s16"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in ev.Scalars("stage1_s16/train/loss")] == [1, 2, 3, 4, 5, 6]
 
 
 def _run_6_steps(tiny_dataset, tmp_path, **training) -> None:

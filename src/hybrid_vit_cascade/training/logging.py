@@ -4,6 +4,10 @@ Only the main process logs; the other ranks get a logger whose methods do nothin
 WANDB_MODE=offline / WANDB_DIR like any wandb run (nothing here talks to the network itself).
 metrics.jsonl holds each (stage, step) once: a resumed stage first drops its records after the
 resume step (logged before a kill, and logged again now), a retrained stage all of its old ones.
+TensorBoard does the same through one event directory per stage (tb/<stage>/): a resumed stage's
+writer opens with purge_step = resume step + 1, so TensorBoard discards that stage's older events
+from there on (a stage's steps restart at 1, so stages cannot share a directory to purge in).
+A W&B run keeps its id in the checkpoint folder (wandb_run_id): a resumed training continues it.
 `StageProgress` is the per-stage progress display (a bar on a terminal, plain lines otherwise).
 """
 from __future__ import annotations
@@ -45,7 +49,7 @@ def _to_uint8_image(img: np.ndarray) -> np.ndarray:
 
 
 class RunLogger:
-    """Scalars and images to TensorBoard (CHECKPOINT_DIR/tb), optional W&B, and metrics.jsonl."""
+    """Scalars and images to TensorBoard (CHECKPOINT_DIR/tb/<stage>), optional W&B, and metrics.jsonl."""
 
     def __init__(
         self,
@@ -57,28 +61,42 @@ class RunLogger:
         run_name: Optional[str] = None,
     ):
         self.enabled = enabled
-        self.writer = None
+        self.writers: dict[str, Any] = {}  # first tag component (the stage) → its SummaryWriter
         self.wandb_run = None
         self.jsonl = None
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         checkpoint_dir = Path(checkpoint_dir)
-        self.writer = SummaryWriter(log_dir=str(checkpoint_dir / "tb"))
+        self.tb_root = checkpoint_dir / "tb"
         self.jsonl = open(checkpoint_dir / "metrics.jsonl", "a")
         if use_wandb:
             try:
                 import wandb
             except ImportError as err:  # pragma: no cover - wandb is in the test extra
                 raise RuntimeError("--wandb needs the wandb package: pip install 'hybrid-vit-cascade[wandb]'") from err
+            id_file = checkpoint_dir / "wandb_run_id"
+            run_id = id_file.read_text().strip() if id_file.is_file() else None
             self.wandb_run = wandb.init(
                 project=wandb_project or "hybrid-vit-cascade",
                 name=run_name or checkpoint_dir.name,
                 config=run_config,
                 dir=os.environ.get("WANDB_DIR", str(checkpoint_dir)),
-                resume="allow",
+                id=run_id or None,
+                resume="allow",  # the stored id: a resumed training continues its run
             )
+            if run_id is None:
+                write_text_atomic(id_file, self.wandb_run.id + "\n")
+
+    def _writer(self, tag: str, purge_step: Optional[int] = None):
+        """The SummaryWriter of the stage `tag` belongs to (its first component), opened on first use."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        stage = tag.split("/", 1)[0]
+        if purge_step is not None and stage in self.writers:
+            self.writers.pop(stage).close()
+        if stage not in self.writers:
+            self.writers[stage] = SummaryWriter(log_dir=str(self.tb_root / stage), purge_step=purge_step)
+        return self.writers[stage]
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         """Log scalars (non-finite values are logged too: TensorBoard shows them as gaps)."""
@@ -86,7 +104,7 @@ class RunLogger:
             return
         values = {f"{prefix}{k}": float(v) for k, v in values.items()}
         for k, v in values.items():
-            self.writer.add_scalar(k, v, step)
+            self._writer(k).add_scalar(k, v, step)
         if self.wandb_run is not None:
             # W&B wants one monotonic step per run; stages restart their step, so log it as a value.
             self.wandb_run.log({**values, f"{prefix}step": step})
@@ -95,9 +113,14 @@ class RunLogger:
         self.jsonl.flush()
 
     def forget(self, prefix: str, after_step: int) -> int:
-        """Drop metrics.jsonl records of `prefix` (a stage) logged after `after_step`; returns how many."""
+        """Drop the records of `prefix` (a stage) logged after `after_step`; returns how many left metrics.jsonl.
+
+        TensorBoard: the stage's writer reopens with purge_step = after_step + 1 (its later events are
+        discarded when read), so a resumed or retrained stage shows each step once there too.
+        """
         if not self.enabled:
             return 0
+        self._writer(prefix, purge_step=after_step + 1)
         path = Path(self.jsonl.name)
         lines = path.read_text().splitlines(keepends=True)
         keep = [line for line in lines if not _dropped(line, prefix, after_step)]
@@ -113,7 +136,7 @@ class RunLogger:
         if not self.enabled:
             return
         for k, img in images.items():
-            self.writer.add_image(f"{prefix}{k}", _to_uint8_image(img), step, dataformats="HW")
+            self._writer(prefix + k).add_image(f"{prefix}{k}", _to_uint8_image(img), step, dataformats="HW")
         if self.wandb_run is not None:
             import wandb
 
@@ -121,12 +144,20 @@ class RunLogger:
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         if self.enabled:
-            self.writer.add_text(tag, text, step)
+            self._writer(tag).add_text(tag, text, step)
+
+    def flush(self) -> None:
+        """Write buffered TensorBoard events and metrics.jsonl records to disk now."""
+        if self.enabled:
+            for w in self.writers.values():
+                w.flush()
+            self.jsonl.flush()
 
     def close(self) -> None:
         if not self.enabled:
             return
-        self.writer.close()
+        for w in self.writers.values():
+            w.close()
         self.jsonl.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
