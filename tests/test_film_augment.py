@@ -199,3 +199,15 @@ def test_the_film_round_trip_levels_each_film_by_the_other_views_width(tiny_data
     assert XS.body_level(x[0], XS.body_mask(x[0])) == pytest.approx(want, rel=1e-3)
     assert f"level × 1.200 from the {views[1]} film's body width" in infos[0]["intensity"]
     np.testing.assert_array_equal(x[1], plain[1])  # no fits for the second view: as read
+
+
+@pytest.mark.parametrize("det_pixels, expected_mm", [(32, 2.0), (256, None)])
+def test_training_films_are_at_most_half_a_model_pixel(det_pixels, expected_mm):
+    from hybrid_vit_cascade.config import GeometryConfig
+    from hybrid_vit_cascade.data.radiograph_fit import ModelField
+    from hybrid_vit_cascade.training.film_cache import FILM_PITCH_MM, film_pitch_mm
+
+    field = ModelField(GeometryConfig(det_pixels=det_pixels), 360.0)
+    # 32 px over ~378 mm: 11.8 mm pixels, the fixed pitch; 256 px: 1.48 mm pixels, half of one
+    assert film_pitch_mm(field) == pytest.approx(expected_mm or field.pixel_mm / 2)
+    assert film_pitch_mm(field) <= min(FILM_PITCH_MM, field.pixel_mm / 2)

@@ -10,11 +10,11 @@ by the same reader with this run's training X-ray statistics (data/film_inputs.p
 store as the conditioning cache. The key hashes what the films depend on (not the model), so a
 rerun and another model on the same data (the regression baseline) reuse them; any change rebuilds. Training then swaps a sample's X-rays for one of its films with probability
 `film_augment` (training/step.py); the physics loss keeps the clean line integrals.
-Films are rendered at FILM_PITCH_MM (clinical plates are 0.1–0.2 mm; the model's pixels are ≥ 1 mm,
-each the area mean of many film pixels, and tests/test_clinical_gap.py measured ±0.1 dB between
-2 and 0.5 mm). Cost per film on the 2-core CPU of BENCHMARKS.md: 0.1 s for the demo (24³ cube,
-32-px detector), 0.6 s at 128³ / 128 px, 8.9 s at 256³ / 256 px — every process makes its share of
-the cases, but at 256³ a large dataset takes hours, which is why the GPU configs leave it off.
+Films are rendered at `film_pitch_mm`: FILM_PITCH_MM, or half a model pixel where that is finer
+(clinical plates are 0.1–0.2 mm; every model pixel is then the area mean of ≥ 4 film pixels, and
+tests/test_clinical_gap.py measured ±0.1 dB between 2 and 0.5 mm on the demo). Cost per film on the
+2-core CPU of BENCHMARKS.md: 0.1 s for the demo (24³ cube, 32-px detector), 0.2 s at 128³ / 128 px,
+1.0 s at 256³ / 256 px (0.74 mm pitch) — every process makes its share of the cases.
 """
 from __future__ import annotations
 
@@ -35,15 +35,22 @@ from hybrid_vit_cascade.progress import progress_bar
 from hybrid_vit_cascade.runtime.seeding import mix_seed
 from hybrid_vit_cascade.training.cond_cache import ConditionCache
 
-FILM_PITCH_MM = 2.0
+FILM_PITCH_MM = 2.0  # the films' pixel pitch at the isocentre, at most half a model pixel (film_pitch_mm)
 FILM_VERSION = 2  # bump when the film chain or the reader changes what a film becomes
+
+
+def film_pitch_mm(field: ModelField) -> float:
+    """Training films' pitch: FILM_PITCH_MM, or half a model pixel where that is finer (a 256-px detector's
+    1.5 mm pixel would otherwise be fed from 2 mm film pixels, blurrier than any clinical plate)."""
+    return min(FILM_PITCH_MM, field.pixel_mm / 2)
 
 
 def film_cache_key(cfg: Config, data_id: str, render_size: int, xray_stats: dict) -> str:
     """Hash of everything the training films depend on."""
+    pitch = film_pitch_mm(ModelField(cfg.data.geometry, float(cfg.data.fov_mm)))
     d = {"data": cfg.data.model_dump(mode="json"), "data_id": data_id, "render_size": render_size,
          "stats": xray_stats, "seed": cfg.training.seed, "variants": cfg.training.film_variants,
-         "pitch_mm": FILM_PITCH_MM, "version": FILM_VERSION}
+         "pitch_mm": pitch, "version": FILM_VERSION}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -62,6 +69,7 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
         return cache
     views, window = list(cfg.data.views), tuple(float(v) for v in cfg.data.hu_window)
     field = ModelField(cfg.data.geometry, float(cfg.data.fov_mm), xray_stats)
+    pitch = film_pitch_mm(field)
     log(f"film augmentation: {tc.film_variants} simulated film(s) per view for {len(ds)} training cases "
         f"(p = {tc.film_augment:g})")
     mine = [i for i in range(len(ds)) if i % world == rank]
@@ -74,7 +82,7 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
             films = []
             for f in range(tc.film_variants):
                 params = [sample_film_params(mix_seed("train-film", tc.seed, f, cid, v), VIEW_POSITION[v], cfg.data,
-                                             pitch_mm=FILM_PITCH_MM) for v in views]
+                                             pitch_mm=pitch) for v in views]
                 x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp)
                 films.append(x)
             cache.save(cid, np.stack(films))  # (F, V, P, P)
