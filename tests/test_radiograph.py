@@ -185,6 +185,22 @@ def test_header_view_and_views_override(tmp_path):
 # ---------------------------------------------------------------------------------------- collimation
 
 
+def test_black_border_far_below_the_air_reads_as_air(tmp_path):
+    # A black electronic shutter (0) far below the air (~300), around a body the tone curve compressed
+    # (lungs 2300, tissue 2600): left as it was, the border is the three-class Otsu's lowest class and the
+    # air around the body joined the body mask (on a simulated film the crop then landed 10 cm off).
+    rng = np.random.default_rng(3)
+    s = 300 + rng.normal(0, 20, (120, 120))
+    s[30:100, 30:90] = 2600 + rng.normal(0, 20, (70, 60))
+    s[40:85, 36:58], s[40:85, 62:84] = 2300, 2300
+    s[:15], s[-15:], s[:, :15], s[:, -15:] = 0, 0, 0, 0
+    rad = read_radiograph(write_film(tmp_path / "b.dcm", np.clip(s, 0, 4095).astype(np.uint16), ViewPosition="PA"))
+    assert rad.info["dark_border_px"] == [15, 15, 15, 15]
+    air = rad.pixels[20:25, 20:100]
+    assert rad.pixels[:15].min() >= air.min() - 1e-9 and rad.pixels[:15].max() <= air.max()  # border = the air's floor
+    assert XS.body_mask(rad.pixels).sum() == pytest.approx(70 * 60, rel=0.05)  # the body, not the whole field
+
+
 def test_collimation_from_pixels_and_shutter_tags(tmp_path):
     s = _chest(seed=1)
     white = s.copy()

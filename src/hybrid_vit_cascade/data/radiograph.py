@@ -21,8 +21,9 @@ r"""Clinical radiographs (DICOM CR / DX) into the model's frame: pixels, view, o
 5. **Collimation**: a rectangular ShutterShape / CollimatorShape in the header, and border rows and
    columns of the film that are flat at the image's brightest value (unexposed), are outside the
    usable area. Border lines flat at the darkest value (electronic black masking, or saturated
-   direct exposure — the two look alike) are recorded and read as air: they lie outside the body
-   mask, so they take no part in the centring or the intensity statistics.
+   direct exposure — the two look alike) are recorded and read as air (a border far below the air
+   inside it is raised to that air's level): they lie outside the body mask, so they take no part
+   in the centring or the intensity statistics.
 
 `radiograph_to_model(rad, field)` (radiograph_fit.py) then crops the model's field of view around
 the body, resamples it onto the model's detector and maps the intensities.
@@ -61,6 +62,8 @@ _AXIS = {"L": "x", "R": "x", "A": "y", "P": "y", "H": "z", "F": "z"}
 FLAT_TOLERANCE = 0.02  # a border line is flat if its 5–95 % spread is below 2 % of the image's range
 EXTREME_FRACTION = 0.1  # … and its median lies within 10 % of the range from the image's max or min
 MAX_BORDER = 0.45  # collimation never takes more than 45 % of the film from one side
+DARK_FLOOR_PERCENTILE = 0.1  # black borders are raised to this percentile of the field inside them …
+DARK_GAP_FRACTION = 0.05  # … when they lie more than 5 % of the film's range below it
 
 
 class XrayReadError(ValueError):
@@ -359,6 +362,19 @@ def read_radiograph(path: str | os.PathLike, view: Optional[str] = None, ds=None
     # Black borders (electronic masking, or saturated direct exposure) read as air: kept, outside the body.
     dark = _trim(px, box, "dark")
     info["dark_border_px"] = [dark[0] - box[0], box[1] - dark[1], dark[2] - box[2], box[3] - dark[3]]
+    if dark != box and dark[1] > dark[0] and dark[3] > dark[2]:
+        # A masked border far below the darkest air inside it would be a class of its own in the body
+        # mask's three-class Otsu, which then counts the air around the body as body (a uniform black
+        # shutter on a film whose body the tone curve compressed: crops 10 cm off). Such a border is
+        # raised to that air; one at the air's own level (saturated direct exposure) is left as it is.
+        inner = px[dark[0]:dark[1], dark[2]:dark[3]]
+        floor, median = (float(v) for v in np.percentile(inner, [DARK_FLOOR_PERCENTILE, 50]))
+        border = float(px[box[0]:box[1], box[2]:box[3]].min())
+        gap = DARK_GAP_FRACTION * (float(inner.max()) - border)
+        # (the field inside must hold something darker than its middle: a body that fills it has no air)
+        if floor - border > gap and median - floor > gap:
+            px = np.maximum(px, floor)
+            info["notes"].append("black border far below the film's air: raised to the air's level")
     if spacing:
         info["usable_mm"] = [round((box[3] - box[2]) * spacing[1], 1), round((box[1] - box[0]) * spacing[0], 1)]
     return Radiograph(path, px, film, spacing, box, info)
