@@ -289,8 +289,9 @@ def evaluate(
                     for k in (cascade_key(n_stages, stages[-1].name), "back-projection", reg_name) if k]
         clinical_out = clinical_eval.summary(per_case, gap_keys, kept)
         pitch = "0.1–0.2 mm pitch" if film_pitch_mm is None else f"{film_pitch_mm:g} mm pitch (--film-pitch)"
-        which = ", ".join(labels[sets.index(vs)] for vs in film_sets)
-        info_notes["clinical films"] = f"simulated CR/DX DICOMs ({which}), {pitch}, seeded by (seed, case, view); " + kept
+        film_labels = ", ".join(labels[sets.index(vs)] for vs in film_sets)
+        info_notes["clinical films"] = (f"simulated CR/DX DICOMs ({film_labels}), {pitch}, seeded by (seed, case, view); "
+                                        + kept)
 
     # Rows of one method and stage side by side, one per view set (in the order the sets were given).
     meta = {k: row_views.get(k, (k[0], list(rec.views))) for k in rows_cases}
