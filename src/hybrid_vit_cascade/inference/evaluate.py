@@ -155,13 +155,14 @@ def evaluate(
     labels = [subset_label(vs) for vs in sets]
     # Per-case keys and summary rows of a proper subset carry its label: "cascade/stage2_x [ap]".
     tags = ["" if len(vs) == len(rec.views) else f" [{label}]" for vs, label in zip(sets, labels)]
-    film_sets = [rec.check_views(vs) for vs in (clinical_view_sets or [None])] if clinical else []
-    for vs in film_sets:
+    film_sets: list[int] = []  # indices into `sets` of the view sets scored from clinical films
+    for vs in [rec.check_views(vs) for vs in (clinical_view_sets or [None])] if clinical else []:
         if vs not in sets:
             raise ValueError(f"clinical films of {subset_label(vs)} need the clean rows of the same views to be "
                              f"measured against: add --views {','.join(vs)}")
+        film_sets.append(sets.index(vs))
     # the case's `clinical` record: every view's films if scored, else the first set's
-    primary_films = next((vs for vs in film_sets if len(vs) == len(rec.views)), film_sets[0] if film_sets else None)
+    primary_films = next((j for j in film_sets if len(sets[j]) == len(rec.views)), film_sets[0] if film_sets else None)
     settings = resolve_sampling(rec.cfg, steps, sampler, samples, guidance_scale)
     film_guidance = guidance_scale  # as given: unset, a film gets the film default (clinical_eval.score_case)
     samples, guidance_scale = settings.samples, settings.guidance_scale
@@ -265,13 +266,13 @@ def evaluate(
             fig = depth_view.write_depth_figure(inside(out_dir / f"case_{cid}_depth.png", out_dir), rec, x_rec,
                                                 train_root, title=cid)
             images += [fig.name] if fig else []
-        for vs in film_sets:  # the same case from simulated clinical films (inference/clinical_eval.py)
-            label, tag = labels[sets.index(vs)], tags[sets.index(vs)]
+        for j in film_sets:  # the same case from simulated clinical films (inference/clinical_eval.py)
+            vs, label, tag = sets[j], labels[j], tags[j]
             film_methods, film_rows, record = clinical_eval.score_case(
                 rec, None if label in reg_skipped else reg, bp, ds, i, item, x_rec, film_sampling, seed, out_dir,
                 i < montage_cases, _case_metrics, None if film_pitch_mm is None else {"pitch_mm": film_pitch_mm},
                 vs, tag)
-            if vs == primary_films:
+            if j == primary_films:
                 case["clinical"] = record
             else:  # the other film sets' records, by view label
                 case.setdefault("clinical_views", {})[label] = record
@@ -285,11 +286,11 @@ def evaluate(
     if clinical:
         reg_name = None if reg is None else "regression" if not reg.is_diffusion else "baseline"
         kept = f"{min(montage_cases, n_cases)} case(s) kept in {out_dir / 'clinical'}"
-        gap_keys = [k + tags[sets.index(vs)] for vs in film_sets
+        gap_keys = [k + tags[j] for j in film_sets
                     for k in (cascade_key(n_stages, stages[-1].name), "back-projection", reg_name) if k]
         clinical_out = clinical_eval.summary(per_case, gap_keys, kept)
         pitch = "0.1–0.2 mm pitch" if film_pitch_mm is None else f"{film_pitch_mm:g} mm pitch (--film-pitch)"
-        film_labels = ", ".join(labels[sets.index(vs)] for vs in film_sets)
+        film_labels = ", ".join(labels[j] for j in film_sets)
         info_notes["clinical films"] = (f"simulated CR/DX DICOMs ({film_labels}), {pitch}, seeded by (seed, case, view); "
                                         + kept)
 
