@@ -201,6 +201,22 @@ def test_black_border_far_below_the_air_reads_as_air(tmp_path):
     assert XS.body_mask(rad.pixels).sum() == pytest.approx(70 * 60, rel=0.05)  # the body, not the whole field
 
 
+def test_white_text_on_a_black_border_is_still_border(tmp_path):
+    # Burned-in text or a lead marker on the black mask covers more than 5 % of some border lines; those
+    # lines used to stop the border search, and the black strip left inside the field kept the border
+    # from being raised to the air (a simulated film with an "L" on its mask: crop 145 mm off).
+    rng = np.random.default_rng(3)
+    s = 300 + rng.normal(0, 20, (120, 120))
+    s[30:100, 30:90] = 2600 + rng.normal(0, 20, (70, 60))
+    s[40:85, 36:58], s[40:85, 62:84] = 2300, 2300
+    s[:15], s[-15:], s[:, :15], s[:, -15:] = 0, 0, 0, 0
+    s[20:32, 107:117] = 4095  # white text on the right band: 12 of the 90 rows between the top and bottom bands
+    rad = read_radiograph(write_film(tmp_path / "t.dcm", np.clip(s, 0, 4095).astype(np.uint16), ViewPosition="PA"))
+    assert rad.info["dark_border_px"][3] >= 15  # the band with the text is border
+    assert rad.pixels[:, -15:].min() >= rad.pixels[20:25, 20:100].min() - 1e-9  # raised to the air
+    assert XS.body_mask(rad.pixels).sum() == pytest.approx(70 * 60, rel=0.05)
+
+
 def test_collimation_from_pixels_and_shutter_tags(tmp_path):
     s = _chest(seed=1)
     white = s.copy()

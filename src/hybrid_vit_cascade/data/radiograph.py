@@ -59,7 +59,8 @@ MODEL_ORIENTATION = {"ap": ("L", "F"), "pa": ("L", "F"), "lateral": ("P", "F")}
 ASSUMED_ORIENTATION = {"AP": ("L", "F"), "PA": ("L", "F"), "LL": ("P", "F"), "RL": ("A", "F")}
 _AXIS = {"L": "x", "R": "x", "A": "y", "P": "y", "H": "z", "F": "z"}
 
-FLAT_TOLERANCE = 0.02  # a border line is flat if its 5–95 % spread is below 2 % of the image's range
+FLAT_TOLERANCE = 0.02  # a border line is flat if its 5–95 % spread is below 2 % of the image's range …
+MARK_FRACTION = 0.25  # … once marks far from its median (at most this fraction: text, markers) are left out
 EXTREME_FRACTION = 0.1  # … and its median lies within 10 % of the range from the image's max or min
 MAX_BORDER = 0.45  # collimation never takes more than 45 % of the film from one side
 DARK_FLOOR_PERCENTILE = 0.1  # black borders are raised to this percentile of the field inside them …
@@ -281,8 +282,16 @@ def _trim(img: np.ndarray, box: tuple[int, int, int, int], kind: str) -> tuple[i
     def flat(line: np.ndarray) -> bool:
         if line.size == 0:  # a tiny film trimmed from both sides to nothing (tests/test_properties.py)
             return False
-        p5, p50, p95 = np.percentile(line, [5, 50, 95])
+        p50 = float(np.median(line))
         extreme = p50 >= hi - EXTREME_FRACTION * span if kind == "bright" else p50 <= lo + EXTREME_FRACTION * span
+        # Marks on the border (white text or a lead marker on a black mask) are left out of the spread:
+        # they cover more than 5 % of some lines, which used to end the border there and leave a strip of
+        # it inside the field. A line more than MARK_FRACTION marked is no border.
+        off = line - p50 if kind == "dark" else p50 - line
+        rest = line[off <= FLAT_TOLERANCE * span]
+        if rest.size < (1 - MARK_FRACTION) * line.size:
+            return False
+        p5, p95 = np.percentile(rest, [5, 95])
         return p95 - p5 <= FLAT_TOLERANCE * span and extreme
 
     t, b, l, r = box
@@ -367,10 +376,15 @@ def read_radiograph(path: str | os.PathLike, view: Optional[str] = None, ds=None
         # mask's three-class Otsu, which then counts the air around the body as body (a uniform black
         # shutter on a film whose body the tone curve compressed: crops 10 cm off). Such a border is
         # raised to that air; one at the air's own level (saturated direct exposure) is left as it is.
-        inner = px[dark[0]:dark[1], dark[2]:dark[3]]
+        # The field: the box inside the dark border, and whatever was trimmed with it above the border's
+        # level (flat air is trimmed too; without it the lungs would pass for the film's air).
+        vals = px[box[0]:box[1], box[2]:box[3]]
+        border = float(vals.min())
+        gap = DARK_GAP_FRACTION * (float(vals.max()) - border)
+        keep = vals > border + gap
+        keep[dark[0] - box[0]:dark[1] - box[0], dark[2] - box[2]:dark[3] - box[2]] = True
+        inner = vals[keep]
         floor, median = (float(v) for v in np.percentile(inner, [DARK_FLOOR_PERCENTILE, 50]))
-        border = float(px[box[0]:box[1], box[2]:box[3]].min())
-        gap = DARK_GAP_FRACTION * (float(inner.max()) - border)
         # (the field inside must hold something darker than its middle: a body that fills it has no air)
         if floor - border > gap and median - floor > gap:
             px = np.maximum(px, floor)

@@ -36,7 +36,7 @@ from hybrid_vit_cascade.runtime.seeding import mix_seed
 from hybrid_vit_cascade.training.cond_cache import ConditionCache
 
 FILM_PITCH_MM = 2.0  # the films' pixel pitch at the isocentre, at most half a model pixel (film_pitch_mm)
-FILM_VERSION = 3  # bump when the film chain or the reader changes what a film becomes
+FILM_VERSION = 4  # bump when the film chain or the reader changes what a film becomes
 
 
 def film_pitch_mm(field: ModelField) -> float:
