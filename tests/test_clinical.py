@@ -83,7 +83,7 @@ def test_right_lateral_is_the_left_lateral_seen_from_the_other_side(cfg, cube):
 
 @pytest.mark.parametrize("shutter", ["white", "black"])
 def test_film_is_12_bit_with_a_collimation_band(cfg, cube, shutter):
-    p = params(cfg, shutter=shutter, photometric="MONOCHROME2", shutter_frac=(0.05, 0.06, 0.07, 0.08))
+    p = params(cfg, shutter=shutter, photometric="MONOCHROME2", shutter_frac=(0.05, 0.06, 0.07, 0.08), text_lines=0)
     film = C.simulate_film(cube, cfg, p)
     px = film.pixels
     assert px.dtype == np.uint16 and px.max() <= C.MAX_STORED
@@ -158,3 +158,37 @@ def test_bad_film_parameters_are_refused(cfg, cube):
         params(cfg, photometric="RGB")
     with pytest.raises(ValueError, match="no body"):
         C.simulate_film(np.full((N, N, N), -1024.0, np.float32), cfg, params(cfg))
+
+
+def test_marker_glyphs_and_a_bad_letter():
+    from hybrid_vit_cascade.data.film_marks import glyph
+
+    ell = glyph("L", 14)
+    assert ell.shape == (14, 10) and ell[:, :2].all() and ell[-2:].all() and not ell[:-2, 2:].any()
+    assert not np.array_equal(glyph("R", 14), ell)
+    with pytest.raises(ValueError, match="marker letter must be one of"):
+        glyph("X", 14)
+
+
+def test_lead_marker_and_burned_in_text_are_where_the_params_say(cfg, cube):
+    base = params(cfg, pitch_mm=1.0, photometric="MONOCHROME2", shutter="black", scatter_spr=0.0, usm_gain=0.0,
+                  dose_ugy=1e5, electronic_ugy=0.0,  # (noise-free: the marker changes the noise draws after it)
+                  marker="", text_lines=2, shutter_frac=(0.04, 0.02, 0.02, 0.02))
+    plain = C.simulate_film(cube, cfg, dataclasses.replace(base, text_lines=0)).display
+    marked = C.simulate_film(cube, cfg, dataclasses.replace(base, marker="L", marker_mm=24.0, marker_at=(0.1, 0.1),
+                                                            text_at=(0.0, 0.5))).display
+    H, W = plain.shape
+    r0, c0 = round(0.1 * H), round(0.1 * W)
+    ell = marked[r0:r0 + 24, c0:c0 + 17]
+    assert ell[:, :3].min() > 0.95 and ell[-3:].min() > 0.95  # lead: the densest thing on the film
+    assert np.median(plain[r0:r0 + 24, c0:c0 + 17]) < 0.5  # over the air beside the body
+    # two 5 mm lines of white text (7 px glyphs + 3 px gaps: 20 rows) on the black band (22 rows)
+    assert (plain[:22] == 0.0).all() and (marked[:20, W // 2:] == 1.0).sum() > 200 and (marked[20:22] == 0).all()
+    elsewhere = np.ones_like(plain, bool)
+    elsewhere[r0:r0 + 24, c0:c0 + 17] = elsewhere[:20, W // 2:] = False
+    assert np.abs(marked - plain)[elsewhere].max() < 0.02  # the rest of the film is unchanged
+    drawn = [C.sample_film_params(s, "AP", cfg) for s in range(64)]
+    assert 0.75 < np.mean([bool(d.marker) for d in drawn]) < 1 and 0.3 < np.mean([d.text_lines > 0 for d in drawn]) < 0.7
+    assert {C.sample_film_params(s, "RL", cfg).marker for s in range(16)} <= {"R", ""}
+    with pytest.raises(ValueError, match="marker 'X'"):
+        params(cfg, marker="X")

@@ -211,3 +211,36 @@ def test_training_films_are_at_most_half_a_model_pixel(det_pixels, expected_mm):
     # 32 px over ~378 mm: 11.8 mm pixels, the fixed pitch; 256 px: 1.48 mm pixels, half of one
     assert film_pitch_mm(field) == pytest.approx(expected_mm or field.pixel_mm / 2)
     assert film_pitch_mm(field) <= min(FILM_PITCH_MM, field.pixel_mm / 2)
+
+
+@pytest.mark.parametrize("shutter", ["black", "white"])
+def test_a_marked_film_is_read_like_the_same_film_without_marks(tiny_dataset, tmp_path, shutter):  # noqa: F811
+    """A lead letter in the exposure and white text over the collimation band leave the crop and levels as they were."""
+    import dataclasses
+
+    from hybrid_vit_cascade.data import clinical as C
+    from hybrid_vit_cascade.data import radiograph_fit as RF
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
+    from hybrid_vit_cascade.data.film_inputs import case_cube_hu
+    from hybrid_vit_cascade.data.radiograph import read_radiograph
+    from hybrid_vit_cascade.data.xray_stats import training_xray_stats
+
+    cfg = tiny_cfg(tiny_dataset, stages=(16,))
+    ds, man = CTXrayDataset(tiny_dataset, "train", [16]), load_manifest(tiny_dataset)
+    hu = case_cube_hu(ds, 0, int(man["render_size"]), tuple(cfg.data.hu_window))
+    field = RF.ModelField(cfg.data.geometry, float(cfg.data.fov_mm), training_xray_stats(tiny_dataset))
+    base = C.sample_film_params(0, "AP", cfg.data, pitch_mm=1.0, field=(1.6, 1.6), shutter=shutter,
+                                shutter_frac=(0.06, 0.1, 0.05, 0.1), marker="", text_lines=0, curve="gamma", gamma=0.5,
+                                toe=0.3)  # gamma: the air stays well above a black mask
+    marked = dataclasses.replace(base, marker="L", marker_mm=30.0, marker_at=(0.12, 0.82), text_lines=3,
+                                 text_at=(0.92, 0.55))
+    out = []
+    for name, p in (("plain", base), ("marked", marked)):
+        rad = read_radiograph(C.write_film_dicom(tmp_path / f"{name}.dcm", C.simulate_film(hu, cfg.data, p), "X"))
+        out.append(RF.radiograph_to_model(rad, field, view="ap"))
+    (x0, i0), (x1, i1) = out
+    if shutter == "black":
+        assert i1["dark_border_px"] == i0["dark_border_px"]  # the text on the band is band
+        assert i1["notes"] == i0["notes"] and any("black border" in n for n in i0["notes"])  # raised to the air both times
+    assert np.allclose(i1["crop"]["centre_offset_mm"], i0["crop"]["centre_offset_mm"], atol=field.pixel_mm / 4)
+    assert np.abs(x1 - x0).mean() < 0.02

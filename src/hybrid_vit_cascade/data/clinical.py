@@ -45,7 +45,10 @@ DistanceSourceToDetector/Patient, EstimatedRadiographicMagnificationFactor, View
 PatientOrientation, RescaleSlope/Intercept, WindowCenter/Width). Every parameter is drawn from a seed
 (`sample_film_params`), so the chain can also serve as training augmentation. ViewPosition RL (a right
 lateral) is rendered from the patient's left on the mirrored cube and shown anterior-right.
-Not modelled: beam hardening (the DRR is monoenergetic), heel effect, burned-in markers and text.
+9. **Marks** (data/film_marks.py): a lead side marker (L/R, 15–30 mm) inside the exposure in an upper
+   outer corner on 90 % of films, and 1–3 lines of burned-in white text in a corner on half of them
+   (over the collimation band or the image).
+Not modelled: beam hardening (the DRR is monoenergetic), heel effect.
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ from scipy import ndimage
 from ..config import DataConfig
 from ..files import atomic_write
 from ..geometry.views import make_view, resolve_det_spacing
+from .film_marks import add_lead_marker, burn_in_text
 from .render import render_li
 
 # DICOM ViewPosition → the projector's view; the model's view → its DICOM ViewPosition.
@@ -107,6 +111,11 @@ class FilmParams:
     window_fraction: float = 1.0  # VOI window width / stored range
     kvp: float = 120.0
     noise_seed: int = 0
+    marker: str = ""  # lead side marker on the detector, "L" or "R" ("" = none; data/film_marks.py)
+    marker_mm: float = 20.0  # its letter height on the film
+    marker_at: tuple[float, float] = (0.1, 0.1)  # its top-left corner, fractions of the film (rows, columns)
+    text_lines: int = 0  # lines of burned-in white text
+    text_at: tuple[float, float] = (0.9, 0.05)  # the text block's top-left corner, fractions of the film
 
 
 @dataclass
@@ -162,6 +171,22 @@ def sample_film_params(seed: int, view_position: str, data_cfg: DataConfig, **fi
         kvp=float(rng.uniform(80, 100) if vp == "AP" else rng.uniform(110, 125)),  # portable AP vs PA/lateral
         noise_seed=int(rng.integers(1 << 62)),
     )
+    # Marks (drawn last: the draws above are those of films made before marks were simulated). The lead
+    # letter lies inside the exposure in an upper outer corner (upper 25 %, outer 25 % of the film); the
+    # side is the patient's left on most frontal films, the detector side on a lateral.
+    extent = [f * model_extent_mm(data_cfg, PROJECTOR_VIEW[vp]) for f in field]  # film (rows, cols), mm
+    letter = "L" if vp == "LL" else "R" if vp == "RL" else str(rng.choice(["L", "R"], p=[0.7, 0.3]))
+    present, height = rng.random() < 0.9, float(rng.uniform(15.0, 30.0))
+    top = shutter[0] + 0.01
+    row = float(rng.uniform(top, max(top, 0.25 - height / extent[0])))
+    w = height * 5 / 7 / extent[1]
+    left = bool(rng.random() < 0.5)
+    lo, hi = (shutter[2] + 0.01, 0.25 - w) if left else (0.75, 1 - shutter[3] - 0.01 - w)
+    col = float(rng.uniform(lo, max(lo, hi)))
+    lines = int(rng.integers(1, 4)) if rng.random() < 0.5 else 0
+    text_at = (float(rng.choice([0.01, 0.92])), float(rng.choice([0.02, 0.55])))
+    drawn.update(marker=letter if present else "", marker_mm=height, marker_at=(row, col), text_lines=lines,
+                 text_at=text_at)
     unknown = set(fixed) - set(drawn)
     if unknown:
         raise ValueError(f"unknown film parameter(s) {sorted(unknown)}")
@@ -189,6 +214,8 @@ def _check(p: FilmParams) -> None:
         bad.append(f"field {p.field} (> 1), pitch {p.pitch_mm}, dose {p.dose_ugy}, dqe {p.dqe}")
     if not p.lut_contrast > 0 or p.rescale[0] == 0 or not 0 < p.window_fraction <= 1:
         bad.append(f"lut_contrast {p.lut_contrast}, rescale slope {p.rescale[0]}, window {p.window_fraction}")
+    if p.marker not in ("", "L", "R") or not p.marker_mm > 0 or p.text_lines < 0:
+        bad.append(f"marker {p.marker!r} ('', 'L' or 'R'), marker_mm {p.marker_mm}, text_lines {p.text_lines}")
     if not 0 < p.display_range[0] < p.display_range[1] < 1 or not p.toe > 0:
         bad.append(f"display_range {p.display_range} (0 < low < high < 1), toe {p.toe}")
     if bad:
@@ -300,8 +327,12 @@ def collimate(d: np.ndarray, p: FilmParams) -> np.ndarray:
 def simulate_film(hu: np.ndarray, data_cfg: DataConfig, p: FilmParams) -> Film:
     """The whole chain on a canonical HU cube (RAS+, fov_mm, as `render_xrays` returns it)."""
     _check(p)
-    d, ei = expose(film_line_integrals(hu, data_cfg, p), p)
-    q = np.rint(collimate(d, p) * MAX_STORED).astype(np.uint16)  # 12-bit display values
+    li = film_line_integrals(hu, data_cfg, p)
+    if (li > BODY_LI).sum() < 16:  # before the marker, which attenuates too
+        raise ValueError("the film shows (almost) no body: nothing attenuates the beam")
+    d, ei = expose(add_lead_marker(li, p.marker, p.marker_mm, p.marker_at, p.pitch_mm), p)
+    d = burn_in_text(collimate(d, p), p.text_lines, p.text_at, p.pitch_mm, p.noise_seed + 1)
+    q = np.rint(d * MAX_STORED).astype(np.uint16)  # 12-bit display values
     stored = MAX_STORED - q if p.photometric == "MONOCHROME1" else q
     g = data_cfg.geometry
     cone = g.kind == "cone"
