@@ -138,7 +138,7 @@ def clinical_section(s: dict[str, Any]) -> list[str]:
 
     lines = ["## Clean line integrals vs simulated clinical films (paired, per case)", "",
              "Each case's views rendered from its CT as clinical CR/DX DICOM films (larger field, dose noise, "
-             "scatter, log/gamma + tone curve, unsharp masking, 12-bit, MONOCHROME1/2, collimation; "
+             "scatter, log/gamma + tone curve, unsharp masking, 12-bit, MONOCHROME1/2, collimation, lead marker and burned-in text; "
              "data/clinical.py), read back by `read_radiograph` (header geometry, crop to the model's field, "
              "histogram matching) and reconstructed with the same seeds — and, as `hvc infer` does for a film, "
              "with the film default of DRR guidance (runtime/sampling.py FILM_GUIDANCE_SCALE) unless "
