@@ -138,9 +138,9 @@ def clinical_section(s: dict[str, Any]) -> list[str]:
 
     lines = ["## Clean line integrals vs simulated clinical films (paired, per case)", "",
              "Each case's views rendered from its CT as clinical CR/DX DICOM films (larger field, dose noise, "
-             "scatter, log/gamma + tone curve, unsharp masking, 12-bit, MONOCHROME1/2, collimation, lead marker and burned-in text; "
-             "data/clinical.py), read back by `read_radiograph` (header geometry, crop to the model's field, "
-             "histogram matching) and reconstructed with the same seeds — and, as `hvc infer` does for a film, "
+             "scatter, log/gamma + tone curve, unsharp masking, 12-bit, MONOCHROME1/2, collimation, a lead "
+             "marker, burned-in text; data/clinical.py), read back by `read_radiograph` (header geometry, crop "
+             "to the model's field, histogram matching) and reconstructed with the same seeds — and, as `hvc infer` does for a film, "
              "with the film default of DRR guidance (runtime/sampling.py FILM_GUIDANCE_SCALE) unless "
              "--guidance-scale was given. Gap = clean − clinical PSNR-3D, "
              f"target ≤ {s['target_db']:.1f} dB.", "",
