@@ -54,8 +54,11 @@ def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypat
     from hybrid_vit_cascade.inference.pipeline import Reconstructor
 
     rec, ds = Reconstructor(ck), CTXrayDataset(prep, "test", [32])
+    outside, scene = CE.case_film_scene(ds, 0, rec.render_size, rec.cfg.data)
+    assert outside is not None and scene == first["clinical"]["scene"]  # the patient beyond the cube, as a film sees it
+    assert m["clinical"]["scene_beyond_cube"] == [len(m["cases"])] * 2 and "show the patient beyond" in md
     *_, again = CE.case_films(rec, CE.case_cube_hu(ds, 0, rec.render_size, rec.window), first["case_id"],
-                              tmp_path / "again", 0, tmp_path, keep=True, fixed=COARSE)
+                              tmp_path / "again", 0, tmp_path, keep=True, fixed=COARSE, outside=outside)
     for p in again:
         assert p.read_bytes() == (tmp_path / "a" / "clinical" / p.name).read_bytes()
 
@@ -89,8 +92,11 @@ def test_a_single_film_is_scored_against_its_clean_single_view_rows(dataset, tmp
     from hybrid_vit_cascade.inference.pipeline import Reconstructor
 
     rec = Reconstructor(ck)
-    hu = CE.case_cube_hu(CTXrayDataset(prep, "test", [32]), 0, rec.render_size, rec.window)
-    *_, again = CE.case_films(rec, hu, first["case_id"], tmp_path / "again", 0, tmp_path, keep=True, fixed=COARSE)
+    ds = CTXrayDataset(prep, "test", [32])
+    hu, (outside, _) = CE.case_cube_hu(ds, 0, rec.render_size, rec.window), CE.case_film_scene(ds, 0, rec.render_size,
+                                                                                              rec.cfg.data)
+    *_, again = CE.case_films(rec, hu, first["case_id"], tmp_path / "again", 0, tmp_path, keep=True, fixed=COARSE,
+                              outside=outside)
     assert again[0].read_bytes() == (tmp_path / "a" / "clinical" / f"{first['case_id']}_ap.dcm").read_bytes()
 
 

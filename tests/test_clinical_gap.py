@@ -129,7 +129,8 @@ def test_film_keeps_the_xray_given_the_body(trained, tmp_path):
     n, pix = field.det_pixels, field.pixel_mm
     for i in range(len(ds)):
         clean = ds[i]["xray"].numpy()
-        paths = _films(rec, ds, i, tmp_path, usm_gain=0.0, scatter_spr=0.0, dose_ugy=1e4, electronic_ugy=0.0)
+        paths = _films(rec, ds, i, tmp_path, usm_gain=0.0, scatter_spr=0.0, dose_ugy=1e4, electronic_ugy=0.0,
+                       marker="", text_lines=0)  # no lead letter: one in the field is no part of the X-ray
         for v, path in enumerate(paths):
             rad = read_radiograph(path)
             (sr, sc), (H, W) = rad.spacing_mm, rad.pixels.shape

@@ -244,3 +244,29 @@ def test_a_marked_film_is_read_like_the_same_film_without_marks(tiny_dataset, tm
         assert i1["notes"] == i0["notes"] and any("black border" in n for n in i0["notes"])  # raised to the air both times
     assert np.allclose(i1["crop"]["centre_offset_mm"], i0["crop"]["centre_offset_mm"], atol=field.pixel_mm / 4)
     assert np.abs(x1 - x0).mean() < 0.02
+
+
+def test_films_see_the_patient_beyond_the_models_cube(tiny_dataset, tmp_path):  # noqa: F811
+    """A film integrates everything the beam crosses: the source CT around the cube adds to the cube's integrals."""
+    from hybrid_vit_cascade.data import clinical as C
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
+    from hybrid_vit_cascade.data.film_inputs import FILM_SCENE_FACTOR, case_cube_hu, case_film_scene
+
+    cfg = tiny_cfg(tiny_dataset, stages=(16,))
+    ds, man = CTXrayDataset(tiny_dataset, "train", [16]), load_manifest(tiny_dataset)
+    rs = int(man["render_size"])
+    outside, scene = case_film_scene(ds, 0, rs, cfg.data)
+    assert outside is not None and scene.startswith("source CT")
+    hu, edge = outside
+    n = hu.shape[0]
+    assert edge == pytest.approx(FILM_SCENE_FACTOR * cfg.data.fov_mm) and n == round(rs * FILM_SCENE_FACTOR)
+    c = (np.arange(n) - (n - 1) / 2) * edge / n
+    inner = np.abs(c) < cfg.data.fov_mm / 2
+    assert (hu[np.ix_(inner, inner, inner)] == -1024).all() and (hu > -500).any()  # the cube is air; the rest is not
+    p = C.sample_film_params(0, "LL", cfg.data, pitch_mm=4.0)
+    cube = case_cube_hu(ds, 0, rs, tuple(cfg.data.hu_window))
+    alone, full = C.film_line_integrals(cube, cfg.data, p), C.film_line_integrals(cube, cfg.data, p, outside)
+    assert (full >= alone - 1e-6).all() and (full - alone).max() > 0.1  # integrals add, and something is there
+    # a dataset moved without its source CTs: air beyond the cube, said so
+    ds.cases[0] = {**ds.cases[0], "source": str(tmp_path / "gone.nii.gz")}
+    assert case_film_scene(ds, 0, rs, cfg.data) == (None, "the model's cube only (source CT not found): air beyond it")

@@ -250,8 +250,14 @@ def _blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
     return _linear_at(small, (np.arange(H) - (k - 1) / 2) / k, (np.arange(W) - (k - 1) / 2) / k)
 
 
-def film_line_integrals(hu: np.ndarray, data_cfg: DataConfig, p: FilmParams) -> np.ndarray:
-    """Line integrals (rows, cols) of the film's field at its pitch, display orientation of `p.view_position`."""
+def film_line_integrals(hu: np.ndarray, data_cfg: DataConfig, p: FilmParams,
+                        outside: Optional[tuple[np.ndarray, float]] = None) -> np.ndarray:
+    """Line integrals (rows, cols) of the film's field at its pitch, display orientation of `p.view_position`.
+
+    `hu`: the model's canonical cube; `outside`: (HU cube, its edge in mm) of the patient around it, air
+    inside the model's cube (data/film_inputs.case_film_scene), whose integrals add to the cube's — a
+    film sees the arms, shoulders and abdomen beyond the model's cube. None: air beyond the cube.
+    """
     view = PROJECTOR_VIEW[p.view_position]
     cube = hu[::-1] if p.view_position == "RL" else hu  # RL: the mirrored patient seen as a left lateral
     delta = model_extent_mm(data_cfg, view) / data_cfg.geometry.det_pixels / RENDER_OVERSAMPLE
@@ -264,7 +270,13 @@ def film_line_integrals(hu: np.ndarray, data_cfg: DataConfig, p: FilmParams) -> 
     geom = data_cfg.geometry.model_copy(update={"det_pixels": n_render, "det_spacing": delta})
     from ..geometry.projector import Projector
 
-    li = render_li(np.ascontiguousarray(cube), data_cfg, Projector(geom, [view]))[0].numpy().astype(np.float64)
+    projector = Projector(geom, [view])
+    li = render_li(np.ascontiguousarray(cube), data_cfg, projector)[0].numpy().astype(np.float64)
+    if outside is not None:  # line integrals add: the cube's at its own voxels, the rest at the scene's
+        out_hu, out_fov = outside
+        out_hu = out_hu[::-1] if p.view_position == "RL" else out_hu
+        li += render_li(np.ascontiguousarray(out_hu), data_cfg.model_copy(update={"fov_mm": float(out_fov)}),
+                        projector)[0].numpy().astype(np.float64)
     centre = (n_render - 1) / 2
     rpos = (np.arange(rows) - (rows - 1) / 2) * p.pitch_mm / delta + centre
     cpos = (np.arange(cols) - (cols - 1) / 2) * p.pitch_mm / delta + centre
@@ -324,10 +336,12 @@ def collimate(d: np.ndarray, p: FilmParams) -> np.ndarray:
     return out
 
 
-def simulate_film(hu: np.ndarray, data_cfg: DataConfig, p: FilmParams) -> Film:
-    """The whole chain on a canonical HU cube (RAS+, fov_mm, as `render_xrays` returns it)."""
+def simulate_film(hu: np.ndarray, data_cfg: DataConfig, p: FilmParams,
+                  outside: Optional[tuple[np.ndarray, float]] = None) -> Film:
+    """The whole chain on a canonical HU cube (RAS+, fov_mm, as `render_xrays` returns it) and, if given,
+    the patient `outside` it (film_line_integrals)."""
     _check(p)
-    li = film_line_integrals(hu, data_cfg, p)
+    li = film_line_integrals(hu, data_cfg, p, outside)
     if (li > BODY_LI).sum() < 16:  # before the marker, which attenuates too
         raise ValueError("the film shows (almost) no body: nothing attenuates the beam")
     d, ei = expose(add_lead_marker(li, p.marker, p.marker_mm, p.marker_at, p.pitch_mm), p)

@@ -24,6 +24,10 @@ from .radiograph import XrayReadError, read_radiograph
 from .radiograph_fit import ModelField, level_films, radiograph_to_model
 
 
+FILM_SCENE_FACTOR = 1.75  # the films' scene edge / fov_mm: a film's field is up to 1.6 × the model's detector
+FILM_SCENE_MAX = 128  # voxels per edge of that scene (its detail is the periphery's; the cube keeps its own)
+
+
 def case_cube_hu(ds, index: int, render_size: int, window: tuple[float, float]) -> np.ndarray:
     """The HU cube (render_size³, RAS+) the dataset's clean X-rays of case `index` were rendered from."""
     case = ds.cases[index]
@@ -36,14 +40,57 @@ def case_cube_hu(ds, index: int, render_size: int, window: tuple[float, float]) 
     return unit_to_hu(unit, window).numpy()
 
 
+def _source_path(ds, case: dict) -> Optional[Path]:
+    """The case's source CT as the manifest names it (relative to where `hvc prepare` ran, or the dataset)."""
+    src = case.get("source")
+    if not src:
+        return None
+    p = Path(src)
+    for cand in ([p] if p.is_absolute() else [p, ds.root / p, ds.root.parent / p, ds.root.parent.parent / p]):
+        if cand.exists():
+            return cand
+    return None
+
+
+def case_film_scene(ds, index: int, render_size: int, data_cfg: DataConfig) -> tuple[Optional[tuple[np.ndarray, float]], str]:
+    """(the patient around the model's cube as `film_line_integrals` takes it, or None; where it came from).
+
+    A film shows everything between the source and the detector: arms at the sides, shoulders, neck
+    and abdomen beyond the model's cube (on a lateral film the arms add to every ray through the
+    chest). The source CT is resampled over FILM_SCENE_FACTOR × fov_mm around the cube's own centre
+    (the manifest's body_center_mm), at the cube's voxel size up to FILM_SCENE_MAX voxels an edge,
+    with the model's cube itself set to air (it is rendered from its own voxels). Without the source
+    CT (moved, or not recorded) the film sees air beyond the cube, as the training X-rays do.
+    """
+    from .io import CTReadError, read_ct
+    from .preprocessing import AIR_HU, canonicalize
+
+    case, fov = ds.cases[index], float(data_cfg.fov_mm)
+    path = _source_path(ds, case)
+    if path is None or case.get("body_center_mm") is None:
+        return None, "the model's cube only (source CT not found): air beyond it"
+    g = data_cfg.geometry
+    factor = FILM_SCENE_FACTOR if g.kind == "parallel" else min(FILM_SCENE_FACTOR, 1.9 * g.sid / fov)
+    n = int(min(FILM_SCENE_MAX, round(render_size * factor)))
+    edge = factor * fov
+    try:
+        hu = canonicalize(read_ct(path), edge, n, np.asarray(case["body_center_mm"], dtype=float))
+    except (CTReadError, OSError, ValueError) as err:
+        return None, f"the model's cube only (source CT {path} unreadable: {err}): air beyond it"
+    c = (np.arange(n) - (n - 1) / 2) * edge / n  # voxel centres, mm from the cube's centre
+    inside = np.abs(c) < fov / 2
+    hu[np.ix_(inside, inside, inside)] = AIR_HU
+    return (hu, edge), f"source CT {path.name} over {edge:.0f} mm ({n}³) around the model's cube"
+
+
 def film_round_trip(hu: np.ndarray, data_cfg: DataConfig, field: ModelField, views: Sequence[str],
                     params: Sequence[FilmParams], case_id: str, folder: str | os.PathLike,
-                    root: Optional[str | os.PathLike] = None,
-                    keep: bool = False) -> tuple[np.ndarray, list[dict], list[Path]]:
+                    root: Optional[str | os.PathLike] = None, keep: bool = False,
+                    outside: Optional[tuple[np.ndarray, float]] = None) -> tuple[np.ndarray, list[dict], list[Path]]:
     """(V, P, P) float32 model input from one simulated film per view, the reader's info per film, the files.
 
     `hu`: the canonical HU cube (RAS+) the clean X-rays were rendered from; `params[v]` the film of
-    `views[v]` (sample_film_params). Files go to `folder` (inside `root` if given) and are deleted
+    `views[v]` (sample_film_params); `outside` the patient around the cube (case_film_scene). Files go to `folder` (inside `root` if given) and are deleted
     after reading unless `keep`. A film the reader takes for another view is an error: the header's
     view must survive the round trip, as it does for a user's film.
     """
@@ -52,7 +99,7 @@ def film_round_trip(hu: np.ndarray, data_cfg: DataConfig, field: ModelField, vie
     paths: list[Path] = []
     try:
         for view, p in zip(views, params):
-            film = simulate_film(hu, data_cfg, p)
+            film = simulate_film(hu, data_cfg, p, outside)
             paths.append(write_film_dicom(Path(folder) / f"{case_id}_{view}.dcm", film, case_id, root=root))
         xs, infos = [], []
         for view, path in zip(views, paths):

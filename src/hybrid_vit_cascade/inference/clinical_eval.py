@@ -19,7 +19,7 @@ from torch import Tensor
 
 from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.data.clinical import VIEW_POSITION, FilmParams, sample_film_params
-from hybrid_vit_cascade.data.film_inputs import case_cube_hu  # noqa: F401 (callers find it here too)
+from hybrid_vit_cascade.data.film_inputs import case_cube_hu, case_film_scene  # noqa: F401 (callers find case_cube_hu here too)
 from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed
@@ -29,13 +29,14 @@ GAP_TARGET_DB = 1.5  # issue 11: the clinical film may cost at most this much PS
 
 
 def case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int, root: Path, keep: bool = False,
-               fixed: Optional[dict[str, Any]] = None,
-               views: Optional[list[str]] = None) -> tuple[Tensor, list[dict[str, Any]], list[FilmParams], list[Path]]:
+               fixed: Optional[dict[str, Any]] = None, views: Optional[list[str]] = None,
+               outside=None) -> tuple[Tensor, list[dict[str, Any]], list[FilmParams], list[Path]]:
     """One simulated clinical film per view in `views` (None: every view of the checkpoint), read back like
     a user's: (V, P, P) model input over the checkpoint's V slots (absent views zero), the reader's info
     per film, the film parameters (drawn from (seed, case, view): a view's film is the same in every
     view set; `fixed` holds some, e.g. pitch_mm), the files. Films read together are levelled together
-    (a single film by its own body width), as `hvc infer` reads the films it is given."""
+    (a single film by its own body width), as `hvc infer` reads the films it is given. `outside`: the
+    patient beyond the model's cube (data/film_inputs.case_film_scene), None = air."""
     from hybrid_vit_cascade.data.film_inputs import film_round_trip
     from hybrid_vit_cascade.data.radiograph_fit import model_field
 
@@ -43,7 +44,7 @@ def case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int, root:
     params = [sample_film_params(mix_seed("clinical-film", seed, case_id, view), VIEW_POSITION[view], rec.cfg.data,
                                  **(fixed or {})) for view in views]
     x, infos, paths = film_round_trip(hu, rec.cfg.data, model_field(rec), views, params, case_id,
-                                      inside(folder, root), root=root, keep=keep)
+                                      inside(folder, root), root=root, keep=keep, outside=outside)
     full = torch.zeros((len(rec.views),) + x.shape[1:])
     full[rec.view_indices(views)] = torch.from_numpy(x)
     return full, infos, params, paths
@@ -64,8 +65,9 @@ unless `keep`."""
 
     cid = item["meta"]["case_id"]
     views = rec.check_views(views)
+    outside, scene = case_film_scene(ds, index, rec.render_size, rec.cfg.data)
     x_film, infos, params, paths = case_films(rec, case_cube_hu(ds, index, rec.render_size, rec.window), cid,
-                                              out_dir / "clinical", seed, out_dir, keep, fixed, views)
+                                              out_dir / "clinical", seed, out_dir, keep, fixed, views, outside)
     li_film = denormalize_xray(x_film, rec.li_max)  # DRR consistency against what the model was given
     sampling = dict(sampling)
     reg_steps = sampling.pop("baseline_steps", None)
@@ -88,6 +90,7 @@ unless `keep`."""
     record = {**input_psnr(x_film[idx], x_clean[idx], views), "views": views,
               "films": [p.name for p in paths] if keep else [],
               "guidance_scale": sampling["guidance_scale"],  # the cascade's DRR guidance on these films
+              "scene": scene,  # what the films were rendered from (the patient beyond the cube, or air)
               "params": [dataclasses.asdict(p) for p in params],
               "reader": infos}
     return methods, rows, record
@@ -129,7 +132,10 @@ def summary(per_case: list[dict[str, Any]], keys: list[Optional[str]], kept: str
             "input_psnr_other_views": {label: M.summarize([c["clinical_views"][label]["input_psnr"] for c in per_case
                                                            if label in c.get("clinical_views", {})])
                                        for label in sorted({k for c in per_case for k in c.get("clinical_views", {})})},
-            "films kept": kept}
+            "films kept": kept,
+            # films rendered with the patient beyond the model's cube (its source CT found) / all cases
+            "scene_beyond_cube": [sum(c["clinical"].get("scene", "").startswith("source CT") for c in per_case
+                                      if "clinical" in c), sum("clinical" in c for c in per_case)]}
 
 
 def clinical_section(s: dict[str, Any]) -> list[str]:
@@ -156,5 +162,11 @@ def clinical_section(s: dict[str, Any]) -> list[str]:
                      for label, v in s.get("input_psnr_other_views", {}).items())
     lines += ["", f"Model input from the films vs the clean normalised X-rays ({views}): "
                   f"{fmt_stat(s['input_psnr'], '{:.2f}')} dB PSNR{others} (films read together are levelled "
-                  f"together: a single film by its own body width). Films: {s['films kept']}.", ""]
+                  f"together: a single film by its own body width). Films: {s['films kept']}."]
+    if s.get("scene_beyond_cube"):
+        n, m = s["scene_beyond_cube"]
+        lines.append(f"The films of {n} of {m} case(s) show the patient beyond the model's cube (arms, shoulders, "
+                     "abdomen: the source CT over FILM_SCENE_FACTOR × the cube, data/film_inputs.case_film_scene), as a real film "
+                     "does" + ("" if n == m else "; the others air beyond it (source CT not found)") + ".")
+    lines.append("")
     return lines

@@ -28,7 +28,7 @@ import numpy as np
 
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.data.clinical import VIEW_POSITION, sample_film_params
-from hybrid_vit_cascade.data.film_inputs import case_cube_hu, film_round_trip
+from hybrid_vit_cascade.data.film_inputs import case_cube_hu, case_film_scene, film_round_trip
 from hybrid_vit_cascade.data.radiograph_fit import ModelField
 from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.progress import progress_bar
@@ -36,7 +36,7 @@ from hybrid_vit_cascade.runtime.seeding import mix_seed
 from hybrid_vit_cascade.training.cond_cache import ConditionCache
 
 FILM_PITCH_MM = 2.0  # the films' pixel pitch at the isocentre, at most half a model pixel (film_pitch_mm)
-FILM_VERSION = 4  # bump when the film chain or the reader changes what a film becomes
+FILM_VERSION = 5  # bump when the film chain or the reader changes what a film becomes
 
 
 def film_pitch_mm(field: ModelField) -> float:
@@ -73,19 +73,24 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
     log(f"film augmentation: {tc.film_variants} simulated film(s) per view for {len(ds)} training cases "
         f"(p = {tc.film_augment:g})")
     mine = [i for i in range(len(ds)) if i % world == rank]
+    without = 0  # cases whose source CT was not found: their films see air beyond the model's cube
     with tempfile.TemporaryDirectory(prefix="hvc_films_") as tmp:
         for i in progress_bar(mine, "films", "case", progress):
             cid = ds.cases[i]["case_id"]
             if cache.path(cid).is_file():
                 continue
             hu = case_cube_hu(ds, i, render_size, window)
+            outside, _ = case_film_scene(ds, i, render_size, cfg.data)  # the patient beyond the cube, if found
+            without += outside is None
             films = []
             for f in range(tc.film_variants):
                 params = [sample_film_params(mix_seed("train-film", tc.seed, f, cid, v), VIEW_POSITION[v], cfg.data,
                                              pitch_mm=pitch) for v in views]
-                x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp)
+                x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp, outside=outside)
                 films.append(x)
             cache.save(cid, np.stack(films))  # (F, V, P, P)
+    if without:
+        log(f"film augmentation: {without} case(s) without their source CT: films with air beyond the model's cube")
     cache.seal([c["case_id"] for c in ds.cases], {"films": tc.film_variants, "key": key, "cases": len(ds)},
                "film cache", rank, barrier)
     return cache
