@@ -19,7 +19,8 @@ from torch import Tensor
 
 from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.data.clinical import VIEW_POSITION, FilmParams, sample_film_params
-from hybrid_vit_cascade.data.film_inputs import case_cube_hu, case_film_scene  # noqa: F401 (callers find case_cube_hu here too)
+from hybrid_vit_cascade.data.film_inputs import (  # noqa: F401 (callers find case_cube_hu here too)
+    FILM_SCENE_FACTOR, case_cube_hu, case_film_scene)
 from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed
@@ -166,7 +167,7 @@ def clinical_section(s: dict[str, Any]) -> list[str]:
     if s.get("scene_beyond_cube"):
         n, m = s["scene_beyond_cube"]
         lines.append(f"The films of {n} of {m} case(s) show the patient beyond the model's cube (arms, shoulders, "
-                     "abdomen: the source CT over FILM_SCENE_FACTOR × the cube, data/film_inputs.case_film_scene), as a real film "
+                     f"abdomen: the source CT over {FILM_SCENE_FACTOR:g} × the cube, data/film_inputs.case_film_scene), as a real film "
                      "does" + ("" if n == m else "; the others air beyond it (source CT not found)") + ".")
     lines.append("")
     return lines
