@@ -263,6 +263,7 @@ def test_films_see_the_patient_beyond_the_models_cube(tiny_dataset, tmp_path):  
     c = (np.arange(n) - (n - 1) / 2) * edge / n
     inner = np.abs(c) < cfg.data.fov_mm / 2
     assert (hu[np.ix_(inner, inner, inner)] == -1024).all() and (hu > -500).any()  # the cube is air; the rest is not
+    assert (hu[~inner] == -1024).all()  # across the patient: the cube's own width (lateral films: arms raised)
     p = C.sample_film_params(0, "LL", cfg.data, pitch_mm=4.0)
     cube = case_cube_hu(ds, 0, rs, tuple(cfg.data.hu_window))
     alone, full = C.film_line_integrals(cube, cfg.data, p), C.film_line_integrals(cube, cfg.data, p, outside)

@@ -55,12 +55,15 @@ def _source_path(ds, case: dict) -> Optional[Path]:
 def case_film_scene(ds, index: int, render_size: int, data_cfg: DataConfig) -> tuple[Optional[tuple[np.ndarray, float]], str]:
     """(the patient around the model's cube as `film_line_integrals` takes it, or None; where it came from).
 
-    A film shows everything between the source and the detector: arms at the sides, shoulders, neck
-    and abdomen beyond the model's cube (on a lateral film the arms add to every ray through the
-    chest). The source CT is resampled over FILM_SCENE_FACTOR × fov_mm around the cube's own centre
-    (the manifest's body_center_mm), at the cube's voxel size up to FILM_SCENE_MAX voxels an edge,
-    with the model's cube itself set to air (it is rendered from its own voxels). Without the source
-    CT (moved, or not recorded) the film sees air beyond the cube, as the training X-rays do.
+    A film shows everything between the source and the detector: neck, shoulders and abdomen above and
+    below the model's cube, and the body in front of and behind it. The source CT is resampled over
+    FILM_SCENE_FACTOR × fov_mm around the cube's own centre (the manifest's body_center_mm), at the
+    cube's voxel size up to FILM_SCENE_MAX voxels an edge, with the model's cube itself set to air (it
+    is rendered from its own voxels). Across the patient (x) the scene keeps the cube's own width: a
+    lateral chest film is taken with the arms raised, out of the beam, while a CT's arms lie at the
+    sides; and a CT's field cuts the arms of an off-centre patient, an edge no film shows (with it, AP
+    crops missed across by 14 mm rms instead of 7.6 on the demo's phantoms). Without the source CT
+    (moved, or not recorded) the film sees air beyond the cube, as the training X-rays do.
     """
     from .io import CTReadError, read_ct
     from .preprocessing import AIR_HU, canonicalize
@@ -79,6 +82,7 @@ def case_film_scene(ds, index: int, render_size: int, data_cfg: DataConfig) -> t
         return None, f"the model's cube only (source CT {path} unreadable: {err}): air beyond it"
     c = (np.arange(n) - (n - 1) / 2) * edge / n  # voxel centres, mm from the cube's centre
     inside = np.abs(c) < fov / 2
+    hu[~inside] = AIR_HU  # across (RAS x): the cube's width only (see above)
     hu[np.ix_(inside, inside, inside)] = AIR_HU
     return (hu, edge), f"source CT {path.name} over {edge:.0f} mm ({n}³) around the model's cube"
 
