@@ -56,7 +56,7 @@ def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypat
     rec, ds = Reconstructor(ck), CTXrayDataset(prep, "test", [32])
     outside, scene = CE.case_film_scene(ds, 0, rec.render_size, rec.cfg.data)
     assert outside is not None and scene == first["clinical"]["scene"]  # the patient beyond the cube, as a film sees it
-    assert m["clinical"]["scene_beyond_cube"] == [len(m["cases"])] * 2 and "show the patient beyond" in md
+    assert m["clinical"]["scene_beyond_cube"] == [len(m["cases"])] * 2 and "show the patient above, below" in md
     *_, again = CE.case_films(rec, CE.case_cube_hu(ds, 0, rec.render_size, rec.window), first["case_id"],
                               tmp_path / "again", 0, tmp_path, keep=True, fixed=COARSE, outside=outside)
     for p in again:

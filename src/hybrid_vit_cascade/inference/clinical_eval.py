@@ -166,8 +166,9 @@ def clinical_section(s: dict[str, Any]) -> list[str]:
                   f"together: a single film by its own body width). Films: {s['films kept']}."]
     if s.get("scene_beyond_cube"):
         n, m = s["scene_beyond_cube"]
-        lines.append(f"The films of {n} of {m} case(s) show the patient beyond the model's cube (arms, shoulders, "
-                     f"abdomen: the source CT over {FILM_SCENE_FACTOR:g} × the cube, data/film_inputs.case_film_scene), as a real film "
-                     "does" + ("" if n == m else "; the others air beyond it (source CT not found)") + ".")
+        lines.append(f"The films of {n} of {m} case(s) show the patient above, below, in front of and behind the "
+                     f"model's cube (neck, shoulders, abdomen: the source CT over {FILM_SCENE_FACTOR:g} × the cube, "
+                     "data/film_inputs.case_film_scene), as a real film does"
+                     + ("" if n == m else "; the others air beyond it (source CT not found)") + ".")
     lines.append("")
     return lines

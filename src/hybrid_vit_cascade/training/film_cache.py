@@ -17,9 +17,10 @@ tests/test_clinical_gap.py measured ±0.1 dB between 2 and 0.5 mm on the demo). 
 1.0 s at 256³ / 256 px (0.74 mm pitch) — every process makes its share of the cases.
 Training films show the model's cube only (air beyond it), like the training DRRs; `evaluate --clinical`
 renders its films with the patient beyond the cube (data/film_inputs.case_film_scene), as a real film
-is. Training on such films too was measured on the demo (one run each, same seeds): clean biplanar
-27.12 → 26.58 dB, films with the patient beyond 21.61 → 21.06 dB (cascade), 21.10 → 20.69 dB
-(regression): worse on both, so not done.
+is. Training on such films too was measured on the demo (one run each, same seeds), worse on both:
+with the scene's full width, clean biplanar 27.12 → 26.58 dB and those films 21.61 → 21.06 dB (cascade),
+21.10 → 20.69 dB (regression); with today's scene (the cube's width across), 27.12 → 26.74 dB and
+22.10 → 21.25 dB (cascade), 22.00 → 21.17 dB (regression), the real chest CT 25.57 → 25.16 dB.
 """
 from __future__ import annotations
 
