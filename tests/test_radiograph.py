@@ -185,15 +185,22 @@ def test_header_view_and_views_override(tmp_path):
 # ---------------------------------------------------------------------------------------- collimation
 
 
-def test_black_border_far_below_the_air_reads_as_air(tmp_path):
-    # A black electronic shutter (0) far below the air (~300), around a body the tone curve compressed
-    # (lungs 2300, tissue 2600): left as it was, the border is the three-class Otsu's lowest class and the
-    # air around the body joined the body mask (on a simulated film the crop then landed 10 cm off).
+def _masked_film() -> np.ndarray:
+    """A black electronic shutter (0, 15 px) far below the air (~300) around a body the tone curve
+    compressed (lungs 2300, tissue 2600)."""
     rng = np.random.default_rng(3)
     s = 300 + rng.normal(0, 20, (120, 120))
     s[30:100, 30:90] = 2600 + rng.normal(0, 20, (70, 60))
     s[40:85, 36:58], s[40:85, 62:84] = 2300, 2300
     s[:15], s[-15:], s[:, :15], s[:, -15:] = 0, 0, 0, 0
+    return s
+
+
+def test_black_border_far_below_the_air_reads_as_air(tmp_path):
+    # A black electronic shutter (0) far below the air (~300), around a body the tone curve compressed
+    # (lungs 2300, tissue 2600): left as it was, the border is the three-class Otsu's lowest class and the
+    # air around the body joined the body mask (on a simulated film the crop then landed 10 cm off).
+    s = _masked_film()
     rad = read_radiograph(write_film(tmp_path / "b.dcm", np.clip(s, 0, 4095).astype(np.uint16), ViewPosition="PA"))
     assert rad.info["dark_border_px"] == [15, 15, 15, 15]
     air = rad.pixels[20:25, 20:100]
@@ -205,11 +212,7 @@ def test_white_text_on_a_black_border_is_still_border(tmp_path):
     # Burned-in text or a lead marker on the black mask covers more than 5 % of some border lines; those
     # lines used to stop the border search, and the black strip left inside the field kept the border
     # from being raised to the air (a simulated film with an "L" on its mask: crop 145 mm off).
-    rng = np.random.default_rng(3)
-    s = 300 + rng.normal(0, 20, (120, 120))
-    s[30:100, 30:90] = 2600 + rng.normal(0, 20, (70, 60))
-    s[40:85, 36:58], s[40:85, 62:84] = 2300, 2300
-    s[:15], s[-15:], s[:, :15], s[:, -15:] = 0, 0, 0, 0
+    s = _masked_film()
     s[20:32, 107:117] = 4095  # white text on the right band: 12 of the 90 rows between the top and bottom bands
     rad = read_radiograph(write_film(tmp_path / "t.dcm", np.clip(s, 0, 4095).astype(np.uint16), ViewPosition="PA"))
     assert rad.info["dark_border_px"][3] >= 15  # the band with the text is border
