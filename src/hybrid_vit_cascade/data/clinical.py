@@ -304,12 +304,18 @@ def display_curve(z: np.ndarray, p: FilmParams) -> np.ndarray:
     return np.clip(d, 0.0, 1.0)
 
 
-def expose(li: np.ndarray, p: FilmParams) -> tuple[np.ndarray, float]:
-    """Line integrals → (display values in [0, 1] before collimation, bright = attenuating; exposure index)."""
-    rng = np.random.default_rng(p.noise_seed)
+def _body(li: np.ndarray) -> np.ndarray:
+    """The pixels whose rays crossed the body; an error when (almost) none did."""
     body = li > BODY_LI
     if body.sum() < 16:
         raise ValueError("the film shows (almost) no body: nothing attenuates the beam")
+    return body
+
+
+def expose(li: np.ndarray, p: FilmParams) -> tuple[np.ndarray, float]:
+    """Line integrals → (display values in [0, 1] before collimation, bright = attenuating; exposure index)."""
+    rng = np.random.default_rng(p.noise_seed)
+    body = _body(li)
     t = np.exp(-li)
     quanta_per_ugy = FLUENCE_PER_UGY * p.dqe * p.pitch_mm ** 2  # noise-equivalent quanta per pixel per µGy
     q0 = p.dose_ugy / float(np.median(t[body])) * quanta_per_ugy  # unattenuated beam, quanta per pixel
@@ -342,8 +348,7 @@ def simulate_film(hu: np.ndarray, data_cfg: DataConfig, p: FilmParams,
     the patient `outside` it (film_line_integrals)."""
     _check(p)
     li = film_line_integrals(hu, data_cfg, p, outside)
-    if (li > BODY_LI).sum() < 16:  # before the marker, which attenuates too
-        raise ValueError("the film shows (almost) no body: nothing attenuates the beam")
+    _body(li)  # before the lead marker, which attenuates too
     d, ei = expose(add_lead_marker(li, p.marker, p.marker_mm, p.marker_at, p.pitch_mm), p)
     d = burn_in_text(collimate(d, p), p.text_lines, p.text_at, p.pitch_mm, p.noise_seed + 1)
     q = np.rint(d * MAX_STORED).astype(np.uint16)  # 12-bit display values

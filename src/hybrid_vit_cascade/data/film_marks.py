@@ -20,14 +20,18 @@ _GLYPHS = {
 }
 
 
+def _scaled(bits: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A 7 × 5 bitmap nearest-neighbour scaled to (h, w)."""
+    return bits[(np.arange(h) * 7) // h][:, (np.arange(w) * 5) // w]
+
+
 def glyph(letter: str, height_px: int) -> np.ndarray:
     """(height_px, ≈5/7·height_px) bool bitmap of a marker letter, nearest-neighbour scaled."""
     if letter not in _GLYPHS:
         raise ValueError(f"marker letter must be one of {sorted(_GLYPHS)}, got {letter!r}")
     bits = np.array([[c == "1" for c in row] for row in _GLYPHS[letter]])
     h = max(7, int(height_px))
-    w = max(5, int(round(h * 5 / 7)))
-    return bits[(np.arange(h) * 7) // h][:, (np.arange(w) * 5) // w]
+    return _scaled(bits, h, max(5, int(round(h * 5 / 7))))
 
 
 def _place(mask: np.ndarray, at: tuple[float, float], shape: tuple[int, int]) -> tuple[slice, slice, np.ndarray]:
@@ -63,9 +67,8 @@ def burn_in_text(d: np.ndarray, lines: int, at: tuple[float, float], pitch_mm: f
         for k in range(chars):
             if rng.random() < 0.15:  # a space
                 continue
-            g = rng.random((7, 5)) < 0.45
             x0 = k * (gw + gw // 3)
-            row[:, x0:x0 + gw] = g[(np.arange(h) * 7) // h][:, (np.arange(gw) * 5) // gw]
+            row[:, x0:x0 + gw] = _scaled(rng.random((7, 5)) < 0.45, h, gw)
         rows_px.append(np.pad(row, ((0, h // 2), (0, 0))))
     width = max(r.shape[1] for r in rows_px)
     block = np.vstack([np.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in rows_px])

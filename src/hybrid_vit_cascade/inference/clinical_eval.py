@@ -19,8 +19,7 @@ from torch import Tensor
 
 from hybrid_vit_cascade import metrics as M
 from hybrid_vit_cascade.data.clinical import VIEW_POSITION, FilmParams, sample_film_params
-from hybrid_vit_cascade.data.film_inputs import (  # noqa: F401 (callers find case_cube_hu here too)
-    FILM_SCENE_FACTOR, case_cube_hu, case_film_scene)
+from hybrid_vit_cascade.data.film_inputs import FILM_SCENE_FACTOR, case_cube_hu, case_film_scene
 from hybrid_vit_cascade.files import inside
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed
@@ -51,10 +50,25 @@ def case_films(rec, hu: np.ndarray, case_id: str, folder: Path, seed: int, root:
     return full, infos, params, paths
 
 
-def score_case(rec, reg, bp, ds, index: int, item: dict, x_clean: Tensor, sampling: dict[str, Any], seed: int,
+@dataclasses.dataclass(frozen=True)
+class CaseScene:
+    """What a case's films are rendered from: the model's HU cube and the patient beyond it (or None)."""
+
+    cube_hu: np.ndarray
+    outside: Optional[tuple[np.ndarray, float]]  # data/film_inputs.case_film_scene
+    description: str
+
+
+def case_scene(rec, ds, index: int) -> CaseScene:
+    """Load case `index`'s film scene once (its source CT is read here), for every film set of the case."""
+    outside, description = case_film_scene(ds, index, rec.render_size, rec.cfg.data)
+    return CaseScene(case_cube_hu(ds, index, rec.render_size, rec.window), outside, description)
+
+
+def score_case(rec, reg, bp, scene: CaseScene, item: dict, x_clean: Tensor, sampling: dict[str, Any], seed: int,
                out_dir: Path, keep: bool, score: Callable[..., dict[str, float]],
                fixed: Optional[dict[str, Any]] = None, views: Optional[list[str]] = None, tag: str = ""):
-    """One case through its clinical films of `views` (None: every view): (per-case metrics keyed
+    """One case (its `scene`: case_scene) through its clinical films of `views` (None: every view): (per-case metrics keyed
     `<method key><tag>[TAG]`, summary-row metrics keyed (method + TAG + tag, stage, res), the case's
     clinical record). `tag` is the clean rows' view-subset label (" [ap]"), so each film key pairs with
     the clean key it extends. `score` is evaluate's per-case scorer;
@@ -66,9 +80,8 @@ unless `keep`."""
 
     cid = item["meta"]["case_id"]
     views = rec.check_views(views)
-    outside, scene = case_film_scene(ds, index, rec.render_size, rec.cfg.data)
-    x_film, infos, params, paths = case_films(rec, case_cube_hu(ds, index, rec.render_size, rec.window), cid,
-                                              out_dir / "clinical", seed, out_dir, keep, fixed, views, outside)
+    x_film, infos, params, paths = case_films(rec, scene.cube_hu, cid, out_dir / "clinical", seed, out_dir, keep,
+                                              fixed, views, scene.outside)
     li_film = denormalize_xray(x_film, rec.li_max)  # DRR consistency against what the model was given
     sampling = dict(sampling)
     reg_steps = sampling.pop("baseline_steps", None)
@@ -91,7 +104,8 @@ unless `keep`."""
     record = {**input_psnr(x_film[idx], x_clean[idx], views), "views": views,
               "films": [p.name for p in paths] if keep else [],
               "guidance_scale": sampling["guidance_scale"],  # the cascade's DRR guidance on these films
-              "scene": scene,  # what the films were rendered from (the patient beyond the cube, or air)
+              "scene": scene.description,  # what the films were rendered from
+              "beyond_cube": scene.outside is not None,  # the patient beyond the model's cube is on them
               "params": [dataclasses.asdict(p) for p in params],
               "reader": infos}
     return methods, rows, record
@@ -135,8 +149,8 @@ def summary(per_case: list[dict[str, Any]], keys: list[Optional[str]], kept: str
                                        for label in sorted({k for c in per_case for k in c.get("clinical_views", {})})},
             "films kept": kept,
             # films rendered with the patient beyond the model's cube (its source CT found) / all cases
-            "scene_beyond_cube": [sum(c["clinical"].get("scene", "").startswith("source CT") for c in per_case
-                                      if "clinical" in c), sum("clinical" in c for c in per_case)]}
+            "scene_beyond_cube": [sum(c["clinical"]["beyond_cube"] for c in per_case if "clinical" in c),
+                                  sum("clinical" in c for c in per_case)]}
 
 
 def clinical_section(s: dict[str, Any]) -> list[str]:

@@ -266,10 +266,11 @@ def evaluate(
             fig = depth_view.write_depth_figure(inside(out_dir / f"case_{cid}_depth.png", out_dir), rec, x_rec,
                                                 train_root, title=cid)
             images += [fig.name] if fig else []
+        scene = clinical_eval.case_scene(rec, ds, i) if film_sets else None  # read once for every film set
         for j in film_sets:  # the same case from simulated clinical films (inference/clinical_eval.py)
             vs, label, tag = sets[j], labels[j], tags[j]
             film_methods, film_rows, record = clinical_eval.score_case(
-                rec, None if label in reg_skipped else reg, bp, ds, i, item, x_rec, film_sampling, seed, out_dir,
+                rec, None if label in reg_skipped else reg, bp, scene, item, x_rec, film_sampling, seed, out_dir,
                 i < montage_cases, _case_metrics, None if film_pitch_mm is None else {"pitch_mm": film_pitch_mm},
                 vs, tag)
             if j == primary_films:
