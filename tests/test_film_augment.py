@@ -269,5 +269,15 @@ def test_films_see_the_patient_beyond_the_models_cube(tiny_dataset, tmp_path):  
     alone, full = C.film_line_integrals(cube, cfg.data, p), C.film_line_integrals(cube, cfg.data, p, outside)
     assert (full >= alone - 1e-6).all() and (full - alone).max() > 0.1  # integrals add, and something is there
     # a dataset moved without its source CTs: air beyond the cube, said so
+    source = ds.cases[0]["source"]
     ds.cases[0] = {**ds.cases[0], "source": str(tmp_path / "gone.nii.gz")}
     assert case_film_scene(ds, 0, rs, cfg.data) == (None, "the model's cube only (source CT not found): air beyond it")
+    (tmp_path / "bad.nii.gz").write_bytes(b"not a CT")  # one that cannot be read: the same, naming it
+    ds.cases[0] = {**ds.cases[0], "source": str(tmp_path / "bad.nii.gz")}
+    outside, scene = case_film_scene(ds, 0, rs, cfg.data)
+    assert outside is None and scene.startswith(f"the model's cube only (source CT {tmp_path / 'bad.nii.gz'} unreadable")
+    # a cone source close to the patient: the scene stops short of it (its half-edge < 0.95 × sid)
+    ds.cases[0] = {**ds.cases[0], "source": source}
+    near = cfg.data.model_copy(update={"geometry": cfg.data.geometry.model_copy(update={"sid": 300.0, "sdd": 500.0})})
+    (hu, edge), _ = case_film_scene(ds, 0, rs, near)
+    assert edge == pytest.approx(1.9 * 300.0) and edge < FILM_SCENE_FACTOR * cfg.data.fov_mm
