@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from _trainkit import tiny_cfg, tiny_dataset, tiny_dict  # noqa: F401 (fixture)
-from hybrid_vit_cascade.config import ConfigError, config_from_dict
+from hybrid_vit_cascade.config import ConfigError, GeometryConfig, config_from_dict
 from hybrid_vit_cascade.runtime.sampling import FILM_GUIDANCE_SCALE, resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import sample_generators
 from hybrid_vit_cascade.training.step import StageStepper
@@ -39,6 +39,8 @@ def test_film_cache_holds_reader_inputs_and_is_reused(tiny_dataset, tmp_path):  
         # a film of the case, not of another one: closer to its own clean X-rays than to the next case's
         other = ds[(i + 1) % len(ds)]["xray"].numpy()
         assert np.abs(films - clean).mean() < np.abs(films - other).mean()
+        crops = cache.load_crops(ds.cases[i]["case_id"])  # where the reader centred each film's crop
+        assert crops.shape == (2, clean.shape[0], 2) and np.isfinite(crops).all()
     said = []
     again, _ = _cache(cfg, tiny_dataset, tmp_path, said.append)
     assert again.root == cache.root and any("reusing" in m for m in said)
@@ -51,24 +53,36 @@ def test_no_film_cache_without_film_augment(tiny_dataset, tmp_path):  # noqa: F8
     assert cache is None and not (tmp_path / "film_cache").exists()
 
 
+FOV = 160.0  # mm: 16 voxels of 10 mm at the stepper's stage
+GEOM = GeometryConfig(kind="parallel", det_pixels=16, det_spacing=FOV / 16)
+
+
+def _ctx(p: float, **kw) -> SimpleNamespace:
+    cfg = SimpleNamespace(training=SimpleNamespace(film_augment=p), data=SimpleNamespace(geometry=GEOM, fov_mm=FOV))
+    return SimpleNamespace(cfg=cfg, view_names=["ap", "lateral"], **kw)
+
+
 def _stepper(p: float) -> StageStepper:
-    ctx = SimpleNamespace(cfg=SimpleNamespace(training=SimpleNamespace(film_augment=p)))
-    return StageStepper(ctx, model=None)
+    return StageStepper(_ctx(p), model=None)
 
 
 def test_film_inputs_follow_the_probability():
     B, F, V, P = 64, 3, 2, 4
     batch = {"xray": torch.zeros(B, V, P, P),
-             "films": torch.arange(1, F + 1, dtype=torch.float32)[None, :, None, None, None].expand(B, F, V, P, P)}
+             "films": torch.arange(1, F + 1, dtype=torch.float32)[None, :, None, None, None].expand(B, F, V, P, P),
+             "film_crops_mm": torch.arange(1, F + 1, dtype=torch.float32)[None, :, None, None].expand(B, F, V, 2)}
     gens = lambda: sample_generators(range(B))  # noqa: E731
-    assert torch.equal(_stepper(0.0).film_inputs(batch, gens()), batch["xray"])
-    always = _stepper(1.0).film_inputs(batch, gens())
+    assert torch.equal(_stepper(0.0).film_inputs(batch, gens())[0], batch["xray"])
+    always, placed = _stepper(1.0).film_inputs(batch, gens())
     assert set(always[:, 0, 0, 0].tolist()) == {1.0, 2.0, 3.0}  # every film variant drawn
-    half = _stepper(0.5).film_inputs(batch, gens())
+    # film f's crops sit f mm down and right in both views: its placement is (−f, −f, −f) mm RAS+
+    assert torch.allclose(placed, -always[:, 0, 0, :1].expand(B, 3))
+    half, placed = _stepper(0.5).film_inputs(batch, gens())
     shown = (half[:, 0, 0, 0] > 0).float().mean().item()
     assert 0.3 < shown < 0.7
-    assert torch.equal(half, _stepper(0.5).film_inputs(batch, gens()))  # the seeds decide, nothing else
-    assert torch.equal(_stepper(1.0).film_inputs(batch, None), batch["xray"])  # validation: no generators
+    assert torch.equal(placed[half[:, 0, 0, 0] == 0], torch.zeros(int((half[:, 0, 0, 0] == 0).sum()), 3))
+    assert torch.equal(half, _stepper(0.5).film_inputs(batch, gens())[0])  # the seeds decide, nothing else
+    assert torch.equal(_stepper(1.0).film_inputs(batch, None)[0], batch["xray"])  # validation: no generators
 
 
 def test_training_with_film_augment_writes_its_films(tiny_dataset, tmp_path):  # noqa: F811
@@ -80,7 +94,8 @@ def test_training_with_film_augment_writes_its_films(tiny_dataset, tmp_path):  #
     train_progressive(config_from_dict(d), tmp_path / "ck", device="cpu", log=lambda m: None)
     (folder,) = (tmp_path / "cache" / "film_cache").iterdir()
     assert json.loads((folder / "complete.json").read_text())["films"] == 1
-    assert len(list(folder.glob("*.npy"))) == 6  # the 6 training cases of the tiny dataset
+    assert len(list(folder.glob("*.crops.npy"))) == 6  # the 6 training cases of the tiny dataset …
+    assert len(list(folder.glob("*.npy"))) == 12  # … their films and where the reader centred them
 
 
 def test_film_augment_must_be_a_probability(tiny_dataset):  # noqa: F811
@@ -117,7 +132,7 @@ def test_film_cache_splits_cases_over_ranks(tiny_dataset, tmp_path):  # noqa: F8
     half = build_film_cache(*args, rank=1, world=2)  # rank 1 makes the rest ...
     assert not half.complete  # ... but only rank 0 declares the cache complete
     done = build_film_cache(*args, rank=0, world=2)
-    assert done.complete and len(list(done.root.glob("*.npy"))) == len(ds)
+    assert done.complete and len(list(done.root.glob("*.crops.npy"))) == len(ds)
 
 
 def test_losses_show_the_film_and_keep_the_clean_xray_for_physics(monkeypatch):
@@ -134,13 +149,50 @@ def test_losses_show_the_film_and_keep_the_clean_xray_for_physics(monkeypatch):
     monkeypatch.setattr(S, "physics_loss", physics)
     objective = SimpleNamespace(kind="diffusion", loss=lambda fn, x0, gens: SimpleNamespace(loss=torch.tensor(1.0),
                                                                                          x0_pred=x0))
-    ctx = SimpleNamespace(cfg=SimpleNamespace(training=SimpleNamespace(film_augment=1.0)), k=1, objective=objective,
-                          stage_cfg=SimpleNamespace(use_physics_loss=True, physics_weight=0.1), projector=None,
-                          spacing_mm=None, hu_window=None, mu_water=None, li_max=None, view_names=[])
+    ctx = _ctx(1.0, k=1, objective=objective, stage_cfg=SimpleNamespace(use_physics_loss=True, physics_weight=0.1),
+               projector=None, spacing_mm=None, hu_window=None, mu_water=None, li_max=None)
     clean, film = torch.zeros(2, 2, 4, 4), torch.ones(2, 1, 2, 4, 4)
-    batch = {"xray": clean, "films": film, "x0": torch.zeros(2, 1, 4, 4, 4)}
+    batch = {"xray": clean, "films": film, "x0": torch.zeros(2, 1, 4, 4, 4), "film_crops_mm": torch.zeros(2, 1, 2, 2)}
     StageStepper(ctx, model=None).losses(batch, None, None, train=True, gens_films=sample_generators([0, 1]))
     assert torch.equal(seen["model"], film[:, 0]) and seen["physics"] is clean
+
+
+def test_a_film_cropped_off_centre_trains_on_the_cube_its_crop_shows(monkeypatch):
+    """Target, stage k−1 condition and the physics loss's clean X-rays all move with the film's placement."""
+    from hybrid_vit_cascade.geometry.translate import translate_volume, translate_xrays
+    from hybrid_vit_cascade.geometry.views import make_view
+    from hybrid_vit_cascade.training import step as S
+
+    seen = {}
+
+    def physics(x0, xray, *args):
+        seen["physics"] = xray
+        return SimpleNamespace(total=torch.tensor(0.0), per_view=[])
+
+    def condition(prev, res, cfg, gens, level):
+        seen["prev"] = prev
+        return prev, None
+
+    monkeypatch.setattr(S, "stage_model_fn", lambda *a, **k: None)
+    monkeypatch.setattr(S, "physics_loss", physics)
+    monkeypatch.setattr(S, "make_condition", condition)
+    objective = SimpleNamespace(kind="diffusion", loss=lambda fn, x0, gens: seen.setdefault(
+        "x0", x0) is not None and SimpleNamespace(loss=torch.tensor(1.0), x0_pred=x0))
+    ctx = _ctx(1.0, k=2, objective=objective, resolution=16,
+               stage_cfg=SimpleNamespace(use_physics_loss=True, physics_weight=0.1), projector=None, spacing_mm=10.0,
+               hu_window=(-1024.0, 1024.0), mu_water=0.02, li_max=100.0)
+    g = torch.Generator().manual_seed(0)
+    x0, prev, clean = torch.rand(1, 1, 16, 16, 16, generator=g), torch.rand(1, 1, 8, 8, 8, generator=g), torch.rand(1, 2, 16, 16, generator=g)
+    # AP crop 20 mm above and 10 mm right-of-image (patient's left) of the film's centre; lateral 20 mm above
+    crops = torch.tensor([[[[-20.0, 10.0], [-20.0, 0.0]]]])
+    batch = {"xray": clean, "x0": x0, "prev": prev, "films": torch.ones(1, 1, 2, 16, 16), "film_crops_mm": crops}
+    StageStepper(ctx, model=None).losses(batch, None, None, train=True, gens_films=sample_generators([0]))
+    delta = torch.tensor([[-10.0, 0.0, 20.0]])  # RAS+ mm: 10 mm toward the left, 20 mm superior
+    assert torch.allclose(seen["x0"], translate_volume(x0, delta, FOV, fill=-1.0))
+    assert torch.allclose(seen["prev"], translate_volume(prev, delta, FOV, fill=-1.0))
+    views = [make_view(v, GEOM) for v in ("ap", "lateral")]
+    assert torch.allclose(seen["physics"], translate_xrays(clean, delta, views, FOV / 16, fill=-1.0))
+    assert not torch.allclose(seen["x0"], x0)
 
 
 def test_registration_recovers_a_first_guess_far_off(tiny_dataset, tmp_path, monkeypatch):  # noqa: F811

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from hybrid_vit_cascade.config import GeometryConfig
 from hybrid_vit_cascade.data.radiograph import Radiograph, XrayReadError, read_radiograph
 from hybrid_vit_cascade.data.xray_stats import (area_resample, body_anchor, body_level, body_mask, body_width,
                                                 match_to_quantiles, percentile_normalize)
+from hybrid_vit_cascade.geometry.translate import crop_placement
 from hybrid_vit_cascade.geometry.views import make_view, resolve_det_spacing
 
 PAD_TOLERANCE = 0.5  # model pixels of the field allowed beyond the film without padding rules
@@ -295,6 +297,17 @@ def level_films(xs: dict[str, np.ndarray], infos: dict[str, dict], field: ModelF
     for view, note in notes.items():
         infos[view]["intensity"] = f"{infos[view].get('intensity', '')}; {note}"
     return levelled
+
+
+def film_placement_mm(infos: dict[str, dict], geometry: GeometryConfig) -> np.ndarray:
+    """Where films' crops put the model's cube: Δ (3,) mm RAS+ from the point their central rays meet.
+
+    `infos`: model view → the reader's info of the film fed as it (`crop.centre_offset_mm`, in that
+    view's image frame); geometry/translate.crop_placement does the sum.
+    """
+    views = list(infos)
+    offsets = torch.tensor([[infos[v]["crop"]["centre_offset_mm"] for v in views]], dtype=torch.float64)  # (1, V, 2)
+    return crop_placement(offsets, [make_view(v, geometry) for v in views])[0].numpy()
 
 
 def describe(info: dict) -> str:

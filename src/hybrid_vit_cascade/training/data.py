@@ -38,7 +38,8 @@ class StageDataset(Dataset):
     `view_caches` {view-set label: cache} (training.view_dropout) add "prev_views": {label: (1, d, d, d)},
     the previous stage's sample from that view set alone, for the samples that show only it.
     `films` (training.film_augment, training/film_cache.py) add "films": (F, V, P, P), the case's X-rays
-    as the reader makes them from F simulated clinical films; the step decides which sample uses one.
+    as the reader makes them from F simulated clinical films, and "film_crops_mm": (F, V, 2), where the
+    reader centred each film's crop; the step decides which sample uses one.
     """
 
     def __init__(self, base: Dataset, resolution: int, cond_cache=None, view_caches: Optional[dict] = None,
@@ -70,6 +71,7 @@ class StageDataset(Dataset):
             out["prev_views"] = {label: _load(c, case_id) for label, c in self.view_caches.items()}
         if self.films is not None:
             out["films"] = _load(self.films, case_id)
+            out["film_crops_mm"] = torch.from_numpy(np.asarray(self.films.load_crops(case_id), dtype=np.float32))
         return out
 
 

@@ -36,13 +36,31 @@ from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.data.clinical import VIEW_POSITION, sample_film_params
 from hybrid_vit_cascade.data.film_inputs import case_cube_hu, film_round_trip
 from hybrid_vit_cascade.data.radiograph_fit import ModelField
-from hybrid_vit_cascade.files import inside
+from hybrid_vit_cascade.files import atomic_write, inside
 from hybrid_vit_cascade.progress import progress_bar
 from hybrid_vit_cascade.runtime.seeding import mix_seed
 from hybrid_vit_cascade.training.cond_cache import ConditionCache
 
 FILM_PITCH_MM = 2.0  # the films' pixel pitch at the isocentre, at most half a model pixel (film_pitch_mm)
-FILM_VERSION = 5  # bump when the film chain or the reader changes what a film becomes
+FILM_VERSION = 6  # bump when the film chain or the reader changes what a film becomes (6: crops stored)
+
+
+class FilmCache(ConditionCache):
+    """The training films, `<case_id>.npy` (F, V, P, P), and where the reader centred each film's crop,
+    `<case_id>.crops.npy` (F, V, 2): (down, right) mm at the isocentre from the film's centre."""
+
+    def crops_path(self, case_id: str) -> Path:
+        return self.path(case_id).with_suffix(".crops.npy")
+
+    def save_crops(self, case_id: str, crops: np.ndarray) -> None:
+        atomic_write(self.crops_path(case_id), lambda f: np.save(f, crops.astype(np.float32)), root=self.root)
+
+    def load_crops(self, case_id: str) -> np.ndarray:
+        p = self.crops_path(case_id)
+        if not p.is_file():
+            raise FileNotFoundError(f"film cache {self.root} has no crop centres for case {case_id!r}; "
+                                    "delete the folder to rebuild it")
+        return np.load(p)
 
 
 def film_pitch_mm(field: ModelField) -> float:
@@ -62,14 +80,14 @@ def film_cache_key(cfg: Config, data_id: str, render_size: int, xray_stats: dict
 
 def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_size: int, xray_stats: dict,
                      log: Callable[[str], None] = print, progress: bool = True, rank: int = 0, world: int = 1,
-                     barrier: Callable[[], None] = lambda: None) -> Optional[ConditionCache]:
+                     barrier: Callable[[], None] = lambda: None) -> Optional[FilmCache]:
     """Films of every case of `ds` (a CTXrayDataset of the training split), reusing a complete cache;
     None when training.film_augment is 0. Cases are split over `world` ranks; `barrier` synchronises them."""
     tc = cfg.training
     if tc.film_augment <= 0:
         return None
     key = film_cache_key(cfg, data_id, render_size, xray_stats)  # objective and stages are not in it: shared
-    cache = ConditionCache(inside(Path(cache_root) / f"films_{key}", cache_root, "film cache"), 0, key)
+    cache = FilmCache(inside(Path(cache_root) / f"films_{key}", cache_root, "film cache"), 0, key)
     if cache.complete:
         log(f"film augmentation: reusing the training films in {cache.root}")
         return cache
@@ -82,15 +100,17 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
     with tempfile.TemporaryDirectory(prefix="hvc_films_") as tmp:
         for i in progress_bar(mine, "films", "case", progress):
             cid = ds.cases[i]["case_id"]
-            if cache.path(cid).is_file():
+            if cache.path(cid).is_file() and cache.crops_path(cid).is_file():
                 continue
             hu = case_cube_hu(ds, i, render_size, window)
-            films = []
+            films, crops = [], []
             for f in range(tc.film_variants):
                 params = [sample_film_params(mix_seed("train-film", tc.seed, f, cid, v), VIEW_POSITION[v], cfg.data,
                                              pitch_mm=pitch) for v in views]
-                x, _, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp)
+                x, infos, _ = film_round_trip(hu, cfg.data, field, views, params, cid, tmp)
                 films.append(x)
+                crops.append([info["crop"]["centre_offset_mm"] for info in infos])
+            cache.save_crops(cid, np.asarray(crops))  # (F, V, 2): before the films, which mark the case done
             cache.save(cid, np.stack(films))  # (F, V, P, P)
     cache.seal([c["case_id"] for c in ds.cases], {"films": tc.film_variants, "key": key, "cases": len(ds)},
                "film cache", rank, barrier)

@@ -2,7 +2,10 @@
 
 The stage is called through runtime.conditioning (`make_condition`, `stage_model_fn`), as inference calls it.
 With training.film_augment a training sample may be shown one of its simulated clinical films
-(training/film_cache.py) instead of its X-rays; the physics loss always compares with the clean ones.
+(training/film_cache.py) instead of its X-rays. The film's crop is centred where the reader found
+the body, not on the dataset's cube: such a sample's target, its stage k−1 condition and the clean
+X-rays of its physics loss are the cube the crop shows (the canonical cube moved by the film's
+placement, geometry/translate.py), so the model learns to reconstruct what its field holds.
 With training.view_dropout a training sample may see one view only (`view_mask`); stage k ≥ 2 is then
 conditioned on what stage k−1 produced from that same view (the conditioning cache's per-view
 samples), and the physics loss still compares the prediction with every view's ground-truth X-ray.
@@ -15,7 +18,12 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from hybrid_vit_cascade.data.preprocessing import AIR_HU
+from hybrid_vit_cascade.data.radiograph_fit import ModelField
 from hybrid_vit_cascade.diffusion.losses import physics_loss
+from hybrid_vit_cascade.geometry.physics import hu_to_unit, normalize_xray
+from hybrid_vit_cascade.geometry.translate import crop_placement, translate_volume, translate_xrays
+from hybrid_vit_cascade.geometry.views import make_view
 from hybrid_vit_cascade.runtime.conditioning import (
     draw_view_mask, make_condition, stage_model_fn, subset_label, subset_of_mask,
 )
@@ -30,13 +38,38 @@ class StageStepper:
         self.ctx = ctx  # the StageTrainer (cfg, k, objective, projector, physics constants, device)
         self.model = model
 
-    def condition(self, batch: dict, gens_cond, train: bool, view_mask: Optional[Tensor] = None):
-        """(condition, level) of stage k ≥ 2: a random level in training, the inference level otherwise."""
+    def condition(self, batch: dict, gens_cond, train: bool, view_mask: Optional[Tensor] = None,
+                  placement: Optional[Tensor] = None):
+        """(condition, level) of stage k ≥ 2: a random level in training, the inference level otherwise;
+        `placement` (B, 3) mm moves each sample's stage k−1 volume with its film's crop."""
         ctx = self.ctx
         if ctx.k == 1:
             return None, None
         level = None if train else ctx.stage_cfg.cond_noise_level
-        return make_condition(self.prev_for(batch, view_mask), ctx.resolution, ctx.cfg, gens_cond, level)
+        prev = self.prev_for(batch, view_mask)
+        if placement is not None:
+            prev = self.placed_volume(prev, placement)
+        return make_condition(prev, ctx.resolution, ctx.cfg, gens_cond, level)
+
+    def placed_volume(self, vol: Tensor, placement: Tensor) -> Tensor:
+        """Canonical cubes (B, 1, r, r, r) as the crops placed at `placement` (B, 3) mm see them (air beyond);
+        a sample placed at 0 is returned as it is."""
+        air = float(hu_to_unit(torch.tensor(AIR_HU), self.ctx.hu_window))
+        moved = (placement.abs().sum(-1) > 0).to(vol.device)[:, None, None, None, None]
+        return torch.where(moved, translate_volume(vol, placement.to(vol), float(self.ctx.cfg.data.fov_mm), air), vol)
+
+    def views(self) -> list:
+        """The stage's views (geometry/views.View), in the model's view order."""
+        return [make_view(v, self.ctx.cfg.data.geometry) for v in self.ctx.view_names]
+
+    def placed_xrays(self, xray: Tensor, placement: Tensor) -> Tensor:
+        """Clean X-rays (B, V, P, P) of the cubes placed at `placement` (B, 3) mm."""
+        d = self.ctx.cfg.data
+        views = self.views()
+        air = float(normalize_xray(torch.tensor(0.0), self.ctx.li_max))
+        moved = (placement.abs().sum(-1) > 0).to(xray.device)[:, None, None, None]
+        pixel_mm = ModelField(d.geometry, float(d.fov_mm)).pixel_mm
+        return torch.where(moved, translate_xrays(xray, placement.to(xray), views, pixel_mm, air), xray)
 
     def prev_for(self, batch: dict, view_mask: Optional[Tensor]) -> Tensor:
         """Stage k−1's cached sample of each case from the same views as its mask (all views: batch["prev"])."""
@@ -56,19 +89,26 @@ class StageStepper:
         ctx = self.ctx
         return draw_view_mask(gens_views, len(ctx.view_names), ctx.cfg.training.view_dropout, ctx.device)
 
-    def film_inputs(self, batch: dict, gens_films: Optional[Sequence[torch.Generator]]) -> Tensor:
-        """The X-rays the model is shown: sample b's own, or with probability training.film_augment one of
-        its simulated films (which one uniform; batch["films"] (B, F, V, P, P), training/film_cache.py)."""
+    def film_inputs(self, batch: dict, gens_films: Optional[Sequence[torch.Generator]],
+                    view_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """(the X-rays the model is shown, where their crops put the cube (B, 3) mm): sample b's own (0),
+        or with probability training.film_augment one of its simulated films (which one uniform;
+        batch["films"] (B, F, V, P, P), batch["film_crops_mm"] (B, F, V, 2), training/film_cache.py),
+        placed by the films of the views it shows (`view_mask`). None: no films."""
         xray = batch["xray"]
         if gens_films is None or "films" not in batch:
-            return xray
+            return xray, None
         films = batch["films"]
         F = films.shape[1]
         u = torch.stack([torch.rand(2, generator=g, device=xray.device) for g in gens_films])  # (B, 2), always both
         use = u[:, 0] < self.ctx.cfg.training.film_augment
         which = (u[:, 1] * F).long().clamp(max=F - 1)
-        picked = films[torch.arange(len(which), device=films.device), which.to(films.device)]  # (B, V, P, P)
-        return torch.where(use[:, None, None, None], picked.to(xray), xray)
+        rows = torch.arange(len(which), device=films.device)
+        picked = films[rows, which.to(films.device)]  # (B, V, P, P)
+        crops = batch["film_crops_mm"].to(xray)[rows.to(xray.device), which.to(xray.device)]  # (B, V, 2) mm
+        placed = crop_placement(crops, self.views(), view_mask)  # (B, 3) mm
+        placement = torch.where(use[:, None], placed.to(xray), torch.zeros_like(placed, dtype=xray.dtype))
+        return torch.where(use[:, None, None, None], picked.to(xray), xray), placement
 
     def losses(self, batch: dict, gens, gens_cond, train: bool,
                gens_views: Optional[Sequence[torch.Generator]] = None,
@@ -81,12 +121,16 @@ class StageStepper:
         simulated film instead of its X-rays; their own generators, so no other draw moves.
         """
         ctx = self.ctx
-        xray = batch["xray"]  # clean line integrals: the physics loss's target, whatever the model is shown
+        xray, x0 = batch["xray"], batch["x0"]  # clean line integrals: the physics target, whatever is shown
         mask = self.view_mask(gens_views)
-        prev, cond_noise = self.condition(batch, gens_cond, train, mask)
-        shown = self.film_inputs(batch, gens_films)
+        shown, placement = self.film_inputs(batch, gens_films, mask)
+        if placement is not None and bool((placement != 0).any()):
+            x0, xray = self.placed_volume(x0, placement), self.placed_xrays(xray, placement)
+        else:
+            placement = None
+        prev, cond_noise = self.condition(batch, gens_cond, train, mask, placement)
         model_fn = stage_model_fn(self.model, shown, prev, cond_noise, view_mask=mask)
-        out = ctx.objective.loss(model_fn, batch["x0"], gens)
+        out = ctx.objective.loss(model_fn, x0, gens)
         res = {f"{ctx.objective.kind}_loss": out.loss}
         total = out.loss
         if ctx.stage_cfg.use_physics_loss:
