@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from hybrid_vit_cascade.cli import main as hvc
@@ -37,6 +38,11 @@ def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypat
         d = [c["methods"][key]["psnr3d"] - c["methods"][key + CE.TAG]["psnr3d"] for c in m["cases"]]
         assert g["gap"]["mean"] == pytest.approx(np.mean(d)) and g["cases"] == len(d)
         assert g["meets_target"] == (np.mean(d) <= CE.GAP_TARGET_DB) and g["target_db"] == 1.5
+    placed = {g["method"]: g for g in m["clinical"]["vs clean, placed"]}  # scored in the field the crops show
+    assert set(placed) == set(gaps) and ("cascade" + CE.PLACED, "stage2_high") in rows
+    for key, g in placed.items():
+        d = [c["methods"][key]["psnr3d"] - c["methods"][key + CE.PLACED]["psnr3d"] for c in m["cases"]]
+        assert g["gap"]["mean"] == pytest.approx(np.mean(d))
     first, rest = m["cases"][0], m["cases"][1:]
     # films get the film default of DRR guidance (no --guidance-scale given), the clean X-rays the config's
     assert all(c["clinical"]["guidance_scale"] == 0.25 for c in m["cases"]) and m["info"]["DRR guidance"] != 0.25
@@ -61,6 +67,14 @@ def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypat
                               tmp_path / "again", 0, tmp_path, keep=True, fixed=COARSE, outside=outside)
     for p in again:
         assert p.read_bytes() == (tmp_path / "a" / "clinical" / p.name).read_bytes()
+    # the placed truth is the field the crops show: the film's placement, from its crops, moves the cube
+    infos = dict(zip(("ap", "lateral"), first["clinical"]["reader"]))
+    placement = CE.film_placement_mm(infos, rec.cfg.data.geometry)
+    assert np.allclose(placement, first["clinical"]["placement_mm"], atol=0.06) and np.abs(placement).max() > 0
+    scene = CE.case_scene(rec, ds, 0)
+    assert torch.allclose(scene.truth_at(np.zeros(3), 32), ds[0]["ct"][32], atol=1e-3)
+    assert not torch.allclose(scene.truth_at(placement, 32), ds[0]["ct"][32], atol=1e-3)
+    assert "Scored in the field the films' crops show" in md
 
 
 def test_film_pitch_must_be_a_plausible_pitch(tmp_path, capsys):

@@ -333,3 +333,51 @@ def test_films_see_the_patient_beyond_the_models_cube(tiny_dataset, tmp_path):  
     near = cfg.data.model_copy(update={"geometry": cfg.data.geometry.model_copy(update={"sid": 300.0, "sdd": 500.0})})
     (hu, edge), _ = case_film_scene(ds, 0, rs, near)
     assert edge == pytest.approx(1.9 * 300.0) and edge < FILM_SCENE_FACTOR * cfg.data.fov_mm
+
+
+def test_the_field_a_crop_shows_comes_from_the_cube_and_the_patient_around_it(tiny_dataset):  # noqa: F811
+    """placed_cube_hu: the cube itself at Δ = 0; moved, the patient beyond the cube enters as the film saw it."""
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
+    from hybrid_vit_cascade.data.film_inputs import case_cube_hu, case_film_scene, placed_cube_hu
+
+    cfg = tiny_cfg(tiny_dataset, stages=(16,))
+    ds, man = CTXrayDataset(tiny_dataset, "train", [16]), load_manifest(tiny_dataset)
+    rs, fov = int(man["render_size"]), float(cfg.data.fov_mm)
+    cube = case_cube_hu(ds, 0, rs, tuple(cfg.data.hu_window))
+    outside, _ = case_film_scene(ds, 0, rs, cfg.data)
+    np.testing.assert_allclose(placed_cube_hu(cube, fov, None, [0, 0, 0]), cube, atol=1e-3)
+    step = fov / rs  # one voxel, mm
+    up = placed_cube_hu(cube, fov, None, [0, 0, 2 * step])  # the field 2 voxels superior: cube voxel k+2 at k
+    np.testing.assert_allclose(up[:, :, :-2], cube[:, :, 2:], atol=1e-3)
+    assert (up[:, :, -2:] == -1024).all()  # beyond the cube and no scene: air, as a cube-only film shows
+    # with the scene (aligned to the cube's voxels), the entering slab is the scene's voxels there: the patient
+    # beyond the cube as the film saw it; step toward the side where the scene holds the most tissue
+    scene, edge = outside
+    m, pad = scene.shape[0], (scene.shape[0] - rs) // 2
+    assert edge / m == pytest.approx(step)
+    sides = {+1: scene[pad:pad + rs, pad:pad + rs, pad + rs:pad + rs + 2], -1: scene[pad:pad + rs, pad:pad + rs, pad - 2:pad]}
+    sign = max(sides, key=lambda k: (sides[k] > -500).sum())
+    assert (sides[sign] > -500).any()  # something of the patient lies there
+    moved = placed_cube_hu(cube, fov, outside, [0, 0, sign * 2 * step])
+    inner, slab = (moved[:, :, :-2], moved[:, :, -2:]) if sign > 0 else (moved[:, :, 2:], moved[:, :, :2])
+    np.testing.assert_allclose(inner, cube[:, :, 2:] if sign > 0 else cube[:, :, :-2], atol=1e-2)
+    np.testing.assert_allclose(slab, sides[sign], atol=1e-2)
+
+
+def test_the_placed_truth_resamples_the_patient_and_keeps_the_films_width(tiny_dataset):  # noqa: F811
+    """placed_ct_hu: the source CT at the moved centre; across, only the cube's width (as the films show it)."""
+    from hybrid_vit_cascade.data.datasets import CTXrayDataset, load_manifest
+    from hybrid_vit_cascade.data.film_inputs import case_cube_hu, placed_ct_hu, source_ct
+    from hybrid_vit_cascade.data.preprocessing import canonicalize
+
+    cfg = tiny_cfg(tiny_dataset, stages=(16,))
+    ds, man = CTXrayDataset(tiny_dataset, "train", [16]), load_manifest(tiny_dataset)
+    rs, fov = int(man["render_size"]), float(cfg.data.fov_mm)
+    ct, centre = source_ct(ds, 0), np.asarray(ds.cases[0]["body_center_mm"], dtype=float)
+    cube = case_cube_hu(ds, 0, rs, tuple(cfg.data.hu_window))
+    np.testing.assert_allclose(np.clip(placed_ct_hu(ct, centre, fov, rs, [0, 0, 0]), *cfg.data.hu_window), cube, atol=0.5)
+    half = fov / rs / 2  # half a voxel toward the patient's right: the last slice is half beyond the films' width
+    moved = placed_ct_hu(ct, centre, fov, rs, [half, 0, 0])
+    full = canonicalize(ct, fov, rs, centre + [half, 0, 0])
+    np.testing.assert_allclose(moved[:-1], full[:-1], atol=1e-3)
+    np.testing.assert_allclose(moved[-1], -1024 + (full[-1] + 1024) / 2, atol=1e-3)

@@ -370,6 +370,15 @@ def test_hvc_infer_prints_the_header_and_writes_the_sidecar(tmp_path, capsys):
     assert ap["isocentre_spacing_mm"] == [pytest.approx(3 / 1.1)] * 2 and ap["crop"]["field_mm"] == 268.8
     lat = by_view["lateral"]["inferred"]
     assert lat["source_detector_mm"] == 1800.0 and lat["source_detector_defaulted"] is True
+    # the volume sits where the crops were centred: x from the AP film, y from the lateral, z their mean
+    (d_ap, r_ap), (d_lat, r_lat) = ap["crop"]["centre_offset_mm"], lat["crop"]["centre_offset_mm"]
+    expected = [-r_ap, -r_lat, -(d_ap + d_lat) / 2]
+    assert side["placement_mm"] == pytest.approx(expected, abs=0.06) and "central ray" in side["frame"]
+    import nibabel as nib
+
+    aff = nib.load(str(out)).affine
+    centre = aff[:3, :3] @ ((np.array(nib.load(str(out)).shape) - 1) / 2) + aff[:3, 3]
+    assert centre == pytest.approx(expected, abs=0.06) and "placed: the cube's centre at" in text
 
 
 def test_compressed_films_read_like_uncompressed_ones(tmp_path):

@@ -85,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
                 rec.check_source({**r.render, "views": rec.views}, f"X-ray {r.path}")
     if len(present) < len(rec.views):
         print(f"reconstructing from {'+'.join(present)} only (checkpoint views: {'+'.join(rec.views)})")
+    placement = None  # films: the field their crops show, from the point their central rays meet (RAS+ mm)
+    crops = {r.view: r.info for r in ([] if args.ct else raws) if r.info is not None and "crop" in r.info}
+    if crops:
+        from hybrid_vit_cascade.data.radiograph_fit import film_placement_mm
+
+        placement = film_placement_mm(crops, rec.cfg.data.geometry)
+        print("placed: the cube's centre at (" + ", ".join(f"{v:+.1f}" for v in placement) + ") mm RAS+ from the "
+              "films' central ray at the isocentre (where the crops were centred)")
     display = not args.ct and any(r.kind != "line_integral" for r in raws)  # a film: no DRR guidance by default
     settings = resolve_sampling(rec.cfg, args.steps, args.sampler, args.samples, args.guidance_scale,
                                 display_input=display)
@@ -104,11 +112,12 @@ def run(args: argparse.Namespace) -> int:
             continue
         base = Path(args.out) if final else stem.with_name(f"{stem.name}_stage{res.index}_{res.name}.nii.gz")
         desc = f"hvc {res.name} {res.res}^3 mean of {res.samples.shape[1]} HU"
-        write_cube_nifti(base, rec.to_hu(res.mean[0, 0]), rec.fov_mm, desc, rec.window)
+        write_cube_nifti(base, rec.to_hu(res.mean[0, 0]), rec.fov_mm, desc, rec.window, placement)
         written.append(base)
         if res.std is not None:
             sbase = base.with_name(file_stem(base) + "_std.nii.gz")
-            write_cube_nifti(sbase, rec.std_to_hu(res.std[0, 0]), rec.fov_mm, f"hvc {res.name} voxel std HU")
+            write_cube_nifti(sbase, rec.std_to_hu(res.std[0, 0]), rec.fov_mm, f"hvc {res.name} voxel std HU",
+                             centre_mm=placement)
             written.append(sbase)
         scores = rec.drr_scores(res.mean, xray[None], present)[0]
         print(f"DRR consistency, stage {res.index} ({res.name}, {res.res}³): "
@@ -152,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
     if inputs:  # how each film was read, and how the reconstruction was sampled from them
         from dataclasses import asdict
 
-        written.append(write_json_atomic(sidecar_path(args.out), {"inputs": inputs, "sampling": asdict(settings)}))
+        frame = {} if placement is None else {
+            "placement_mm": [round(float(v), 1) for v in placement],
+            "frame": "RAS+ mm; origin: the films' central ray at the isocentre; the volume is the field the crops show"}
+        written.append(write_json_atomic(sidecar_path(args.out), {"inputs": inputs, "sampling": asdict(settings),
+                                                                  **frame}))
     for w in written:
         print(f"wrote {w}")
     return 0

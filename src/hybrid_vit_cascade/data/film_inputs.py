@@ -16,9 +16,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..config import DataConfig
 from ..geometry.physics import unit_to_hu
+from .preprocessing import AIR_HU
 from .clinical import FilmParams, simulate_film, write_film_dicom
 from .radiograph import XrayReadError, read_radiograph
 from .radiograph_fit import ModelField, level_films, radiograph_to_model
@@ -52,7 +54,8 @@ def _source_path(ds, case: dict) -> Optional[Path]:
     return None
 
 
-def case_film_scene(ds, index: int, render_size: int, data_cfg: DataConfig) -> tuple[Optional[tuple[np.ndarray, float]], str]:
+def case_film_scene(ds, index: int, render_size: int, data_cfg: DataConfig,
+                    ct=None) -> tuple[Optional[tuple[np.ndarray, float]], str]:
     """(the patient around the model's cube as `film_line_integrals` takes it, or None; where it came from).
 
     A film shows everything between the source and the detector: neck, shoulders and abdomen above and
@@ -63,10 +66,11 @@ def case_film_scene(ds, index: int, render_size: int, data_cfg: DataConfig) -> t
     lateral chest film is taken with the arms raised, out of the beam, while a CT's arms lie at the
     sides; and a CT's field cuts the arms of an off-centre patient, an edge no film shows (with it, AP
     crops missed across by 14 mm rms instead of 7.6 on the demo's phantoms). Without the source CT
-    (moved, or not recorded) the film sees air beyond the cube, as the training X-rays do.
+    (moved, or not recorded) the film sees air beyond the cube, as the training X-rays do. `ct`: the
+    source CT if the caller read it already (data/io.CTVolume).
     """
     from .io import CTReadError, read_ct
-    from .preprocessing import AIR_HU, canonicalize
+    from .preprocessing import canonicalize
 
     case, fov = ds.cases[index], float(data_cfg.fov_mm)
     path = _source_path(ds, case)
@@ -77,7 +81,7 @@ def case_film_scene(ds, index: int, render_size: int, data_cfg: DataConfig) -> t
     n = int(min(FILM_SCENE_MAX, round(render_size * factor)))
     edge = factor * fov
     try:
-        hu = canonicalize(read_ct(path), edge, n, np.asarray(case["body_center_mm"], dtype=float))
+        hu = canonicalize(ct if ct is not None else read_ct(path), edge, n, np.asarray(case["body_center_mm"], dtype=float))
     except (CTReadError, OSError, ValueError) as err:
         return None, f"the model's cube only (source CT {path} unreadable: {err}): air beyond it"
     c = (np.arange(n) - (n - 1) / 2) * edge / n  # voxel centres, mm from the cube's centre
@@ -85,6 +89,51 @@ def case_film_scene(ds, index: int, render_size: int, data_cfg: DataConfig) -> t
     hu[~inside] = AIR_HU  # across (RAS x): the cube's width only (see above)
     hu[np.ix_(inside, inside, inside)] = AIR_HU
     return (hu, edge), f"source CT {path.name} over {edge:.0f} mm ({n}³) around the model's cube"
+
+
+def source_ct(ds, index: int):
+    """Case `index`'s source CT (data/io.CTVolume) as the manifest names it, or None (not found, unreadable)."""
+    from .io import CTReadError, read_ct
+
+    path = _source_path(ds, ds.cases[index])
+    try:
+        return None if path is None else read_ct(path)
+    except (CTReadError, OSError, ValueError):
+        return None
+
+
+def placed_ct_hu(ct, centre_mm: Sequence[float], fov_mm: float, size: int, delta_mm: Sequence[float]) -> np.ndarray:
+    """The HU cube (size³, RAS+) a film's crop shows, from the source CT: the field centred Δ mm from the
+    cube centred at `centre_mm`, with air beyond that cube's width across (x), as case_film_scene's films."""
+    from .preprocessing import canonicalize
+
+    delta = np.asarray(delta_mm, dtype=float)
+    hu = canonicalize(ct, fov_mm, size, np.asarray(centre_mm, dtype=float) + delta)
+    w = fov_mm / size
+    x = (np.arange(size) - (size - 1) / 2) * w + delta[0]  # voxel centres, mm from the dataset cube's centre
+    inside = np.clip((fov_mm / 2 - (np.abs(x) - w / 2)) / w, 0.0, 1.0)  # share of each slice within its width
+    return (AIR_HU + (hu - AIR_HU) * inside[:, None, None]).astype(np.float32)
+
+
+def placed_cube_hu(hu: np.ndarray, fov_mm: float, outside: Optional[tuple[np.ndarray, float]],
+                   delta_mm: Sequence[float]) -> np.ndarray:
+    """The HU cube (n³, RAS+) a film's crop shows: the model's field centred Δ mm (RAS+) from the cube `hu`.
+
+    The world is the one the film was rendered from: the cube, plus `outside` (case_film_scene; None:
+    air) around it. Both hold air where the other has the patient, so their attenuations add, as the
+    film's line integrals do (trilinear, air beyond both). Sub-voxel moves blur it: with the source CT
+    at hand, `placed_ct_hu` resamples the patient instead.
+    """
+    n = hu.shape[0]
+    c = (np.arange(n) - (n - 1) / 2) * fov_mm / n  # the placed cube's voxel centres, mm from its centre
+    pts = np.stack(np.meshgrid(*(c + float(d) for d in delta_mm), indexing="ij"))  # (3, n, n, n) mm
+    out = np.full(hu.shape, AIR_HU, dtype=np.float32)
+    sources = [(hu, fov_mm)] + ([outside] if outside is not None else [])
+    for vol, edge in sources:
+        m = vol.shape[0]
+        idx = pts * (m / edge) + (m - 1) / 2  # mm → that volume's voxel index
+        out += ndimage.map_coordinates(vol.astype(np.float32) - AIR_HU, idx, order=1, mode="constant", cval=0.0)
+    return out
 
 
 def film_round_trip(hu: np.ndarray, data_cfg: DataConfig, field: ModelField, views: Sequence[str],

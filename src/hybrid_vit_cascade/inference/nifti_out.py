@@ -17,22 +17,28 @@ from hybrid_vit_cascade.data.io import save_nifti
 from hybrid_vit_cascade.geometry.views import canonical_affine
 
 
-def cube_affine(res: int, fov_mm: float) -> np.ndarray:
-    """Voxel → RAS+ world (mm) affine of a canonical cube with `res` voxels across `fov_mm`."""
+def cube_affine(res: int, fov_mm: float, centre_mm=None) -> np.ndarray:
+    """Voxel → RAS+ world (mm) affine of a canonical cube with `res` voxels across `fov_mm`, centred at
+    `centre_mm` (RAS+; None: the isocentre)."""
     if res <= 0 or not fov_mm > 0:
         raise ValueError(f"need res > 0 and fov_mm > 0, got res={res}, fov_mm={fov_mm}")
-    return canonical_affine(res, fov_mm / res)
+    aff = canonical_affine(res, fov_mm / res)
+    if centre_mm is not None:
+        aff[:3, 3] += np.asarray(centre_mm, dtype=float)
+    return aff
 
 
 def write_cube_nifti(path: str | os.PathLike, vol_hu: np.ndarray, fov_mm: float,
-                     description: str = "", display_window: tuple[float, float] | None = None) -> Path:
-    """Write a canonical (res, res, res) HU cube (float32) with its real spacing and orientation."""
+                     description: str = "", display_window: tuple[float, float] | None = None,
+                     centre_mm=None) -> Path:
+    """Write a canonical (res, res, res) HU cube (float32) with its real spacing and orientation, its centre
+    at `centre_mm` (RAS+ mm; None: the world origin)."""
     arr = np.asarray(vol_hu, dtype=np.float32)
     if arr.ndim != 3 or len(set(arr.shape)) != 1:
         raise ValueError(f"expected a canonical cube (res, res, res), got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"refusing to write {path}: the volume contains NaN or Inf")
-    aff = cube_affine(arr.shape[0], fov_mm)
+    aff = cube_affine(arr.shape[0], fov_mm, centre_mm)
     img = nib.Nifti1Image(arr, aff)
     img.set_qform(aff, code=1)  # scanner
     img.set_sform(aff, code=2)  # aligned
