@@ -73,11 +73,13 @@ def test_film_inputs_follow_the_probability():
              "film_crops_mm": torch.arange(1, F + 1, dtype=torch.float32)[None, :, None, None].expand(B, F, V, 2)}
     gens = lambda: sample_generators(range(B))  # noqa: E731
     assert torch.equal(_stepper(0.0).film_inputs(batch, gens())[0], batch["xray"])
-    always, placed = _stepper(1.0).film_inputs(batch, gens())
+    always, placed, which = _stepper(1.0).film_inputs(batch, gens())
     assert set(always[:, 0, 0, 0].tolist()) == {1.0, 2.0, 3.0}  # every film variant drawn
+    assert torch.equal(which + 1.0, always[:, 0, 0, 0])  # and which one each sample got
     # film f's crops sit f mm down and right in both views: its placement is (−f, −f, −f) mm RAS+
     assert torch.allclose(placed, -always[:, 0, 0, :1].expand(B, 3))
-    half, placed = _stepper(0.5).film_inputs(batch, gens())
+    half, placed, which = _stepper(0.5).film_inputs(batch, gens())
+    assert torch.equal(which < 0, half[:, 0, 0, 0] == 0)  # −1: its own X-rays
     shown = (half[:, 0, 0, 0] > 0).float().mean().item()
     assert 0.3 < shown < 0.7
     assert torch.equal(placed[half[:, 0, 0, 0] == 0], torch.zeros(int((half[:, 0, 0, 0] == 0).sum()), 3))
@@ -88,14 +90,19 @@ def test_film_inputs_follow_the_probability():
 def test_training_with_film_augment_writes_its_films(tiny_dataset, tmp_path):  # noqa: F811
     from hybrid_vit_cascade.training.progressive import train_progressive
 
-    d = tiny_dict(tiny_dataset, stages=(16,), film_augment=0.5, film_variants=1, max_steps_per_stage=3,
-                  val_samples=0)
+    d = tiny_dict(tiny_dataset, stages=(16, 32), film_augment=0.5, film_variants=1, max_steps_per_stage=3,
+                  val_samples=0, view_dropout=0.5)
     d["data"]["cache_dir"] = str(tmp_path / "cache")
     train_progressive(config_from_dict(d), tmp_path / "ck", device="cpu", log=lambda m: None)
     (folder,) = (tmp_path / "cache" / "film_cache").iterdir()
     assert json.loads((folder / "complete.json").read_text())["films"] == 1
     assert len(list(folder.glob("*.crops.npy"))) == 6  # the 6 training cases of the tiny dataset …
     assert len(list(folder.glob("*.npy"))) == 12  # … their films and where the reader centred them
+    # stage 2 is conditioned on stage 1's samples from each film, per view set: 3 more caches of 6 films each
+    conds = [c for c in (tmp_path / "ck" / "cond_cache").iterdir() if (c / "complete.json").is_file()]
+    from_films = [c for c in conds if json.loads((c / "complete.json").read_text())["cases"] == 6]
+    assert len(conds) == 6 and len(from_films) == 3
+    assert all(sorted(p.name for p in c.glob("*.npy"))[0].endswith(".film0.npy") for c in from_films)
 
 
 def test_film_augment_must_be_a_probability(tiny_dataset):  # noqa: F811
@@ -193,6 +200,10 @@ def test_a_film_cropped_off_centre_trains_on_the_cube_its_crop_shows(monkeypatch
     views = [make_view(v, GEOM) for v in ("ap", "lateral")]
     assert torch.allclose(seen["physics"], translate_xrays(clean, delta, views, FOV / 16, fill=-1.0))
     assert not torch.allclose(seen["x0"], x0)
+    # with stage k−1's samples from the films cached, a film sample is conditioned on its film's, as it is
+    batch["prev_films"] = {"ap+lateral": torch.rand(1, 1, 1, 8, 8, 8, generator=g), "ap": torch.rand(1, 1, 1, 8, 8, 8)}
+    StageStepper(ctx, model=None).losses(batch, None, None, train=True, gens_films=sample_generators([0]))
+    assert torch.equal(seen["prev"], batch["prev_films"]["ap+lateral"][:, 0])
 
 
 def test_registration_recovers_a_first_guess_far_off(tiny_dataset, tmp_path, monkeypatch):  # noqa: F811

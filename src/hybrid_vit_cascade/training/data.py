@@ -39,12 +39,15 @@ class StageDataset(Dataset):
     the previous stage's sample from that view set alone, for the samples that show only it.
     `films` (training.film_augment, training/film_cache.py) add "films": (F, V, P, P), the case's X-rays
     as the reader makes them from F simulated clinical films, and "film_crops_mm": (F, V, 2), where the
-    reader centred each film's crop; the step decides which sample uses one.
+    reader centred each film's crop; the step decides which sample uses one. `film_conds` {view-set label:
+    cache} (stage k ≥ 2 with films) add "prev_films": {label: (F, 1, d, d, d)}, stage k−1's sample from
+    each film shown with that view set (training/film_cache.film_case_id).
     """
 
     def __init__(self, base: Dataset, resolution: int, cond_cache=None, view_caches: Optional[dict] = None,
-                 films=None):
+                 films=None, film_conds: Optional[dict] = None):
         self.base = base
+        self.film_conds = film_conds or {}
         self.resolution = resolution
         self.cond_cache = cond_cache
         self.view_caches = view_caches or {}
@@ -72,6 +75,12 @@ class StageDataset(Dataset):
         if self.films is not None:
             out["films"] = _load(self.films, case_id)
             out["film_crops_mm"] = torch.from_numpy(np.asarray(self.films.load_crops(case_id), dtype=np.float32))
+        if self.film_conds:
+            from hybrid_vit_cascade.training.film_cache import film_case_id
+
+            n = out["films"].shape[0]
+            out["prev_films"] = {label: torch.stack([_load(c, film_case_id(case_id, f)) for f in range(n)])
+                                 for label, c in self.film_conds.items()}
         return out
 
 

@@ -45,6 +45,11 @@ FILM_PITCH_MM = 2.0  # the films' pixel pitch at the isocentre, at most half a m
 FILM_VERSION = 6  # bump when the film chain or the reader changes what a film becomes (6: crops stored)
 
 
+def film_case_id(case_id: str, f: int) -> str:
+    """The id film f of a case goes by in the conditioning cache (stage k−1's sample from that film)."""
+    return f"{case_id}.film{f}"
+
+
 class FilmCache(ConditionCache):
     """The training films, `<case_id>.npy` (F, V, P, P), and where the reader centred each film's crop,
     `<case_id>.crops.npy` (F, V, 2): (down, right) mm at the isocentre from the film's centre."""
@@ -54,6 +59,16 @@ class FilmCache(ConditionCache):
 
     def save_crops(self, case_id: str, crops: np.ndarray) -> None:
         atomic_write(self.crops_path(case_id), lambda f: np.save(f, crops.astype(np.float32)), root=self.root)
+
+    def film_cases(self, case_ids: list[str]) -> list[tuple[str, "torch.Tensor"]]:
+        """[(film case id, (V, P, P) film input)] of every film of `case_ids`, for the conditioning cache."""
+        import torch
+
+        out = []
+        for cid in case_ids:
+            films = self.load(cid)  # (F, V, P, P)
+            out += [(film_case_id(cid, f), torch.from_numpy(np.ascontiguousarray(x))) for f, x in enumerate(films)]
+        return out
 
     def load_crops(self, case_id: str) -> np.ndarray:
         p = self.crops_path(case_id)

@@ -280,7 +280,19 @@ def _train_stage(cfg, k, cascade, accelerator, root, manifest, ckpt, logger, res
                 cache = c
             else:
                 view_caches[subset_label(views)] = c
-    train_ds = StageDataset(train_base, res, cache, view_caches, films)
+    film_conds = {}
+    if k >= 2 and films is not None:
+        # Stage k−1's sample from each training film (each view set as above): what a film sample's condition
+        # is at inference. Keyed by the films too, so new films resample it.
+        ids = [train_base.cases[i]["case_id"] for i in range(len(train_base))]
+        film_cases = films.film_cases(ids)
+        for views in sets:
+            film_conds[subset_label(views)] = build_condition_cache(
+                cfg, k - 1, cascade.stages, film_cases, ckpt / "cond_cache",
+                f"{manifest.get('settings_hash')}/films_{films.key}", accelerator.device, accelerator.process_index,
+                accelerator.num_processes, accelerator.wait_for_everyone, accelerator.autocast, say,
+                cfg.training.batch_size, views)
+    train_ds = StageDataset(train_base, res, cache, view_caches, films, film_conds)
     val_ds = StageDataset(val_base, res, cache) if len(val_base) else []  # validation: every view
     trainer = StageTrainer(cfg, k, cascade, accelerator, train_ds, val_ds, ckpt, logger,
                            float(manifest["xray_scale"]["li_max"]), resume, stop_at_step, say)

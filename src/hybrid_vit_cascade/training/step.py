@@ -5,7 +5,8 @@ With training.film_augment a training sample may be shown one of its simulated c
 (training/film_cache.py) instead of its X-rays. The film's crop is centred where the reader found
 the body, not on the dataset's cube: such a sample's target, its stage k−1 condition and the clean
 X-rays of its physics loss are the cube the crop shows (the canonical cube moved by the film's
-placement, geometry/translate.py), so the model learns to reconstruct what its field holds.
+placement, geometry/translate.py), so the model learns to reconstruct what its field holds; stage
+k ≥ 2 is conditioned on what stage k−1 made of that same film (the conditioning cache's film samples).
 With training.view_dropout a training sample may see one view only (`view_mask`); stage k ≥ 2 is then
 conditioned on what stage k−1 produced from that same view (the conditioning cache's per-view
 samples), and the physics loss still compares the prediction with every view's ground-truth X-ray.
@@ -39,17 +40,27 @@ class StageStepper:
         self.model = model
 
     def condition(self, batch: dict, gens_cond, train: bool, view_mask: Optional[Tensor] = None,
-                  placement: Optional[Tensor] = None):
-        """(condition, level) of stage k ≥ 2: a random level in training, the inference level otherwise;
-        `placement` (B, 3) mm moves each sample's stage k−1 volume with its film's crop."""
+                  placement: Optional[Tensor] = None, film: Optional[Tensor] = None):
+        """(condition, level) of stage k ≥ 2: a random level in training, the inference level otherwise.
+        A sample shown film `film[b]` (≥ 0) is conditioned on stage k−1's sample from that film
+        (batch["prev_films"]); without those, on its clean sample moved by `placement` (B, 3) mm."""
         ctx = self.ctx
         if ctx.k == 1:
             return None, None
         level = None if train else ctx.stage_cfg.cond_noise_level
         prev = self.prev_for(batch, view_mask)
-        if placement is not None:
+        if film is not None and "prev_films" in batch:
+            prev = torch.stack([self._film_prev(batch, b, int(f), view_mask) if f >= 0 else prev[b]
+                                for b, f in enumerate(film.tolist())])
+        elif placement is not None:
             prev = self.placed_volume(prev, placement)
         return make_condition(prev, ctx.resolution, ctx.cfg, gens_cond, level)
+
+    def _film_prev(self, batch: dict, b: int, f: int, view_mask: Optional[Tensor]) -> Tensor:
+        """Stage k−1's cached sample of sample b's film f, from the views its mask shows."""
+        views = self.ctx.view_names
+        shown = views if view_mask is None else subset_of_mask(view_mask[b], views)
+        return batch["prev_films"][subset_label(shown)][b, f]
 
     def placed_volume(self, vol: Tensor, placement: Tensor) -> Tensor:
         """Canonical cubes (B, 1, r, r, r) as the crops placed at `placement` (B, 3) mm see them (air beyond);
@@ -90,14 +101,14 @@ class StageStepper:
         return draw_view_mask(gens_views, len(ctx.view_names), ctx.cfg.training.view_dropout, ctx.device)
 
     def film_inputs(self, batch: dict, gens_films: Optional[Sequence[torch.Generator]],
-                    view_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-        """(the X-rays the model is shown, where their crops put the cube (B, 3) mm): sample b's own (0),
-        or with probability training.film_augment one of its simulated films (which one uniform;
-        batch["films"] (B, F, V, P, P), batch["film_crops_mm"] (B, F, V, 2), training/film_cache.py),
-        placed by the films of the views it shows (`view_mask`). None: no films."""
+                    view_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """(the X-rays the model is shown, where their crops put the cube (B, 3) mm, which film (B,) or −1):
+        sample b's own (0, −1), or with probability training.film_augment one of its simulated films
+        (which one uniform; batch["films"] (B, F, V, P, P), batch["film_crops_mm"] (B, F, V, 2),
+        training/film_cache.py), placed by the films of the views it shows (`view_mask`). None: no films."""
         xray = batch["xray"]
         if gens_films is None or "films" not in batch:
-            return xray, None
+            return xray, None, None
         films = batch["films"]
         F = films.shape[1]
         u = torch.stack([torch.rand(2, generator=g, device=xray.device) for g in gens_films])  # (B, 2), always both
@@ -108,7 +119,8 @@ class StageStepper:
         crops = batch["film_crops_mm"].to(xray)[rows.to(xray.device), which.to(xray.device)]  # (B, V, 2) mm
         placed = crop_placement(crops, self.views(), view_mask)  # (B, 3) mm
         placement = torch.where(use[:, None], placed.to(xray), torch.zeros_like(placed, dtype=xray.dtype))
-        return torch.where(use[:, None, None, None], picked.to(xray), xray), placement
+        film = torch.where(use, which, torch.full_like(which, -1))
+        return torch.where(use[:, None, None, None], picked.to(xray), xray), placement, film
 
     def losses(self, batch: dict, gens, gens_cond, train: bool,
                gens_views: Optional[Sequence[torch.Generator]] = None,
@@ -123,12 +135,12 @@ class StageStepper:
         ctx = self.ctx
         xray, x0 = batch["xray"], batch["x0"]  # clean line integrals: the physics target, whatever is shown
         mask = self.view_mask(gens_views)
-        shown, placement = self.film_inputs(batch, gens_films, mask)
+        shown, placement, film = self.film_inputs(batch, gens_films, mask)
         if placement is not None and bool((placement != 0).any()):
             x0, xray = self.placed_volume(x0, placement), self.placed_xrays(xray, placement)
         else:
             placement = None
-        prev, cond_noise = self.condition(batch, gens_cond, train, mask, placement)
+        prev, cond_noise = self.condition(batch, gens_cond, train, mask, placement, film)
         model_fn = stage_model_fn(self.model, shown, prev, cond_noise, view_mask=mask)
         out = ctx.objective.loss(model_fn, x0, gens)
         res = {f"{ctx.objective.kind}_loss": out.loss}
