@@ -7,7 +7,8 @@ left in. A model trained on clean line integrals only has never seen that input.
 view (data/clinical.py, parameters drawn from (training.seed, variant, case, view)), each read back
 by the same reader with this run's training X-ray statistics (data/film_inputs.py), cached as
 `<data.cache_dir>/film_cache/films_<key>/<case_id>.npy` (F, V, P, P) float32 — the same per-case
-store as the conditioning cache. The key hashes what the films depend on (not the model), so a
+store as the conditioning cache — with where the reader centred each crop, `<case_id>.crops.npy`
+(F, V, 2): a film sample trains on the cube its crop shows (training/step.py). The key hashes what the films depend on (not the model), so a
 rerun and another model on the same data (the regression baseline) reuse them; any change rebuilds. Training then swaps a sample's X-rays for one of its films with probability
 `film_augment` (training/step.py); the physics loss keeps the clean line integrals.
 Films are rendered at `film_pitch_mm`: FILM_PITCH_MM, or half a model pixel where that is finer
