@@ -103,6 +103,10 @@ def test_training_with_film_augment_writes_its_films(tiny_dataset, tmp_path):  #
     from_films = [c for c in conds if json.loads((c / "complete.json").read_text())["cases"] == 6]
     assert len(conds) == 6 and len(from_films) == 3
     assert all(sorted(p.name for p in c.glob("*.npy"))[0].endswith(".film0.npy") for c in from_films)
+    d["training"]["film_conditions"] = False  # the clean samples only, moved to each film's field
+    train_progressive(config_from_dict(d), tmp_path / "ck2", device="cpu", log=lambda m: None)
+    conds = [c for c in (tmp_path / "ck2" / "cond_cache").iterdir() if (c / "complete.json").is_file()]
+    assert len(conds) == 3
 
 
 def test_film_augment_must_be_a_probability(tiny_dataset):  # noqa: F811

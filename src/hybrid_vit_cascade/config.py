@@ -247,6 +247,10 @@ class TrainingConfig(_Strict):
     film_augment: float = Field(0.0, ge=0, le=1)
     # films per case and view made once at the start of training (training/film_cache.py) and drawn from
     film_variants: int = Field(4, gt=0, le=64)
+    # stage k ≥ 2: condition a film sample on stage k−1's sample from that film (true; sampled once per film
+    # and view set: film_variants × 3 more cached stage k−1 volumes per training case — 8 MB each at 128³)
+    # or on its clean sample moved to the film's field (false: no extra sampling or disk)
+    film_conditions: bool = True
 
     @model_validator(mode="after")
     def _decay(self) -> "TrainingConfig":

@@ -281,7 +281,7 @@ def _train_stage(cfg, k, cascade, accelerator, root, manifest, ckpt, logger, res
             else:
                 view_caches[subset_label(views)] = c
     film_conds = {}
-    if k >= 2 and films is not None:
+    if k >= 2 and films is not None and cfg.training.film_conditions:
         # Stage k−1's sample from each training film (each view set as above): what a film sample's condition
         # is at inference. Keyed by the films too, so new films resample it.
         ids = [train_base.cases[i]["case_id"] for i in range(len(train_base))]
