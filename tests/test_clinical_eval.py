@@ -50,6 +50,9 @@ def test_evaluate_clinical_rows_gap_and_determinism(dataset, tmp_path, monkeypat
     assert sorted(p.name for p in (tmp_path / "a" / "clinical").iterdir()) == first["clinical"]["films"]
     assert all(c["clinical"]["films"] == [] for c in rest)  # beyond --montage-cases: read, then removed
     assert all(np.isfinite(c["clinical"]["input_psnr"]) for c in m["cases"])
+    # each film set is reconstructed twice: the second time re-levelled to the first's DRRs (film_relevel.py)
+    assert all(len(c["clinical"]["relevel"]) == 2 and np.isfinite(c["clinical"]["relevelled_input_psnr"])
+               for c in m["cases"])
     assert first["clinical"]["params"][0]["view_position"] == "AP" and first["clinical"]["params"][1]["pitch_mm"] == 2.0
     # the quality table compares the clean final stage with clean baselines only
     assert {c["baseline"] for c in m["quality"][0]["vs baselines"]} == {"mean volume", "back-projection", "regression"}
@@ -121,6 +124,8 @@ def test_clinical_views_need_their_clean_rows_and_clinical(dataset, tmp_path, ca
             "--no-progress", "--clinical-views", "ap"]
     assert hvc(base) == 2
     assert "--clinical-views needs --clinical" in capsys.readouterr().err
+    assert hvc(base[:-2] + ["--no-film-relevel"]) == 2
+    assert "--no-film-relevel needs --clinical" in capsys.readouterr().err
     assert hvc(base + ["--clinical"]) != 0
     assert "clinical films of ap need the clean rows of the same views to be measured against: add --views ap" \
         in capsys.readouterr().err

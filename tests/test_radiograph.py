@@ -379,6 +379,8 @@ def test_hvc_infer_prints_the_header_and_writes_the_sidecar(tmp_path, capsys):
     aff = nib.load(str(out)).affine
     centre = aff[:3, :3] @ ((np.array(nib.load(str(out)).shape) - 1) / 2) + aff[:3, 3]
     assert centre == pytest.approx(expected, abs=0.06) and "placed: the cube's centre at" in text
+    # films are reconstructed twice: the second time re-levelled to the first reconstruction's DRRs
+    assert "first pass: the films are re-levelled" in text and [n.split(":")[0] for n in side["relevel"]] == ["ap", "lateral"]
 
 
 def test_compressed_films_read_like_uncompressed_ones(tmp_path):

@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--film-pitch", type=float, metavar="MM",
                    help="--clinical: read the simulated films out at this pixel pitch (mm; default: drawn per film, "
                         "0.1–0.2 mm as clinical plates). Coarser is faster: the model's pixels are ~10 mm either way")
+    p.add_argument("--no-film-relevel", action="store_true",
+                   help="--clinical: reconstruct each film once, as the reader maps it, without re-levelling it to a "
+                        "first reconstruction's DRRs (inference/film_relevel.py)")
     p.add_argument("--clinical-views", action="append", metavar="VIEWS",
                    help="--clinical: the films of these views only, e.g. 'ap' for a single frontal film; repeat for "
                         "several sets, each also given to --views (its clean rows); default: every view")
@@ -62,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if args.film_pitch is not None and not 0 < args.film_pitch <= 5:
         print(f"hvc evaluate: error: --film-pitch must be in (0, 5] mm, got {args.film_pitch}", file=sys.stderr)
         return 2
+    if args.no_film_relevel and not args.clinical:
+        print("hvc evaluate: error: --no-film-relevel needs --clinical", file=sys.stderr)
+        return 2
     if args.clinical_views and not args.clinical:
         print("hvc evaluate: error: --clinical-views needs --clinical", file=sys.stderr)
         return 2
@@ -71,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, baseline_checkpoint=args.baseline_checkpoint, max_cases=args.max_cases,
         montage_cases=args.montage_cases, seed=args.seed, guidance_scale=args.guidance_scale,
         device=args.device, which=args.which, progress=not args.no_progress, clinical=args.clinical,
-        film_pitch_mm=args.film_pitch, clinical_view_sets=parse_view_sets(args.clinical_views, "--clinical-views"),
+        film_pitch_mm=args.film_pitch, film_relevel=not args.no_film_relevel,
+        clinical_view_sets=parse_view_sets(args.clinical_views, "--clinical-views"),
         view_sets=parse_view_sets(args.views), real_anatomy=args.real_anatomy, calibrate=args.calibrate,
     )
     print(f"evaluated {result['info']['cases']} case(s) of {result['info']['dataset']} ({result['info']['split']}):")

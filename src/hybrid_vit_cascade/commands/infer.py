@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-stages", action="store_true", help="also write the output of every stage")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--batch-size", type=int, default=4, help="sample chains run together on the device")
+    p.add_argument("--no-film-relevel", action="store_true",
+                   help="films / display images: reconstruct once from the film as read, without re-levelling it to "
+                        "a first reconstruction's DRRs (default: re-level, then reconstruct again)")
     p.add_argument("--png", action="store_true", help="also write <out>.png (slices), <out>_xray.png (X-ray vs DRR) "
                                                        "and <out>_depth.png (depth distributions along the rays)")
 
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.data.radiograph_fit import describe, model_field
     from hybrid_vit_cascade.inference.xray_io import load_xrays
     from hybrid_vit_cascade.metrics import volume_metrics
-    from hybrid_vit_cascade.runtime.sampling import resolve_sampling
+    from hybrid_vit_cascade.inference.film_relevel import relevel_to_estimate
+    from hybrid_vit_cascade.runtime.sampling import FILM_RELEVEL, resolve_sampling
 
     if not args.out.endswith((".nii", ".nii.gz")):
         raise ValueError(f"--out must end in .nii or .nii.gz, got {args.out}")
@@ -101,6 +105,16 @@ def run(args: argparse.Namespace) -> int:
               "not line integrals (--guidance-scale overrides)")
     if settings.samples > 1 and not rec.is_diffusion:
         print("note: a regression checkpoint is deterministic; all samples are identical (std = 0)")
+    relevel = []
+    if display and FILM_RELEVEL and not args.no_film_relevel:  # inference/film_relevel.py
+        print("first pass: the films are re-levelled to this reconstruction's DRRs, then reconstructed again "
+              "(--no-film-relevel: once, as read)")
+        xray, relevel = relevel_to_estimate(rec, xray, present, steps=settings.steps, sampler=settings.sampler,
+                                            samples=settings.samples, stop_at_stage=args.stop_at_stage,
+                                            seed=args.seed, guidance_scale=settings.guidance_scale,
+                                            batch_size=args.batch_size, log=lambda s: print("  " + s))
+        for n in relevel:
+            print(f"  re-levelled {n}")
     results = rec.reconstruct(xray, steps=settings.steps, sampler=settings.sampler, samples=settings.samples,
                               stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=settings.guidance_scale,
                               batch_size=args.batch_size, log=lambda s: print("  " + s), views=present)
@@ -165,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             "placement_mm": [round(float(v), 1) for v in placement],
             "frame": "RAS+ mm; origin: the films' central ray at the isocentre; the volume is the field the crops show"}
         written.append(write_json_atomic(sidecar_path(args.out), {"inputs": inputs, "sampling": asdict(settings),
-                                                                  **frame}))
+                                                                  "relevel": relevel, **frame}))
     for w in written:
         print(f"wrote {w}")
     return 0

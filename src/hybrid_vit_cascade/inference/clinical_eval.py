@@ -25,7 +25,8 @@ from hybrid_vit_cascade.data.preprocessing import resize_cube
 from hybrid_vit_cascade.data.radiograph_fit import film_placement_mm
 from hybrid_vit_cascade.geometry.physics import hu_to_unit
 from hybrid_vit_cascade.files import inside
-from hybrid_vit_cascade.runtime.sampling import resolve_sampling
+from hybrid_vit_cascade.inference.film_relevel import relevel_to_estimate
+from hybrid_vit_cascade.runtime.sampling import FILM_RELEVEL, resolve_sampling
 from hybrid_vit_cascade.runtime.seeding import mix_seed
 
 TAG = " [clinical film]"  # suffix of a method's row / per-case key when its input was the clinical film
@@ -104,18 +105,24 @@ unless `keep`."""
     views = rec.check_views(views)
     x_film, infos, params, paths = case_films(rec, scene.cube_hu, cid, out_dir / "clinical", seed, out_dir, keep,
                                               fixed, views, scene.outside)
-    li_film = denormalize_xray(x_film, rec.li_max)  # DRR consistency against what the model was given
+    li_film = denormalize_xray(x_film, rec.li_max)  # DRR consistency against the films as the reader made them
     sampling = dict(sampling)
     reg_steps = sampling.pop("baseline_steps", None)
+    relevel = sampling.pop("relevel", FILM_RELEVEL)
     if sampling.get("guidance_scale") is None:  # a film is no line integral: the film default, as `hvc infer`
         sampling["guidance_scale"] = resolve_sampling(rec.cfg, display_input=True).guidance_scale
-    last = rec.reconstruct(x_film, seed=seed, case_keys=[cid], views=views, **sampling)[-1]
+    x_cascade, notes = x_film, []
+    if relevel:  # as `hvc infer`: the films re-levelled to a first reconstruction's DRRs (inference/film_relevel.py)
+        x_cascade, notes = relevel_to_estimate(rec, x_film, views, seed=seed, case_keys=[cid], **sampling)
+    last = rec.reconstruct(x_cascade, seed=seed, case_keys=[cid], views=views, **sampling)[-1]
     stage = f"stage{last.index}_{last.name}"
     runs = [(f"cascade/{stage}", "cascade", stage, last.mean[0], last.res, rec),
             ("back-projection", "back-projection", "", bp(x_film[None], rec.view_indices(views))[0], bp.res, rec)]
     if reg is not None:
-        rr = reg.reconstruct(normalize_xray(li_film, reg.li_max), steps=reg_steps, seed=seed,
-                             case_keys=[cid], views=views)[-1]
+        x_reg = normalize_xray(li_film, reg.li_max)
+        if relevel:  # the baseline re-levels to its own first reconstruction
+            x_reg, _ = relevel_to_estimate(reg, x_reg, views, steps=reg_steps, seed=seed, case_keys=[cid])
+        rr = reg.reconstruct(x_reg, steps=reg_steps, seed=seed, case_keys=[cid], views=views)[-1]
         name = "regression" if not reg.is_diffusion else "baseline"
         runs.append((name, name, "", rr.mean[0], rr.res, reg))
     # Where the films' crops put the model's field (RAS+ mm from the dataset's cube): the cube they show.
@@ -128,10 +135,12 @@ unless `keep`."""
         methods[key + tag + PLACED] = rows[(name + PLACED + tag, stage_name, res)] = score(
             owner, vol, placed_truth[res], li_film, views=views)
     idx = rec.view_indices(views)
-    record = {**input_psnr(x_film[idx], x_clean[idx], views), "views": views,
+    relevelled = {f"relevelled_{k}": v for k, v in input_psnr(x_cascade[idx], x_clean[idx], views).items()} if notes else {}
+    record = {**input_psnr(x_film[idx], x_clean[idx], views), **relevelled, "views": views,
               "films": [p.name for p in paths] if keep else [],
               "guidance_scale": sampling["guidance_scale"],  # the cascade's DRR guidance on these films
               "placement_mm": [round(float(v), 1) for v in placement],  # the field the crops show, RAS+ mm
+              "relevel": notes,  # the cascade's films re-levelled to its first reconstruction (empty: not)
               "scene": scene.description,  # what the films were rendered from
               "beyond_cube": scene.outside is not None,  # the patient beyond the model's cube is on them
               "params": [dataclasses.asdict(p) for p in params],

@@ -29,7 +29,7 @@ from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
 from hybrid_vit_cascade.inference import calibration_eval, clinical_eval, depth_view, real_anatomy as real_ct, report
 from hybrid_vit_cascade.inference.pipeline import Reconstructor
 from hybrid_vit_cascade.runtime.conditioning import subset_label
-from hybrid_vit_cascade.runtime.sampling import resolve_sampling
+from hybrid_vit_cascade.runtime.sampling import FILM_RELEVEL, resolve_sampling
 
 
 def prepare_on_the_fly(folder: str, rec: Reconstructor, out_dir: Path, log: Callable[[str], None],
@@ -121,6 +121,7 @@ def evaluate(
     view_sets: Optional[Sequence[Sequence[str]]] = None,
     clinical: bool = False,
     film_pitch_mm: Optional[float] = None,
+    film_relevel: bool = FILM_RELEVEL,
     clinical_view_sets: Optional[Sequence[Sequence[str]]] = None,
     real_anatomy: bool = False,
     calibrate: bool = False,
@@ -222,7 +223,7 @@ def evaluate(
                                                         "(training.view_dropout = 0), not from a subset")
 
     film_sampling = dict(steps=settings.steps, sampler=settings.sampler, samples=samples, guidance_scale=film_guidance,
-                         baseline_steps=steps)
+                         baseline_steps=steps, relevel=film_relevel)
     cal = calibration_eval.make_tracker(rec, settings, seed, calibrate, std_scale, progress, log)  # val-only fit
     per_case: list[dict[str, Any]] = []
     rows_cases: dict[tuple[str, str, int], list[dict[str, float]]] = {}

@@ -26,6 +26,8 @@ from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.diffusion.samplers import SAMPLERS, timesteps
 
 FILM_GUIDANCE_SCALE = 0.0  # default DRR guidance for inputs that are not line integrals (see above)
+# such inputs are re-levelled to a first reconstruction's DRRs before the final one (inference/film_relevel.py)
+FILM_RELEVEL = True
 
 
 @dataclass(frozen=True)
