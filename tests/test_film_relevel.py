@@ -43,8 +43,8 @@ def test_the_film_takes_the_estimates_in_body_tone_and_keeps_its_order():
     film = np.stack([_chest(0), _chest(1)])
     drr = np.stack([_chest(2), _chest(3)]) * 0.7 + 0.1  # the estimate's own levels
     rec = _Rec(drr)
-    out, notes = relevel_to_estimate(rec, torch.from_numpy(film).float(), None, seed=3, samples=2)
-    assert rec.calls[0][2] == {"seed": 3, "samples": 2} and len(notes) == 2
+    out, notes = relevel_to_estimate(rec, torch.from_numpy(film).float(), None, seed=3, samples=16)
+    assert rec.calls[0][2] == {"seed": 3, "samples": 4} and len(notes) == 2  # a first pass of at most 4 chains
     out = out.numpy()
     for v in range(2):
         mask = body_mask(film[v])
