@@ -13,10 +13,10 @@ CI cannot train the demo model, so the target is held two ways:
     1.5 dB PSNR-3D of its reconstruction from the clean X-rays, mean over its 8 cases × 2 films (the
     model does use its X-rays: `test_tiny_model_depends_on_its_xrays`).
 (a) fails today (strict xfail, so a fix shows up as XPASS): the reader recovers the demo films'
-inputs to 23.28 dB (make demo at c9c981b; 22.45 dB at f0b9afa without the body-width level step,
+inputs to 23.28 dB (make demo at 04799bb; 22.45 dB at f0b9afa without the body-width level step,
 21.9 dB before the registration fix) and the demo cascade, trained on films
-(training.film_augment) and sampled without DRR guidance on them, loses 3.12 dB PSNR-3D in the field
-the films' crops show, 5.46 dB in the dataset's cube (the regression baseline 1.28 / 4.15 dB; 8.5 dB
+(training.film_augment) and sampled without DRR guidance on them, loses 2.85 dB PSNR-3D in the field
+the films' crops show (each film re-levelled and reconstructed twice), 5.90 dB in the dataset's cube (the regression baseline 1.41 / 4.63 dB; 8.5 dB
 before film training); the tiny films here read back at ~26 dB. Where the demo
 films lose it (benchmarks/clinical_input.py, 5 test cases × 2 views): the crop's centre is 12.8 mm
 (vertical) and 5.1 mm (across) from where the cube projects, mean over 10 cases (the cube is centred
