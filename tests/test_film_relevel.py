@@ -62,3 +62,11 @@ def test_a_single_film_is_relevelled_alone():
     assert rec.calls[0][1] == ["ap"] and len(notes) == 1 and notes[0].startswith("ap:")
     assert torch.equal(out[1], torch.from_numpy(film[1]).float())  # the absent view is not touched
     assert not torch.allclose(out[0], torch.from_numpy(film[0]).float())
+
+
+def test_a_flat_estimate_or_a_flat_film_is_left_as_read():
+    film = np.stack([_chest(0), np.where(_chest(1) > -1, 0.3, -1.0)])  # the lateral's body is one value
+    drr = np.stack([np.where(_chest(2) > -1, 0.2, -1.0), _chest(3)])  # the AP estimate is flat in the body
+    out, notes = relevel_to_estimate(_Rec(drr), torch.from_numpy(film).float(), None)
+    assert torch.equal(out, torch.from_numpy(film).float())
+    assert "flat in the body" in notes[0] and "constant" in notes[1]

@@ -24,6 +24,7 @@ from hybrid_vit_cascade.data.xray_stats import body_mask, match_to_quantiles
 
 QUANTILES = 101  # knots of the LUT, as the reader's training statistics
 MIN_BODY_PIXELS = 16  # a view whose body mask is smaller is left as it is
+MIN_SPREAD = 1e-3  # in-body DRR range (model units) below which the estimate has no tone to give
 FIRST_PASS_SAMPLES = 4  # chains of the first reconstruction (fewer if the final one draws fewer)
 
 
@@ -51,7 +52,14 @@ def relevel_to_estimate(rec, xray: Tensor, views: Optional[Sequence[str]] = None
                 notes.append(f"{view}: body too small to re-level ({int(mask.sum())} px); left as read")
                 continue
             target = np.quantile(drr[b, v][mask], np.linspace(0.0, 1.0, QUANTILES))
-            out[b, v] = np.clip(match_to_quantiles(img, mask, target), -1.0, 1.0)
+            if target[-1] - target[0] < MIN_SPREAD:  # an estimate without contrast there: nothing to level to
+                notes.append(f"{view}: the first reconstruction's DRR is flat in the body; left as read")
+                continue
+            try:
+                out[b, v] = np.clip(match_to_quantiles(img, mask, target), -1.0, 1.0)
+            except ValueError as err:  # a film whose body is (nearly) constant
+                notes.append(f"{view}: {err}; left as read")
+                continue
             notes.append(f"{view}: in-body median {np.median(img[mask]):+.3f} → {np.median(out[b, v][mask]):+.3f}")
     res = torch.from_numpy(out).to(xray.dtype)
     return (res[0] if single else res), notes
