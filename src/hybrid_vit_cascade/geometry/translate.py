@@ -18,6 +18,13 @@ from torch import Tensor
 from .views import View
 
 
+def _image_axes(views: Sequence[View], like: Tensor) -> tuple[Tensor, Tensor]:
+    """Each view's image column and row directions (V, 3) in RAS+, in `like`'s dtype and device."""
+    u = torch.tensor([v.u for v in views], dtype=like.dtype, device=like.device)
+    w = torch.tensor([v.v for v in views], dtype=like.dtype, device=like.device)
+    return u, w
+
+
 def translate_volume(vol: Tensor, delta_mm: Tensor, fov_mm: float, fill: float) -> Tensor:
     """(B, C, X, Y, Z) canonical cubes → the cubes centred at Δ (B, 3) mm RAS+ from theirs (trilinear, `fill` outside)."""
     B, C, X, Y, Z = vol.shape
@@ -41,8 +48,7 @@ def translate_xrays(xray: Tensor, delta_mm: Tensor, views: Sequence[View], pixel
     if len(views) != V or delta_mm.shape != (B, 3):
         raise ValueError(f"need {V} views and delta_mm (B, 3) = ({B}, 3), got {len(views)} and {tuple(delta_mm.shape)}")
     d = delta_mm.to(xray.dtype)
-    u = torch.tensor([v.u for v in views], dtype=xray.dtype, device=xray.device)  # (V, 3) column directions
-    w = torch.tensor([v.v for v in views], dtype=xray.dtype, device=xray.device)  # (V, 3) row directions
+    u, w = _image_axes(views, xray)
     # 1. Pixel (r, c) of the moved field sees what pixel (r + Δ·v/δ, c + Δ·u/δ) saw; the image's edge spans 2.
     du = 2.0 * (d @ u.T) / (P * pixel_mm)  # (B, V) along columns (grid x)
     dv = 2.0 * (d @ w.T) / (P * pixel_mm)  # (B, V) along rows (grid y)
@@ -66,8 +72,7 @@ def crop_placement(offsets_mm: Tensor, views: Sequence[View], present: Optional[
     B, V, _ = offsets_mm.shape
     if len(views) != V:
         raise ValueError(f"need {V} views for crop offsets (B, V, 2) = {tuple(offsets_mm.shape)}, got {len(views)}")
-    u = torch.tensor([v.u for v in views], dtype=offsets_mm.dtype, device=offsets_mm.device)  # (V, 3)
-    w = torch.tensor([v.v for v in views], dtype=offsets_mm.dtype, device=offsets_mm.device)  # (V, 3)
+    u, w = _image_axes(views, offsets_mm)
     along = offsets_mm[..., :1] * w + offsets_mm[..., 1:] * u  # (B, V, 3)
     seen = (w.abs() + u.abs()).expand(B, V, 3)  # (B, V, 3): 1 on the axes a view sees
     if present is not None:
