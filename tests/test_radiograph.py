@@ -381,6 +381,10 @@ def test_hvc_infer_prints_the_header_and_writes_the_sidecar(tmp_path, capsys):
     assert centre == pytest.approx(expected, abs=0.06) and "placed: the cube's centre at" in text
     # films are reconstructed twice: the second time re-levelled to the first reconstruction's DRRs
     assert "first pass: the films are re-levelled" in text and [n.split(":")[0] for n in side["relevel"]] == ["ap", "lateral"]
+    once = tmp_path / "once.nii.gz"  # --no-film-relevel: one pass from the films as read
+    assert hvc(["infer", "--checkpoint", str(ck), "--xray", ll, pa, "--out", str(once), "--steps", "1",
+                "--samples", "1", "--stop-at-stage", "1", "--no-film-relevel"]) == 0
+    assert "first pass" not in capsys.readouterr().out and json.loads((tmp_path / "once.json").read_text())["relevel"] == []
 
 
 def test_compressed_films_read_like_uncompressed_ones(tmp_path):
