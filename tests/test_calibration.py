@@ -99,6 +99,35 @@ def test_fit_scale_recovers_the_closed_form():
     assert s == pytest.approx(3.0, rel=0.02)
 
 
+def test_fit_coverage_scale_is_the_hand_computed_conformal_quantile():
+    """Scores |e| / (2σ) = 0.25, 0.5, 0.75, 1.25: the 2nd smallest covers half, the 3rd three quarters."""
+    std, err = np.array([1.0, 1.0, 2.0, 4.0]), np.array([0.5, -1.0, 3.0, 10.0])
+    assert C.fit_coverage_scale(std, err, target=0.5) == pytest.approx(0.5)
+    assert C.fit_coverage_scale(std, err, target=0.75) == pytest.approx(0.75)
+    assert C.coverage(np.zeros(4), 0.75 * std, err) == 0.75
+    # σ = 0: an exact hit is covered at any scale, a miss at none.
+    assert C.fit_coverage_scale(np.array([0.0, 0.0, 1.0, 1.0]), np.array([0.0, 5.0, 1.0, 1.0]), target=0.5) == 0.5
+
+
+def test_fit_coverage_scale_recovers_a_gaussian_and_is_narrower_than_nll_on_heavy_tails():
+    rng = np.random.default_rng(4)
+    std = rng.uniform(20, 80, size=50_000)
+    assert C.fit_coverage_scale(std, rng.normal(0, 3 * std)) == pytest.approx(3.0, rel=0.03)
+    err = 3 * std * rng.standard_t(3, size=std.shape)  # heavy tails: the NLL fit chases the outliers
+    s_cov, s_nll = C.fit_coverage_scale(std, err), C.fit_scale(std, err)
+    assert C.coverage(np.zeros_like(err), s_cov * std, err) == pytest.approx(C.GAUSS_COVERAGE_2SIGMA, abs=1e-4)
+    assert s_cov < s_nll and C.coverage(np.zeros_like(err), s_nll * std, err) > C.GAUSS_COVERAGE_2SIGMA + 0.002
+
+
+def test_fit_coverage_scale_refuses_what_it_cannot_fit():
+    with pytest.raises(ValueError, match="miss the truth with zero std"):
+        C.fit_coverage_scale(np.array([0.0, 0.0, 1.0, 1.0]), np.array([0.0, 5.0, 1.0, 1.0]), target=0.9)
+    with pytest.raises(ValueError, match="target coverage must lie in"):
+        C.fit_coverage_scale(np.ones(3), np.ones(3), target=1.0)
+    with pytest.raises(ValueError, match="every std is zero"):
+        C.fit_coverage_scale(np.zeros(3), np.ones(3))
+
+
 def test_case_calibration_applies_a_given_scale():
     rng = np.random.default_rng(3)
     samples = rng.normal(0, 10, size=(4, 6, 6, 6))

