@@ -84,6 +84,15 @@ def test_raw_stored_values_refused(tmp_path):
         read_ct(_nifti(tmp_path, raw))
 
 
+@pytest.mark.parametrize("scale", ["mu", "minus_one_to_one"])
+def test_non_hu_units_refused(tmp_path, scale):
+    """μ (1/mm) was called a 'constant volume'; [-1, 1]-normalised values were read as water."""
+    hu = _body()
+    arr = (hu + 1000.0) / 1000.0 * 0.02 if scale == "mu" else np.clip(hu, -1000.0, 1000.0) / 1000.0
+    with pytest.raises(CTReadError, match="not Hounsfield units .*normalised intensities"):
+        read_ct(_nifti(tmp_path, arr.astype(np.float32)))
+
+
 def test_mostly_metal_refused(tmp_path):
     hu = _body()
     hu[:, :, :4] = 6000.0  # a quarter of the scan denser than bone: a wrong slope, not a patient

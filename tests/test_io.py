@@ -184,3 +184,65 @@ def test_dicom_preamble(tmp_path):
     assert has_dicom_preamble(tmp_path / "part10")
     assert not has_dicom_preamble(tmp_path / "short")
     assert not has_dicom_preamble(tmp_path / "missing")
+
+
+def test_nifti_without_orientation_refused(tmp_path, phantom):
+    """qform_code = sform_code = 0: nibabel would guess a mirrored (LAS) frame; refuse instead."""
+    hu, aff = phantom
+    img = nib.Nifti1Image(hu, aff)
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, tmp_path / "noform.nii.gz")
+    with pytest.raises(CTReadError, match="no orientation"):
+        read_ct(tmp_path / "noform.nii.gz")
+
+
+def test_dicom_slice_without_position_is_named(tmp_path, phantom):
+    """A slice lacking ImagePositionPatient is reported by name, not as a 'missing slice' between others."""
+    import pydicom
+
+    hu, aff = phantom
+    files = write_dicom_series(tmp_path / "s", hu, aff, file_names=[f"im{k:02d}.dcm" for k in range(hu.shape[2])])
+    ds = pydicom.dcmread(files[4])
+    del ds.ImagePositionPatient
+    ds.save_as(files[4])
+    with pytest.raises(CTReadError, match="im04.dcm: missing DICOM tag ImagePositionPatient"):
+        read_ct(tmp_path / "s")
+
+
+def _marker_ct() -> tuple[np.ndarray, np.ndarray]:
+    """A RAS+ water cylinder in air with bone blocks on the patient's left (−x) and toward the head (+z)."""
+    sp = np.array([12.0, 12.0, 15.0])
+    shape = (24, 20, 16)
+    aff = np.diag([*sp, 1.0])
+    aff[:3, 3] = -(np.array(shape) - 1) / 2 * sp
+    x, y, z = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, sp)], indexing="ij")
+    hu = np.where((x / 120) ** 2 + (y / 90) ** 2 < 1, 0.0, -1000.0)
+    hu[(np.abs(x + 70) < 20) & (np.abs(y) < 20) & (np.abs(z) < 20)] = 1400.0  # patient's left
+    hu[(np.abs(x) < 20) & (np.abs(y) < 20) & (np.abs(z - 70) < 20)] = 1400.0  # superior, centred in x
+    return hu.astype(np.float32), aff
+
+
+def test_same_xrays_from_any_storage_and_anatomy_upright(tmp_path):
+    """NIfTI / DICOM in other axis orders, feet-first or sagittal, give identical DRRs in the display frame."""
+    from hybrid_vit_cascade.config import DataConfig
+    from hybrid_vit_cascade.data.render import render_xrays
+
+    cfg = DataConfig(geometry={"det_pixels": 32}, fov_mm=400.0)
+    hu, aff = _marker_ct()
+    paths = [write_nifti(tmp_path / "ras.nii", hu, aff)]
+    arr, arr_aff = reorient(hu, aff, "PSR")  # sagittal-major storage
+    img = nib.Nifti2Image(np.rint((arr + 1024) / 0.5).astype(np.int16), arr_aff)
+    img.header.set_slope_inter(0.5, -1024.0)  # integer storage with scl_slope / scl_inter
+    nib.save(img, tmp_path / "psr.nii.gz")
+    paths.append(tmp_path / "psr.nii.gz")
+    for code in ("RPI", "LSA"):  # feet-first axial (IOP −1,0,0,0,1,0) and coronal slices
+        arr, arr_aff = reorient(hu, aff, code)
+        write_dicom_series(tmp_path / code, arr, arr_aff)
+        paths.append(tmp_path / code)
+    li = [render_xrays(read_ct(p), cfg, 16, ["ap", "lateral"], center_mm=np.zeros(3))[0].numpy() for p in paths]
+    for other in li[1:]:
+        np.testing.assert_allclose(other, li[0], atol=1e-4)
+    ap = li[0][0] - li[0][0][:, ::-1]  # left minus right half: positive where the image's right is denser
+    assert ap[:, 16:].sum() > 0  # the patient's left block shows on the image's right (viewer facing the patient)
+    assert li[0][0][:16].sum() > li[0][0][16:].sum()  # the superior block: head up

@@ -10,6 +10,7 @@ SPACING_RANGE_MM = (0.05, 80.0)  # finer is a micro-CT / unit mix-up, coarser ca
 MIN_EXTENT_MM = 40.0  # every axis: a scan of any body part spans more than 4 cm
 HU_LIMITS = (-32768.0, 32767.0)  # beyond int16: no scanner (even an extended HU scale) stores it
 DENSE_HU, MAX_DENSE_FRACTION = 4000.0, 0.02  # denser than cortical bone: metal only, never 2% of a scan
+MIN_HU_RANGE = 100.0  # any body CT spans air or lung to soft tissue (~1000 HU); μ or [-1, 1] data span ~1
 MIN_BODY_FRACTION = 0.005  # voxels above preprocessing.BODY_THRESHOLD_HU: less is an (almost) empty scan
 
 
@@ -37,8 +38,11 @@ def implausible_ct(hu: np.ndarray, spacing: tuple[float, float, float]) -> str |
         return (f"the scan spans only {' × '.join(f'{e:.3g}' for e in extent)} mm; a body CT spans at least "
                 f"{MIN_EXTENT_MM:g} mm along every axis")
     vmin, vmax = float(hu.min()), float(hu.max())
-    if vmax - vmin < 1.0:
+    if vmax == vmin:
         return f"constant volume (every voxel {vmin:g}): no image"
+    if vmax - vmin < MIN_HU_RANGE:
+        return (f"values span only {vmin:.4g} to {vmax:.4g}: not Hounsfield units (air −1000, water 0, bone "
+                "≥ 300); attenuation coefficients or normalised intensities? give the CT in HU")
     if vmin < HU_LIMITS[0] or vmax > HU_LIMITS[1]:
         return (f"values {vmin:.4g} to {vmax:.4g} are not Hounsfield units (expected within "
                 f"{HU_LIMITS[0]:g}..{HU_LIMITS[1]:g}, air −1000, water 0)")

@@ -109,6 +109,12 @@ def _read_nifti(p: Path) -> CTVolume:
         hu = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as err:  # truncated gzip (EOFError), bad header, ... all mean "unreadable"
         raise CTReadError(p, f"unreadable NIfTI ({type(err).__name__}: {err})") from None
+    hdr = img.header
+    if "qform_code" in hdr and int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0:
+        # nibabel then guesses a radiological (LAS) affine from the voxel sizes: left/right and front/back
+        # would be a guess, and the reconstruction and X-rays silently mirrored.
+        raise CTReadError(p, "NIfTI header has no orientation (qform_code and sform_code are both 0): the "
+                             "patient's left/right and front/back are unknown; re-export it with its scanner affine")
     return CTVolume(hu=hu, affine=np.asarray(img.affine, dtype=np.float64), source=str(p))
 
 
@@ -172,12 +178,14 @@ def find_dicom_series(root: str | os.PathLike, skipped: list[dict] | None = None
             try:
                 ds = pydicom.dcmread(
                     f, stop_before_pixels=True,
-                    specific_tags=["SeriesInstanceUID", "Modality", "ImagePositionPatient", "ImageType"],
+                    specific_tags=["SeriesInstanceUID", "Modality", "ImagePositionPatient", "ImageType", "Rows"],
                 )
             except Exception:
                 groups["?unreadable"].append(f)  # reported when the series is read
                 continue
-            if "ImagePositionPatient" not in ds and "SeriesInstanceUID" in ds:
+            # A slice with pixels but no position stays in its series, so reading it names the missing tag
+            # (dropped, it would be reported as a gap between its neighbours, or silently shorten the scan).
+            if "ImagePositionPatient" not in ds and "Rows" not in ds and "SeriesInstanceUID" in ds:
                 continue  # not an image slice (e.g. a structured report in the same folder)
             if any(str(t).upper() == "LOCALIZER" for t in ds.get("ImageType", [])):
                 continue  # scout views are 2D projections, not slices of the volume
