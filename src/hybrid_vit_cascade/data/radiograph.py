@@ -5,8 +5,10 @@ r"""Clinical radiographs (DICOM CR / DX) into the model's frame: pixels, view, o
 1. **Values.** Modality LUT / rescale (pydicom `apply_modality_lut`); an image linear in exposure
    (PixelIntensityRelationship LIN, "for processing") is taken to its logarithm; the VOI LUT or
    window (`apply_voi_lut`) for CR and for DX "for presentation"; MONOCHROME1 is negated. From here
-   on bright = attenuating.
-2. **View** from ViewPosition (AP, PA, LL, RL, LATERAL), or the caller's (`--views`), which wins.
+   on bright = attenuating. PixelPaddingValue pixels are no image: padded border lines are outside the
+   usable area, the rest reads as air.
+2. **View** from ViewPosition (AP, PA, LL, RL, LATERAL), else the View Code Sequence, or the caller's
+   (`--views`), which wins.
 3. **Orientation.** PatientOrientation (0020,0020) names where the image's columns and rows run;
    the image is transposed / flipped into the model's display convention (DESIGN.md "Views": rows
    toward the feet; AP and PA columns toward the patient's left; lateral columns toward posterior).
@@ -53,6 +55,9 @@ MAGNIFICATION_RANGE = (1.0, 2.5)  # a chest radiograph's plausible magnification
 # DICOM ViewPosition → the film's view in the model's terms; decubitus and oblique films are no model view.
 HEADER_VIEWS = {"AP": "ap", "PA": "pa", "LL": "lateral", "RL": "lateral", "LATERAL": "lateral", "LAT": "lateral"}
 UNUSABLE_VIEWS = {"RLD", "LLD", "RLO", "LLO", "LAO", "RAO", "LPO", "RPO"}
+# ViewCodeSequence codes (CID 4010 "DX View": SNOMED CT, and the older SNOMED RT of AP / PA) as ViewPosition values
+VIEW_CODES = {"399348003": "AP", "272479007": "PA", "399173006": "LL", "399198007": "RL", "399067008": "LATERAL",
+              "R-10206": "AP", "R-10214": "PA"}
 # (column direction, row direction) as DICOM PatientOrientation letters: the model's convention, and
 # what a film without the tag is assumed to be (how it is hung for reading).
 MODEL_ORIENTATION = {"ap": ("L", "F"), "pa": ("L", "F"), "lateral": ("P", "F")}
@@ -123,9 +128,52 @@ def _load_decoder(ds, path: str) -> None:
                                           f"(pip install {package})") from None
 
 
-def _values(ds, path: str, info: dict) -> np.ndarray:
-    """Stored pixels → bright-is-attenuating values: modality LUT, log of LIN, VOI, MONOCHROME1."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+def _lut(values: np.ndarray, item, ds, what: str, path: str) -> np.ndarray:
+    """A Modality / VOI LUT Sequence item applied to `values` (entries from the descriptor's first value, clamped).
+
+    Not pydicom's: pydicom 3.0 indexes with the entries' own dtype, so a VOI LUT of 4096 8-bit entries
+    (a 12-bit film to 8-bit display) wraps its indices modulo 256, and a 12-bit Modality LUT fails.
+    """
+    try:
+        n, first, bits = (int(v) for v in item.LUTDescriptor)
+        data = item["LUTData"].value
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise XrayReadError(path, f"{what} item without a valid LUTDescriptor and LUTData") from None
+    n = n or 65536
+    if isinstance(data, (bytes, bytearray)):
+        big = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.2"
+        table = np.frombuffer(data, np.uint8 if bits == 8 and len(data) < 2 * n else ">u2" if big else "<u2")
+    else:
+        table = np.atleast_1d(np.asarray(data, dtype=np.float64))
+    if table.size < n:
+        raise XrayReadError(path, f"{what} has {table.size} entries but its LUTDescriptor says {n}")
+    idx = np.clip(np.floor(values) - first, 0, n - 1).astype(np.int64)
+    return table[:n].astype(np.float64)[idx]
+
+
+def _padding(arr: np.ndarray, ds) -> Optional[np.ndarray]:
+    """Pixels at PixelPaddingValue (up to PixelPaddingRangeLimit): outside the image (e.g. a rotated film's corners)."""
+    value, limit = ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")
+    if not isinstance(value, (int, np.integer)):
+        return None
+    lo, hi = (value, value) if not isinstance(limit, (int, np.integer)) else sorted((value, limit))
+    pad = (arr >= lo) & (arr <= hi)
+    return pad if pad.any() else None
+
+
+def _padded_border(pad: np.ndarray) -> np.ndarray:
+    """The border rows and columns that are padding from end to end (from each side inward)."""
+    out = np.zeros_like(pad)
+    for lines, axis in ((pad.all(1), 0), (pad.all(0), 1)):  # not all True: a film all padding is refused
+        n, first, last = len(lines), int(np.argmin(lines)), int(np.argmin(lines[::-1]))
+        out[(slice(None),) * axis + (np.r_[0:first, n - last:n],)] = True
+    return out
+
+
+def _values(ds, path: str, info: dict) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Stored pixels → (bright-is-attenuating values, padding mask): modality LUT, log of LIN, VOI, MONOCHROME1."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_modality_lut, apply_windowing
 
     _load_decoder(ds, path)
     try:
@@ -134,7 +182,12 @@ def _values(ds, path: str, info: dict) -> np.ndarray:
         raise XrayReadError(path, f"cannot decode DICOM pixel data ({err})") from None
     if arr.ndim != 2:
         raise XrayReadError(path, f"unexpected DICOM pixel layout {arr.shape} for a greyscale radiograph")
-    px = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    pad = _padding(arr, ds)
+    if pad is not None and pad.all():
+        raise XrayReadError(path, f"every pixel is PixelPaddingValue {ds.PixelPaddingValue}: no image")
+    modality_lut = next(iter(ds.get("ModalityLUTSequence") or []), None)
+    px = (_lut(arr, modality_lut, ds, "ModalityLUTSequence", path) if modality_lut is not None
+          else np.asarray(apply_modality_lut(arr, ds), dtype=np.float64))
     info["modality_lut"] = ("ModalityLUTSequence" if "ModalityLUTSequence" in ds else
                             {"slope": float(ds.get("RescaleSlope", 1) or 1), "intercept": float(ds.get("RescaleIntercept", 0) or 0)})
     relation = str(ds.get("PixelIntensityRelationship", "")).upper() or None
@@ -147,40 +200,70 @@ def _values(ds, path: str, info: dict) -> np.ndarray:
     intent = str(ds.get("PresentationIntentType", "")).upper() or None
     info["presentation_intent"] = intent
     if intent != "FOR PROCESSING":
-        if ds.get("VOILUTSequence"):
+        voi_lut = next(iter(ds.get("VOILUTSequence") or []), None)
+        if voi_lut is not None and "LUTDescriptor" in voi_lut and "LUTData" in voi_lut:
             info["voi"] = "VOI LUT sequence"
+            px = _lut(px, voi_lut, ds, "VOILUTSequence", path)
         elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-            c, w = ds.WindowCenter, ds.WindowWidth  # several windows: pydicom applies the first
-            c, w = (c[0], w[0]) if isinstance(c, SequenceABC) else (c, w)
-            info["voi"] = {"window_center": float(c), "window_width": float(w),
+            # several windows (and the two counts may differ): the first of each, as pydicom applies them
+            c, w = ([v] if isinstance(v, (str, bytes)) or not isinstance(v, SequenceABC) else v
+                    for v in (ds.WindowCenter, ds.WindowWidth))
+            info["voi"] = {"window_center": float(c[0]), "window_width": float(w[0]),
                            "function": str(ds.get("VOILUTFunction", "LINEAR"))}
-        if info.get("voi") is not None:
-            px = np.asarray(apply_voi_lut(px, ds), dtype=np.float64)
+            # pydicom scales the window's output by the rescale slope: a negative slope would flip it
+            window = Dataset()
+            for key in ("WindowCenter", "WindowWidth", "VOILUTFunction", "BitsStored", "PixelRepresentation",
+                        "PhotometricInterpretation"):
+                if key in ds:
+                    window[key] = ds[key]
+            px = np.asarray(apply_windowing(px, window), dtype=np.float64)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     info["photometric"], info["inverted"] = photometric, photometric == "MONOCHROME1"
     if photometric == "MONOCHROME1":
         px = -px  # low values display bright: negated, attenuating is bright
+    if pad is not None:
+        # Padding is no exposure: read as the film's air, its darkest value (whole padded border lines are
+        # excluded from the usable area by read_radiograph, like collimation).
+        px[pad] = px[~pad].min()
+        info["padding_px"] = int(pad.sum())
+        info["notes"].append(f"{int(pad.sum())} pixels of PixelPaddingValue (outside the image) read as air")
     if sign is not None and float(ds.get("RescaleSlope", 1) or 1) > 0 and (sign == 1) != (photometric == "MONOCHROME1") \
             and relation != "LIN":
         info["warnings"].append(f"PixelIntensityRelationshipSign {sign} contradicts {photometric}; "
                                 "the photometric interpretation was followed")
-    return px
+    return px, pad
+
+
+def _view_code(ds) -> Optional[str]:
+    """ViewCodeSequence (DICOM CID 4010, SNOMED) as a ViewPosition value: the coded view a film without ViewPosition may carry."""
+    item = next(iter(ds.get("ViewCodeSequence") or []), None)
+    if item is None:
+        return None
+    code, meaning = str(item.get("CodeValue", "")).strip(), str(item.get("CodeMeaning", "")).strip().lower()
+    if code in VIEW_CODES:
+        return VIEW_CODES[code]
+    meaning = meaning.split("(")[0].replace("-", "").replace(" projection", "").strip()  # "… (qualifier value)"
+    return {"anteroposterior": "AP", "posteroanterior": "PA", "left lateral": "LL", "right lateral": "RL",
+            "lateral": "LATERAL"}.get(meaning, meaning.upper() or None)  # others: named in the refusal / warning
 
 
 def _header_view(ds, path: str) -> tuple[Optional[str], Optional[str]]:
-    """(ViewPosition as written, upper case; the film's view in the model's terms) — (None, None) if absent."""
-    raw = str(ds.get("ViewPosition", "") or "").strip().upper()
+    """(ViewPosition as written, upper case — else ViewCodeSequence's; the film's view in the model's terms) — (None, None) if absent."""
+    raw, tag = str(ds.get("ViewPosition", "") or "").strip().upper(), "ViewPosition"
+    if not raw:
+        raw, tag = _view_code(ds), "ViewCodeSequence"
     if not raw:
         return None, None
-    if raw in UNUSABLE_VIEWS:
-        raise XrayReadError(path, f"ViewPosition {raw} (a decubitus or oblique film) is not a view the model "
+    if raw in UNUSABLE_VIEWS or "OBLIQUE" in raw or "DECUBITUS" in raw:
+        raise XrayReadError(path, f"{tag} {raw} (a decubitus or oblique film) is not a view the model "
                                   "knows (AP, PA, left or right lateral)")
     return raw, HEADER_VIEWS.get(raw)
 
 
 def _orientation(ds, path: str) -> Optional[tuple[str, str]]:
     po = ds.get("PatientOrientation")
-    if po is None or len(po) == 0:
+    po = [po] if isinstance(po, str) else po
+    if po is None or not any(str(p).strip() for p in po):  # absent, or present but empty ('' or '\\')
         return None
     parts = [str(p).strip().upper() for p in po]
     if len(parts) != 2 or not all(p and set(p) <= set(_AXIS) for p in parts):
@@ -308,32 +391,54 @@ def _trim(img: np.ndarray, box: tuple[int, int, int, int], kind: str) -> tuple[i
     return t, b, l, r
 
 
+def read_dicom(path: str):
+    """pydicom's dataset of `path`, also of a file written without the Part 10 preamble and 'DICM' marker."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        pass
+    except (OSError, ValueError) as err:
+        raise XrayReadError(path, f"not a readable DICOM file ({err})") from None
+    try:  # older exports store the bare data set: read it raw, and keep it only if it holds an image
+        ds = pydicom.dcmread(path, force=True)
+        if "PixelData" in ds and "Rows" in ds:
+            if "TransferSyntaxUID" not in ds.file_meta:  # no file meta: the encoding pydicom found is the syntax
+                implicit, little = ds.original_encoding
+                ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian if implicit else (
+                    pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
+            return ds
+    except Exception:  # noqa: BLE001 — whatever a forced read of a non-DICOM file raises, it is no DICOM image
+        pass
+    raise XrayReadError(path, "not a readable DICOM file (no DICOM preamble, and no image data set without one)")
+
+
 def read_radiograph(path: str | os.PathLike, view: Optional[str] = None, ds=None) -> Radiograph:
     """Read a CR / DX radiograph into the model's display convention; `view` ('ap', 'pa', 'lateral') overrides the header."""
     path = str(path)
     if ds is None:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-
-        try:
-            ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, ValueError) as err:
-            raise XrayReadError(path, f"not a readable DICOM file ({err})") from None
+        ds = read_dicom(path)
     info: dict = {"file": path, "modality": str(ds.get("Modality", "?")), "notes": [], "warnings": [],
                   "collimation_source": []}
-    px = _values(ds, path, info)
+    px, pad = _values(ds, path, info)
     header, header_film = _header_view(ds, path)
     if view is not None and view not in MODEL_ORIENTATION:
         raise ValueError(f"unknown view {view!r}; expected one of {sorted(MODEL_ORIENTATION)}")
     film = view or header_film
     forced = view is not None and header_film is not None and view != header_film
     info.update(header_view=header, view=film,
-                view_source="--views" if view is not None else "ViewPosition" if header_film else None)
+                view_source="--views" if view is not None else None if not header_film else
+                "ViewPosition" if str(ds.get("ViewPosition", "") or "").strip() else "ViewCodeSequence")
     if header and header_film is None:
         info["warnings"].append(f"ViewPosition {header!r} is not one of {sorted(HEADER_VIEWS)}; give --views")
     if forced:
         info["warnings"].append(f"the header says {header} but the film is read as {view} (--views)")
     mask = _shutter(ds, px.shape, info)
+    if pad is not None and _padded_border(pad).any():  # padded border lines: outside the image, like collimation
+        mask &= ~_padded_border(pad)
+        info["collimation_source"].append("PixelPaddingValue")
     po = _orientation(ds, path)
     info["patient_orientation"] = list(po) if po else None
     if film is not None:

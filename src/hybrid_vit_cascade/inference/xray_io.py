@@ -142,13 +142,9 @@ def _read_pil(path: str) -> RawXray:
 
 
 def _read_dicom(path: str) -> RawXray:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    from hybrid_vit_cascade.data.radiograph import read_dicom
 
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError) as err:
-        raise XrayReadError(path, f"not a readable DICOM file ({err})") from None
+    ds = read_dicom(path)  # also a bare data set without the Part 10 preamble
     modality = str(getattr(ds, "Modality", "?"))
     if modality in ("CT", "MR", "PT"):
         raise XrayReadError(path, f"is a {modality} image, not a radiograph (use `hvc infer --ct` for CTs)")
@@ -212,6 +208,16 @@ def _read_array(path: str) -> RawXray:
                    note="line integrals" + (" (NIfTI: x = column, y = row from the bottom)" if is_nifti else ""))
 
 
+def _bare_dicom(path: str) -> bool:
+    """True if the file starts like a DICOM data set written without the preamble: a group 0002 or 0008 tag."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head in (b"\x02\x00", b"\x08\x00")  # little endian; no image format starts so
+
+
 def read_xray(path: str | os.PathLike) -> RawXray:
     """Read one X-ray file (see the module docstring for formats); errors name the file."""
     path = str(path)
@@ -222,7 +228,7 @@ def read_xray(path: str | os.PathLike) -> RawXray:
     name = path.lower()
     if name.endswith(".npy") or name.endswith(NIFTI_SUFFIXES):
         return _read_array(path)
-    if name.endswith(DICOM_SUFFIXES) or has_dicom_preamble(path):
+    if name.endswith(DICOM_SUFFIXES) or has_dicom_preamble(path) or _bare_dicom(path):
         try:
             return _read_dicom(path)
         except XrayReadError:

@@ -1,0 +1,107 @@
+"""Clinical DICOM films as real exports write them: LUT sequences, padding, coded views, no preamble."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from test_radiograph import _chest, _texture, write_film
+
+from hybrid_vit_cascade.data.radiograph import read_radiograph
+from hybrid_vit_cascade.inference import xray_io as X
+
+
+def _lut_item(table: np.ndarray, bits: int) -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = [len(table), 0, bits]
+    item["LUTData"] = DataElement(0x00283006, "OW", table.astype("<u2").tobytes())
+    return item
+
+
+def test_lut_sequences_index_every_entry(tmp_path):
+    """A 12-bit film's VOI LUT to 8-bit display (4096 entries of 8 bits) and a 12-bit Modality LUT
+    (pydicom 3.0 wrapped the first's indices modulo 256 and refused the second)."""
+    s = _texture()
+    voi = np.round(np.sqrt(np.arange(4096) / 4095) * 255)
+    rad = read_radiograph(write_film(tmp_path / "v.dcm", s, VOILUTSequence=Sequence([_lut_item(voi, 8)])))
+    np.testing.assert_array_equal(rad.pixels, voi[s])
+    assert rad.info["voi"] == "VOI LUT sequence"
+    modality = np.arange(4096)[::-1] // 2  # decreasing: the LUT, not the stored value, says what is bright
+    rad = read_radiograph(write_film(tmp_path / "m.dcm", s, ModalityLUTSequence=Sequence([_lut_item(modality, 12)])))
+    np.testing.assert_array_equal(rad.pixels, modality[s])
+
+
+def test_window_centre_and_width_counts_may_differ(tmp_path):
+    s = _texture()
+    rad = read_radiograph(write_film(tmp_path / "w.dcm", s, WindowCenter=[2000, 1000], WindowWidth=1001))
+    assert rad.info["voi"]["window_center"] == 2000.0 and rad.info["voi"]["window_width"] == 1001.0
+    assert rad.pixels.min() == 0 and rad.pixels.max() == 4095  # the first centre's window: both ends clipped
+
+
+def test_a_window_after_a_negative_rescale_slope_keeps_its_polarity(tmp_path):
+    """Stored 4095 − v, slope −1, intercept 4095: the modality values are v, windowed as v itself is."""
+    s = _texture()
+    window = dict(WindowCenter=2000, WindowWidth=2001)
+    flipped = read_radiograph(write_film(tmp_path / "n.dcm", 4095 - s, RescaleSlope=-1, RescaleIntercept=4095, **window))
+    np.testing.assert_allclose(flipped.pixels, read_radiograph(write_film(tmp_path / "p.dcm", s, **window)).pixels)
+
+
+def test_pixel_padding_reads_as_air_and_padded_borders_are_outside(tmp_path):
+    """A rotated film's corners and a padded border strip at PixelPaddingValue (here the brightest value)."""
+    s = _chest()
+    s[:10] = 4095  # a padded border strip
+    s[10:20, :20] = 4095  # a padded corner
+    rad = read_radiograph(write_film(tmp_path / "p.dcm", s, PixelPaddingValue=4095, ViewPosition="PA"))
+    assert rad.usable[0] == 10 and rad.info["collimation_source"] == ["PixelPaddingValue"]
+    assert rad.pixels[10:20, :20].max() == s[s < 4095].min()  # the corner: the film's air, not bright body
+    assert rad.info["padding_px"] == 10 * 120 + 10 * 20
+
+
+@pytest.mark.parametrize("code,meaning,view,ops", [
+    ("272479007", "Postero-anterior", "pa", []),
+    ("R-10206", "antero-posterior", "ap", []),
+    ("399198007", "right lateral projection (qualifier value)", "lateral", ["columns mirrored"]),
+    ("x", "left lateral", "lateral", []),
+])
+def test_view_from_the_view_code_sequence(tmp_path, code, meaning, view, ops):
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "SCT", meaning
+    rad = read_radiograph(write_film(tmp_path / "c.dcm", _texture(), ViewCodeSequence=Sequence([item])))
+    assert rad.view == view and rad.info["view_source"] == "ViewCodeSequence" and rad.info["orientation_ops"] == ops
+
+
+def test_an_oblique_view_code_is_refused(tmp_path):
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "399356000", "SCT", "right anterior oblique"
+    with pytest.raises(X.XrayReadError, match=r"ViewCodeSequence RIGHT ANTERIOR OBLIQUE \(a decubitus or oblique"):
+        read_radiograph(write_film(tmp_path / "o.dcm", _texture(), ViewCodeSequence=Sequence([item])))
+
+
+def test_an_empty_patient_orientation_is_absent(tmp_path):
+    rad = read_radiograph(write_film(tmp_path / "e.dcm", _texture(), ViewPosition="RL", PatientOrientation=["", ""]))
+    assert rad.info["patient_orientation"] is None and rad.info["orientation_ops"] == ["columns mirrored"]
+
+
+def test_a_data_set_without_the_preamble_is_read(tmp_path):
+    """Older exports: no 128-byte preamble and 'DICM' (with or without the file meta group, any file name)."""
+    import pydicom
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    full = write_film(tmp_path / "full.dcm", _texture(), ViewPosition="PA", ImagerPixelSpacing=[0.2, 0.2])
+    (tmp_path / "nopreamble.dcm").write_bytes((tmp_path / "full.dcm").read_bytes()[132:])
+    bare = Dataset()
+    bare.update(pydicom.dcmread(full))  # the data set alone, implicit VR little endian, no file meta
+    with open(tmp_path / "IM0001", "wb") as fh:
+        out = DicomFileLike(fh)
+        out.is_little_endian, out.is_implicit_VR = True, True
+        write_dataset(out, bare)
+    want = read_radiograph(full).pixels
+    for name in ("nopreamble.dcm", "IM0001"):
+        raw = X.read_xray(tmp_path / name)
+        assert raw.view == "pa"
+        np.testing.assert_array_equal(raw.pixels, want)
+    (tmp_path / "text.dcm").write_text("not a film")
+    with pytest.raises(X.XrayReadError, match=r"text\.dcm: not a readable DICOM file \(no DICOM preamble"):
+        X.read_xray(tmp_path / "text.dcm")
