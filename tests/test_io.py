@@ -210,6 +210,36 @@ def test_dicom_slice_without_position_is_named(tmp_path, phantom):
         read_ct(tmp_path / "s")
 
 
+
+def _series_with_one_slice_changed(tmp_path, phantom, change):
+    import pydicom
+
+    hu, aff = phantom
+    files = write_dicom_series(tmp_path / "s", hu, aff, file_names=[f"im{k:02d}.dcm" for k in range(hu.shape[2])])
+    ds = pydicom.dcmread(files[-1])
+    change(ds)
+    ds.save_as(files[-1])
+    return tmp_path / "s"
+
+
+def test_dicom_slice_with_other_pixel_spacing_is_named(tmp_path, phantom):
+    """Was stacked silently with the first slice's spacing."""
+    def change(ds):
+        ds.PixelSpacing = [f"{float(v) * 1.5:.6f}" for v in ds.PixelSpacing]
+    folder = _series_with_one_slice_changed(tmp_path, phantom, change)
+    with pytest.raises(CTReadError, match="im.*dcm: pixel spacing differs from the rest of the series"):
+        read_ct(folder)
+
+
+def test_dicom_slice_shifted_in_plane_is_named(tmp_path, phantom):
+    """An end slice 30 mm off the others' line (a mixed series) was stacked as if aligned."""
+    def change(ds):
+        ds.ImagePositionPatient = [f"{float(v) + d:.6f}" for v, d in zip(ds.ImagePositionPatient, (30.0, 0.0, 0.0))]
+    folder = _series_with_one_slice_changed(tmp_path, phantom, change)
+    name = sorted(folder.iterdir())[-1].name
+    with pytest.raises(CTReadError, match=f"slice {name} lies .* off the line of the other slices"):
+        read_ct(folder)
+
 def _marker_ct() -> tuple[np.ndarray, np.ndarray]:
     """A RAS+ water cylinder in air with bone blocks on the patient's left (−x) and toward the head (+z)."""
     sp = np.array([12.0, 12.0, 15.0])

@@ -262,6 +262,8 @@ def read_dicom_series(folder: str | os.PathLike, files: list[Path] | None = None
     for f, ds, pix in slices:
         if not np.allclose(np.array(ds.ImageOrientationPatient, dtype=np.float64), iop, atol=1e-4):
             raise CTReadError(f, "slice orientation differs from the rest of the series")
+        if not np.allclose(_tag_numbers(f, ds, "PixelSpacing", 2), _tag_numbers(f, ds0, "PixelSpacing", 2), rtol=1e-3):
+            raise CTReadError(f, "pixel spacing differs from the rest of the series")
         if pix.shape != slices[0][2].shape:
             raise CTReadError(f, f"slice size {pix.shape} differs from the series' {slices[0][2].shape}")
 
@@ -290,6 +292,14 @@ def read_dicom_series(folder: str | os.PathLike, files: list[Path] | None = None
     # Voxel (i=column, j=row, k=slice) -> LPS: p0 + i*dc*row_cos + j*dr*col_cos + k*slice_vec.
     dr, dc = (float(v) for v in ds0.PixelSpacing)  # (between rows, between columns), mm
     slice_vec = (pos[-1] - pos[0]) / (len(pos) - 1)  # LPS mm per slice (keeps any gantry tilt)
+    # Every slice must sit on one line (a straight, possibly tilted stack): one shifted in-plane (mixed series,
+    # moved table) would otherwise be stacked as if aligned. Least-squares line, so an end slice is named too.
+    design = np.stack([np.ones_like(dist), dist - dist[0]], axis=1)
+    far = np.linalg.norm(pos - design @ np.linalg.lstsq(design, pos, rcond=None)[0], axis=1)
+    if far.max() > 0.5 * min(dr, dc):
+        i = int(np.argmax(far))
+        raise CTReadError(folder, f"slice {slices[i][0].name} lies ~{far[i]:.2f} mm off the line of the other slices' "
+                                  "positions (ImagePositionPatient): not one straight stack")
     lps = np.eye(4)
     lps[:3, 0] = row_cos * dc
     lps[:3, 1] = col_cos * dr
