@@ -47,6 +47,13 @@ def test_a_window_after_a_negative_rescale_slope_keeps_its_polarity(tmp_path):
     np.testing.assert_allclose(flipped.pixels, read_radiograph(write_film(tmp_path / "p.dcm", s, **window)).pixels)
 
 
+def test_an_inverse_presentation_lut_on_monochrome2_is_doubted(tmp_path):
+    rad = read_radiograph(write_film(tmp_path / "i.dcm", _texture(), PresentationLUTShape="INVERSE"))
+    assert any("PresentationLUTShape INVERSE with MONOCHROME2" in w for w in rad.info["warnings"])
+    m1 = read_radiograph(write_film(tmp_path / "m.dcm", _texture(), photometric="MONOCHROME1", PresentationLUTShape="INVERSE"))
+    assert m1.info["inverted"] and not m1.info["warnings"]  # DX's own pairing: one inversion
+
+
 def test_pixel_padding_reads_as_air_and_padded_borders_are_outside(tmp_path):
     """A rotated film's corners and a padded border strip at PixelPaddingValue (here the brightest value)."""
     s = _chest()
