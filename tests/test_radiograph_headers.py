@@ -1,8 +1,11 @@
-"""Clinical DICOM films as real exports write them: LUT sequences, padding, coded views, no preamble."""
+"""Clinical DICOM films as real exports write them: LUT sequences, padding, coded views, no preamble, odd spacings."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
+from _propkit import mutate_dicom
 from pydicom import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -112,3 +115,20 @@ def test_a_data_set_without_the_preamble_is_read(tmp_path):
     (tmp_path / "text.dcm").write_text("not a film")
     with pytest.raises(X.XrayReadError, match=r"text\.dcm: not a readable DICOM file \(no DICOM preamble"):
         X.read_xray(tmp_path / "text.dcm")
+
+
+def test_one_spacing_value_reads_as_square_pixels(tmp_path):
+    f = write_film(tmp_path / "s.dcm", _texture(), ViewPosition="PA", EstimatedRadiographicMagnificationFactor=1.25)
+    mutate_dicom(f, "ImagerPixelSpacing", b"0.2")  # DICOM wants row\column
+    rad = read_radiograph(f)
+    assert rad.info["detector_spacing_mm"] == [0.2, 0.2] and rad.spacing_mm == pytest.approx((0.16, 0.16))
+    assert any("ImagerPixelSpacing has one value (0.2 mm)" in w for w in rad.info["warnings"])
+
+
+@pytest.mark.parametrize("key,value", [("ImagerPixelSpacing", b"abc"), ("PixelSpacing", b"-0.2"),
+                                       ("PixelSpacing", b"0.2\\0"), ("ImagerPixelSpacing", b"0.1\\0.1\\0.1")])
+def test_a_spacing_that_is_not_one_or_two_positive_numbers_is_named(tmp_path, key, value):
+    f = write_film(tmp_path / "b.dcm", _texture(), ViewPosition="PA")
+    mutate_dicom(f, key, value)
+    with pytest.raises(X.XrayReadError, match=rf"b\.dcm: {key} '{re.escape(value.decode())}' is not a pixel spacing"):
+        X.read_xray(f)

@@ -33,6 +33,7 @@ the body, resamples it onto the model's detector and maps the intensities.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -84,11 +85,24 @@ class Radiograph:
     info: dict
 
 
-def _pair(ds, key: str) -> Optional[tuple[float, float]]:
+def _pair(ds, key: str, path: str, info: dict) -> Optional[tuple[float, float]]:
+    """(row, column) spacing in `key`, mm; None if absent. One value is read as isotropic, with a warning."""
     v = ds.get(key)
-    if v is None or len(v) != 2 or not all(float(s) > 0 for s in v):
+    values = list(v) if isinstance(v, SequenceABC) and not isinstance(v, (str, bytes)) else [v]
+    if v is None or not any(str(s).strip() for s in values):  # absent, or present but empty
         return None
-    return float(v[0]), float(v[1])
+    try:
+        nums = [float(s) for s in values]
+    except (TypeError, ValueError):  # pydicom keeps a DS it cannot convert ('abc') as its text
+        nums = []
+    if not 1 <= len(nums) <= 2 or len(nums) != len(values) or not all(np.isfinite(n) and n > 0 for n in nums):
+        shown = "\\".join(str(s) for s in values)
+        raise XrayReadError(path, f"{key} '{shown}' is not a pixel spacing (one or two positive numbers, mm: row\\column)")
+    if len(nums) == 1:  # DICOM wants two (row, column); some exports write one
+        info["warnings"].append(f"{key} has one value ({nums[0]:g} mm), DICOM wants two (row\\column): "
+                                "read as square pixels")
+        nums *= 2
+    return nums[0], nums[1]
 
 
 def _number(ds, key: str) -> Optional[float]:
@@ -161,7 +175,7 @@ def _orient(px: np.ndarray, mask: np.ndarray, po: tuple[str, str], target: tuple
 
 def _scale(ds, view: Optional[str], path: str, info: dict) -> Optional[tuple[float, float]]:
     """(row, column) pixel pitch at the isocentre plane, mm, and how it was found (into `info`)."""
-    ips, ps = _pair(ds, "ImagerPixelSpacing"), _pair(ds, "PixelSpacing")
+    ips, ps = _pair(ds, "ImagerPixelSpacing", path, info), _pair(ds, "PixelSpacing", path, info)
     calibrated = ps is not None and ("PixelSpacingCalibrationType" in ds or
                                      (ips is not None and max(p / i for p, i in zip(ps, ips)) < 0.999))
     if calibrated:
