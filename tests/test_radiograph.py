@@ -63,7 +63,7 @@ def test_rescale_and_monochrome1(tmp_path):
 
 
 def test_voi_window_for_presentation_only(tmp_path):
-    s = np.array([[1000, 1499, 1500, 2000], [2499, 2500, 3000, 4095]] * 4, dtype=np.uint16)
+    s = np.tile([[1000, 1499, 1500, 2000], [2499, 2500, 3000, 4095]], (8, 4)).astype(np.uint16)  # 16 × 16
     tags = dict(RescaleSlope=1, RescaleIntercept=0, WindowCenter=2000, WindowWidth=1001)
     rad = read_radiograph(write_film(tmp_path / "p.dcm", s, PresentationIntentType="FOR PRESENTATION", **tags))
     # DICOM LINEAR window by hand (PS3.3 C.11.2.1.2.1): c' = 1999.5, w' = 1000, output 0…4095 (12 bits)

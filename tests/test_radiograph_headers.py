@@ -132,3 +132,18 @@ def test_a_spacing_that_is_not_one_or_two_positive_numbers_is_named(tmp_path, ke
     mutate_dicom(f, key, value)
     with pytest.raises(X.XrayReadError, match=rf"b\.dcm: {key} '{re.escape(value.decode())}' is not a pixel spacing"):
         X.read_xray(f)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (7, 200)])
+def test_a_film_of_a_few_pixels_is_refused(tmp_path, shape):
+    f = write_film(tmp_path / "t.dcm", _texture(*shape), ViewPosition="PA")
+    with pytest.raises(X.XrayReadError, match=rf"t\.dcm: a film of {shape[0]}×{shape[1]} pixels is too small for a "
+                                              r"radiograph \(at least 8×8\)"):
+        X.read_xray(f)
+
+
+def test_small_and_flat_films_are_read_to_a_usable_area(tmp_path):
+    """The minimum size reads; a flat film of few lines keeps a line (it was trimmed to nothing: an IndexError)."""
+    assert read_radiograph(write_film(tmp_path / "m.dcm", _texture(8, 8), ViewPosition="PA")).pixels.shape == (8, 8)
+    t, b, l, r = read_radiograph(write_film(tmp_path / "f.dcm", np.full((16, 18), 1000, np.uint16), ViewPosition="PA")).usable
+    assert b > t and r > l

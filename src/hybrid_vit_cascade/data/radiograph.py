@@ -259,14 +259,16 @@ def _trim(img: np.ndarray, box: tuple[int, int, int, int], kind: str) -> tuple[i
 
     t, b, l, r = box
     H, W = b - t, r - l
+    # One line always stays: on a film of few lines the two sides' limits meet (a flat 16×16 film was trimmed
+    # to nothing, and the percentiles of the empty rest ended in an IndexError).
     for _ in range(2):  # a second pass: corners trimmed from one side can free the other
-        while t < box[0] + MAX_BORDER * H and flat(img[t, l:r]):
+        while t < box[0] + MAX_BORDER * H and b - t > 1 and flat(img[t, l:r]):
             t += 1
-        while b > box[1] - MAX_BORDER * H and flat(img[b - 1, l:r]):
+        while b > box[1] - MAX_BORDER * H and b - t > 1 and flat(img[b - 1, l:r]):
             b -= 1
-        while l < box[2] + MAX_BORDER * W and flat(img[t:b, l]):
+        while l < box[2] + MAX_BORDER * W and r - l > 1 and flat(img[t:b, l]):
             l += 1
-        while r > box[3] - MAX_BORDER * W and flat(img[t:b, r - 1]):
+        while r > box[3] - MAX_BORDER * W and r - l > 1 and flat(img[t:b, r - 1]):
             r -= 1
     return t, b, l, r
 

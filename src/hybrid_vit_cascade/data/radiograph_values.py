@@ -12,6 +12,12 @@ from typing import Optional
 
 import numpy as np
 
+# The fewest pixels a side of a film may have. A radiograph has thousands a side, even a downsampled export
+# hundreds; a film of a few pixels is a damaged header or an icon, and the collimation, body and field searches
+# that follow need lines to work on (a 1×1 film ended in an IndexError there). Not more: pydicom's 50×10 JPEG-LS
+# sample is read in the decoder tests.
+MIN_FILM_PIXELS = 8
+
 
 class XrayReadError(ValueError):
     """An X-ray file could not be used; `path` and `reason` say which and why."""
@@ -95,6 +101,9 @@ def film_values(ds, path: str, info: dict) -> tuple[np.ndarray, Optional[np.ndar
         raise XrayReadError(path, f"cannot decode DICOM pixel data ({err})") from None
     if arr.ndim != 2:
         raise XrayReadError(path, f"unexpected DICOM pixel layout {arr.shape} for a greyscale radiograph")
+    if min(arr.shape) < MIN_FILM_PIXELS:
+        raise XrayReadError(path, f"a film of {arr.shape[0]}×{arr.shape[1]} pixels is too small for a radiograph "
+                                  f"(at least {MIN_FILM_PIXELS}×{MIN_FILM_PIXELS})")
     pad = _padding(arr, ds)
     if pad is not None and pad.all():
         raise XrayReadError(path, f"every pixel is PixelPaddingValue {ds.PixelPaddingValue}: no image")
