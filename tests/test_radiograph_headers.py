@@ -134,6 +134,16 @@ def test_a_spacing_that_is_not_one_or_two_positive_numbers_is_named(tmp_path, ke
         X.read_xray(f)
 
 
+def test_a_pixel_spacing_larger_than_the_detector_pitch_is_doubted(tmp_path):
+    """A downsampled export that kept ImagerPixelSpacing: the documented rule still takes the detector pitch."""
+    tags = dict(ViewPosition="PA", ImagerPixelSpacing=[0.1, 0.1], EstimatedRadiographicMagnificationFactor=1.25)
+    rad = read_radiograph(write_film(tmp_path / "d.dcm", _texture(), PixelSpacing=[0.2, 0.2], **tags))
+    assert rad.info["spacing_source"] == "ImagerPixelSpacing" and rad.spacing_mm == pytest.approx((0.08, 0.08))
+    assert any("PixelSpacing 0.2\\0.2 mm is larger than ImagerPixelSpacing 0.1\\0.1 mm" in w for w in rad.info["warnings"])
+    same = read_radiograph(write_film(tmp_path / "e.dcm", _texture(), PixelSpacing=[0.1, 0.1], **tags))
+    assert same.info["spacing_source"] == "ImagerPixelSpacing" and not same.info["warnings"]
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 3), (7, 200)])
 def test_a_film_of_a_few_pixels_is_refused(tmp_path, shape):
     f = write_film(tmp_path / "t.dcm", _texture(*shape), ViewPosition="PA")

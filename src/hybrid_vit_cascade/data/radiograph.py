@@ -185,6 +185,12 @@ def _scale(ds, view: Optional[str], path: str, info: dict) -> Optional[tuple[flo
         info["magnification_source"] = "ImagerPixelSpacing / PixelSpacing" if ips else None
         return ps
     det = ips or ps
+    if ps is not None and ips is not None and any(p > 1.001 * i for p, i in zip(ps, ips)):
+        # The rule (INFERENCE.md) takes the detector pitch; an export downsampled after acquisition that
+        # kept the detector's ImagerPixelSpacing would then be read too small by the ratio of the two.
+        info["warnings"].append(f"PixelSpacing {ps[0]:g}\\{ps[1]:g} mm is larger than ImagerPixelSpacing "
+                                f"{ips[0]:g}\\{ips[1]:g} mm: the scale is taken from ImagerPixelSpacing; if the "
+                                "film was downsampled on export, that is stale and the body's size is wrong")
     info["spacing_source"] = "ImagerPixelSpacing" if ips else "PixelSpacing (taken at the detector)" if ps else None
     info["detector_spacing_mm"] = list(det) if det else None
     if det is None:
