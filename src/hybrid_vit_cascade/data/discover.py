@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import safe_component
-from .io import ct_kind, file_stem, find_dicom_series, sidecar_path
+from .dicom_series import find_dicom_series
+from .io import ct_kind, file_stem, sidecar_path
 
 
 @dataclass
