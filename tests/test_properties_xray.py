@@ -117,17 +117,17 @@ XRAY_TAGS = ["RescaleSlope", "RescaleIntercept", "Rows", "Columns", "BitsAllocat
 
 @FEW
 # Each field: a working value half of the time (so that files get through to the model input), else anything.
-@given(shape=st.tuples(st.integers(1, 12), st.integers(1, 12)), values=st.lists(st.integers(-2**31, 2**31), max_size=30),
+@given(shape=st.tuples(st.integers(1, 20), st.integers(1, 20)), values=st.lists(st.integers(-2**31, 2**31), max_size=30),
        modality=st.sampled_from(["DX", "CR"]) | st.sampled_from(["CT", "MR", "", "OT", "XA"]),
        bits=st.sampled_from([8, 16, 32]), signed=st.booleans(), rgb=st.booleans(),
        photometric=st.sampled_from(["MONOCHROME1", "MONOCHROME2"]) | st.sampled_from(["RGB", "PALETTE COLOR", "FOO"]),
        slope=st.just("1") | st.sampled_from(DS_TOKENS), intercept=st.just("0") | st.sampled_from(DS_TOKENS),
        keyword=st.sampled_from(XRAY_TAGS), value=DICOM_VALUES, mutate=st.booleans())
-@example(shape=(4, 4), values=[1, 2], modality="DX", bits=16, signed=False, rgb=False, photometric="MONOCHROME1",
+@example(shape=(8, 8), values=[1, 2], modality="DX", bits=16, signed=False, rgb=False, photometric="MONOCHROME1",
          slope="abc", intercept="0", keyword="Rows", value=None, mutate=False).via("float('abc') in the modality LUT")
-@example(shape=(4, 4), values=[1, 2], modality="CR", bits=16, signed=False, rgb=False, photometric="MONOCHROME2",
+@example(shape=(8, 8), values=[1, 2], modality="CR", bits=16, signed=False, rgb=False, photometric="MONOCHROME2",
          slope="1", intercept="0", keyword="RescaleSlope", value=b"0\\0", mutate=True).via("a 2-valued slope")
-@example(shape=(4, 4), values=[9] * 10 + [0] + [9] * 5, modality="DX", bits=16, signed=False, rgb=False,
+@example(shape=(8, 8), values=[9] * 10 + [0] + [9] * 5, modality="DX", bits=16, signed=False, rgb=False,
          photometric="MONOCHROME2", slope="1", intercept="0", keyword="Rows", value=None, mutate=False
          ).via("IndexError: collimation trimmed a film with flat borders to nothing")
 @example(shape=(1, 4), values=[0, 5, 9, 3], modality="DX", bits=16, signed=False, rgb=False,
