@@ -96,7 +96,8 @@ def render_case(ct, settings: dict, data_cfg: DataConfig, projector) -> tuple[di
     from ..geometry.physics import hu_to_unit, normalize_xray
 
     sizes, window = settings["sizes"], tuple(settings["hu_window"])
-    centre = body_center(ct, settings["body_threshold_hu"])
+    notes: list[str] = []
+    centre = body_center(ct, settings["body_threshold_hu"], notes)
     li, hu = render_xrays(ct, data_cfg, sizes[-1], settings["views"], centre, projector)
     unit = hu_to_unit(torch.from_numpy(hu), window).numpy()  # (n, n, n) in [-1, 1]
     arrays = {f"ct_{s}": resize_cube(unit, s).astype(np.float32) for s in sizes}
@@ -108,6 +109,8 @@ def render_case(ct, settings: dict, data_cfg: DataConfig, projector) -> tuple[di
         "body_center_mm": [round(float(c), 3) for c in centre],
         "li_observed_max": round(float(li.max()), 5),
     }
+    if notes:
+        meta["centring_notes"] = notes
     return arrays, meta
 
 
@@ -219,6 +222,8 @@ def prepare_dataset(
         rel = f"cases/{cid}.npz"
         # uncompressed: loading is the DataLoader's hot path; root: a case id cannot leave the dataset
         atomic_write(out / rel, lambda f: np.savez(f, **arrays), root=out)
+        for note in meta.get("centring_notes", []):
+            log(f"note: {cid}: {note}")
         if meta["li_observed_max"] > settings["li_max"]:
             log(f"warning: {cid}: line integral {meta['li_observed_max']:.2f} exceeds li_max "
                 f"{settings['li_max']:.2f}; its X-ray exceeds +1")

@@ -17,44 +17,117 @@ from .io import CTVolume
 
 AIR_HU = -1024.0  # pad value and floor: scanner padding (-2048, -3024) is air, not "denser vacuum"
 BODY_THRESHOLD_HU = -500.0  # body = largest connected region above this (excludes air, lungs inside stay enclosed)
+THIN_MM = 40.0  # in-plane: a table top, board or blanket touching the body is thinner than this; a trunk is not
+ATTACHED_MM = 10.0  # an attachment widening the body's box by more than this is cut off before centring
+THIN_AIR_MM = 20.0  # enclosed air thinner than this in-plane is a gap (blanket, mattress), not lung, when sizing
+CUT_LUNG_HU = (-960.0, -500.0)  # aerated lung (emphysema included) is denser than the air around a body (≈ -1000)
+LUNG_MIN_ML = 100.0  # enclosed air of at least one lung's worth: less is bowel gas, an airway or nothing
 
 
-def body_center(ct: CTVolume, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
+def body_center(ct: CTVolume, threshold_hu: float = BODY_THRESHOLD_HU, notes: list[str] | None = None) -> np.ndarray:
     """World (RAS+, mm) point the cube is centred on: body box centre in-plane, lungs' centre in z.
 
     The body is the largest connected region above `threshold_hu` (the table and stray objects are
-    smaller and disconnected). Along z the cube is centred on the lungs (air enclosed by the body in
-    each axial slice), so a chest–abdomen scan still yields a chest cube; without lungs, on the body.
+    smaller and disconnected; one touching the body is cut off, `_without_thin_attachments`). Along z
+    the cube is centred on the lungs (air enclosed by the body in each axial slice, `_lung_z`), so a
+    chest–abdomen scan still yields a chest cube; without lungs, on the body. `notes` (if given)
+    collects a one-line note for each such fallback.
     """
+    notes = [] if notes is None else notes
     # Work on a ~4 mm subsampled grid: enough to locate the body, and fast for 512² × 300 scans.
     step = np.array([max(1, int(4.0 // s)) for s in ct.spacing])
     hu = ct.hu[:: step[0], :: step[1], :: step[2]]
     labels, n = ndimage.label(hu > threshold_hu)
     if n == 0:  # nothing above threshold: fall back to the scan's centre
+        notes.append(f"nothing above {threshold_hu:g} HU: the cube is centred on the scan's centre")
         centre_idx = (np.array(ct.hu.shape, dtype=float) - 1) / 2.0
         return ct.affine[:3, :3] @ centre_idx + ct.affine[:3, 3]
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    body_label = int(np.argmax(sizes))
-    sl = ndimage.find_objects(labels)[body_label - 1]
-    lo = np.array([s.start for s in sl], dtype=float)
-    hi = np.array([s.stop for s in sl], dtype=float) - 1
-    body = labels == body_label
+    body = labels == int(np.argmax(sizes))
+    lo, hi = _box(body)
+    sub_mm = np.array(ct.spacing) * step
+    core_lo, core_hi = _box(_without_thin_attachments(body, sub_mm))
+    widened = float(np.max(np.r_[core_lo - lo, hi - core_hi][[0, 1, 3, 4]] * np.r_[sub_mm[:2], sub_mm[:2]]))
+    if widened > ATTACHED_MM:
+        lo[:2], hi[:2] = core_lo[:2], core_hi[:2]
+        notes.append(f"something thin (a table, board or blanket?) touches the body and widens it by {widened:.0f} mm "
+                     "in-plane: the cube is centred on the body without it")
     # Enclosed air per axial slice: fill holes with in-plane connectivity only.
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
     enclosed = ndimage.binary_fill_holes(body, structure=in_plane) & ~body & (hu < -400.0)
-    air_labels, n_air = ndimage.label(enclosed)
-    voxel_ml = float(np.prod(np.array(ct.spacing) * step)) / 1000.0
-    if n_air:
-        air_sizes = np.bincount(air_labels.ravel())
-        air_sizes[0] = 0
-        if air_sizes.max() * voxel_ml > 100.0:  # at least one lung's worth of air
-            lungs = np.isin(air_labels, np.flatnonzero(air_sizes >= 0.2 * air_sizes.max()))
-            z = np.flatnonzero(lungs.any(axis=(0, 1)))
-            lo[2], hi[2] = z.min(), z.max()
+    lung_z = _lung_z(enclosed, sub_mm)
+    if lung_z is None:  # lungs cut by a small field of view are open to the border: find them by density
+        smooth = ndimage.uniform_filter(hu.astype(np.float32), size=(3, 3, 1))  # outside air's noise averaged
+        in_box = np.zeros_like(body)  # within the body's in-plane box: a mattress below it is no lung
+        in_box[int(lo[0]) : int(hi[0]) + 1, int(lo[1]) : int(hi[1]) + 1] = True
+        lung_z = _lung_z((smooth > CUT_LUNG_HU[0]) & (smooth < CUT_LUNG_HU[1]) & ~body & in_box, sub_mm)
+        if lung_z is not None:
+            notes.append("no lung's worth of air enclosed by the body in-plane (lungs cut by the field of view?): the "
+                         f"cube is centred along z on the lung-dense ({CUT_LUNG_HU[0]:g} to {CUT_LUNG_HU[1]:g} HU) air")
+    if lung_z is None:
+        notes.append(f"no lungs found (no air of at least {LUNG_MIN_ML:g} ml enclosed by the body in-plane): the cube "
+                     "is centred on the body's extent along z")
+    else:
+        lo[2], hi[2] = lung_z
     centre_idx = (lo + hi) / 2.0 * step
     return ct.affine[:3, :3] @ centre_idx + ct.affine[:3, 3]
+
+
+def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) index of a non-empty mask along each axis, as floats."""
+    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    return np.array([i[0] for i in idx], dtype=float), np.array([i[-1] for i in idx], dtype=float)
+
+
+def _opened_in_plane(mask: np.ndarray, spacing_mm: np.ndarray, width_mm: float) -> np.ndarray:
+    """`mask` without what is thinner than `width_mm` in-plane (binary opening by a disk; slices independent)."""
+    r = np.round(width_mm / 2.0 / spacing_mm[:2]).astype(int)
+    if not r.any():  # voxels coarser than the width: nothing thinner than it can be told apart
+        return mask
+    r = np.maximum(r, 1)
+    yy, xx = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1]
+    disk = ((yy / r[0]) ** 2 + (xx / r[1]) ** 2 <= 1.0)[:, :, None]
+    return ndimage.binary_opening(mask, structure=disk)
+
+
+def _without_thin_attachments(body: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+    """`body` with what is thinner than THIN_MM in-plane cut away, largest remaining region (holes kept)."""
+    labels, n = ndimage.label(_opened_in_plane(body, spacing_mm, THIN_MM))
+    if n == 0:
+        return body
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _lung_z(enclosed: np.ndarray, spacing_mm: np.ndarray) -> tuple[int, int] | None:
+    """(first, last) slice of the lungs in the enclosed air, or None if there is no lung's worth of air.
+
+    Air regions are sized by their part wider than THIN_AIR_MM in-plane, so a thin gap (under a
+    blanket, between a mattress and the skin) does not outweigh a lung however long it is. The lungs:
+    the largest region (≥ LUNG_MIN_ML; one spanning every slice only if nothing else is ≥ 20 % its
+    size) and every region of ≥ 20 % its size lying mostly within its slices (the other lung); bowel
+    gas below the chest is left out even beside a single lung.
+    """
+    air_labels, n_air = ndimage.label(enclosed)
+    if not n_air:
+        return None
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    sizes = np.bincount(air_labels[_opened_in_plane(enclosed, spacing_mm, THIN_AIR_MM)], minlength=n_air + 1)
+    sizes[0] = 0
+    zs = [slice(0, 0)] + [sl[2] for sl in ndimage.find_objects(air_labels)]
+    # Air running the scan's whole length is a gap along the body (under a blanket, beside a mattress)
+    # rather than a lung, when a lung-sized region that does not is present.
+    whole = np.array([z.start == 0 and z.stop == enclosed.shape[2] for z in zs])
+    rival = (sizes >= 0.2 * sizes.max()) & ~whole
+    big = int(np.argmax(np.where(rival, sizes, 0) if rival.any() else sizes))
+    if sizes[big] * voxel_ml <= LUNG_MIN_ML:
+        return None
+    keep = [zs[i] for i in np.flatnonzero(sizes >= 0.2 * sizes[big]) if (whole[big] or not whole[i])
+            and min(zs[i].stop, zs[big].stop) - max(zs[i].start, zs[big].start) >= 0.5 * (zs[i].stop - zs[i].start)]
+    return min(z.start for z in keep), max(z.stop for z in keep) - 1
 
 
 def _block_mean(hu: np.ndarray, affine: np.ndarray, k: list[int]) -> tuple[np.ndarray, np.ndarray]:
