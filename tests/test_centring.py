@@ -62,6 +62,18 @@ def test_air_under_a_blanket_along_the_whole_scan_is_not_a_lung():
     assert abs(c[2] - LUNG_Z) < SP[2]
 
 
+def test_an_arm_beside_the_pelvis_does_not_move_the_chest_cube():
+    hu = thorax()
+    x, y, z = _xyz()
+    hu[(((x - 230) / 45) ** 2 + (y / 45) ** 2 <= 1) & (z < -50)] = 30.0  # the right arm down, beside the pelvis
+    hu[(np.abs(x - 180) < 40) & (np.abs(y) < 30) & (z < -50) & (z > -70)] = 30.0  # its hand on the hip
+    assert body_center(ct(hu))[0] > 15.0  # the whole body's box: the arm pulls the cube right
+    notes = []
+    c = body_center(ct(hu), notes=notes, fov_mm=360.0)  # only the slices a 360 mm cube sees count
+    assert abs(c[0]) < SP[0] and abs(c[2] - LUNG_Z) < SP[2]
+    assert len(notes) == 1 and "beyond the cube's slices" in notes[0]
+
+
 def test_lungs_cut_by_a_small_field_of_view_are_still_found():
     x, y, z = _xyz()
     hu = np.full((N, N, N), -1000.0, np.float32)

@@ -97,7 +97,7 @@ def render_case(ct, settings: dict, data_cfg: DataConfig, projector) -> tuple[di
 
     sizes, window = settings["sizes"], tuple(settings["hu_window"])
     notes: list[str] = []
-    centre = body_center(ct, settings["body_threshold_hu"], notes)
+    centre = body_center(ct, settings["body_threshold_hu"], notes, fov_mm=settings["fov_mm"])
     li, hu = render_xrays(ct, data_cfg, sizes[-1], settings["views"], centre, projector)
     unit = hu_to_unit(torch.from_numpy(hu), window).numpy()  # (n, n, n) in [-1, 1]
     arrays = {f"ct_{s}": resize_cube(unit, s).astype(np.float32) for s in sizes}

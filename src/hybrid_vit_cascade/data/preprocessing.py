@@ -21,17 +21,21 @@ THIN_MM = 40.0  # in-plane: a table top, board or blanket touching the body is t
 ATTACHED_MM = 10.0  # an attachment widening the body's box by more than this is cut off before centring
 THIN_AIR_MM = 20.0  # enclosed air thinner than this in-plane is a gap (blanket, mattress), not lung, when sizing
 CUT_LUNG_HU = (-960.0, -500.0)  # aerated lung (emphysema included) is denser than the air around a body (≈ -1000)
+OUTSIDE_SHIFT_MM = 15.0  # more than our phantoms' abdomens ever move it (≤ 8 mm): a body unlike them
 LUNG_MIN_ML = 100.0  # enclosed air of at least one lung's worth: less is bowel gas, an airway or nothing
 
 
-def body_center(ct: CTVolume, threshold_hu: float = BODY_THRESHOLD_HU, notes: list[str] | None = None) -> np.ndarray:
+def body_center(ct: CTVolume, threshold_hu: float = BODY_THRESHOLD_HU, notes: list[str] | None = None,
+                fov_mm: float | None = None) -> np.ndarray:
     """World (RAS+, mm) point the cube is centred on: body box centre in-plane, lungs' centre in z.
 
     The body is the largest connected region above `threshold_hu` (the table and stray objects are
     smaller and disconnected; one touching the body is cut off, `_without_thin_attachments`). Along z
     the cube is centred on the lungs (air enclosed by the body in each axial slice, `_lung_z`), so a
-    chest–abdomen scan still yields a chest cube; without lungs, on the body. `notes` (if given)
-    collects a one-line note for each such fallback.
+    chest–abdomen scan still yields a chest cube; without lungs, on the body. With `fov_mm` (the cube's
+    edge), when the body beyond the slices the cube sees (a wider abdomen or pelvis, an arm) moves the
+    in-plane box centre by more than OUTSIDE_SHIFT_MM, the box is the body's in those slices only.
+    `notes` (if given) collects a one-line note for each fallback.
     """
     notes = [] if notes is None else notes
     # Work on a ~4 mm subsampled grid: enough to locate the body, and fast for 512² × 300 scans.
@@ -45,14 +49,10 @@ def body_center(ct: CTVolume, threshold_hu: float = BODY_THRESHOLD_HU, notes: li
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     body = labels == int(np.argmax(sizes))
-    lo, hi = _box(body)
     sub_mm = np.array(ct.spacing) * step
-    core_lo, core_hi = _box(_without_thin_attachments(body, sub_mm))
-    widened = float(np.max(np.r_[core_lo - lo, hi - core_hi][[0, 1, 3, 4]] * np.r_[sub_mm[:2], sub_mm[:2]]))
-    if widened > ATTACHED_MM:
-        lo[:2], hi[:2] = core_lo[:2], core_hi[:2]
-        notes.append(f"something thin (a table, board or blanket?) touches the body and widens it by {widened:.0f} mm "
-                     "in-plane: the cube is centred on the body without it")
+    core = _without_thin_attachments(body, sub_mm)
+    lo, hi = _box(body)
+    lo[:2], hi[:2] = _in_plane_box(body, core, sub_mm, notes)
     # Enclosed air per axial slice: fill holes with in-plane connectivity only.
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
@@ -71,6 +71,16 @@ def body_center(ct: CTVolume, threshold_hu: float = BODY_THRESHOLD_HU, notes: li
                      "is centred on the body's extent along z")
     else:
         lo[2], hi[2] = lung_z
+    if fov_mm is not None:  # the body in the slices the cube sees, if the rest would move the cube a lot
+        half = fov_mm / 2.0 / sub_mm[2]
+        seen = slice(max(0, int(np.ceil((lo[2] + hi[2]) / 2 - half))), int(np.floor((lo[2] + hi[2]) / 2 + half)) + 1)
+        if body[:, :, seen].any():
+            w_lo, w_hi = _in_plane_box(body[:, :, seen], core[:, :, seen], sub_mm, [])
+            shift = float(np.max(np.abs(w_lo + w_hi - lo[:2] - hi[:2]) / 2.0 * sub_mm[:2]))
+            if shift > OUTSIDE_SHIFT_MM:
+                lo[:2], hi[:2] = w_lo, w_hi
+                notes.append(f"the body beyond the cube's slices (a wider abdomen, an arm?) would move the cube {shift:.0f} "
+                             "mm in-plane: it is centred on the body in its own slices")
     centre_idx = (lo + hi) / 2.0 * step
     return ct.affine[:3, :3] @ centre_idx + ct.affine[:3, 3]
 
@@ -79,6 +89,20 @@ def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first, last) index of a non-empty mask along each axis, as floats."""
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     return np.array([i[0] for i in idx], dtype=float), np.array([i[-1] for i in idx], dtype=float)
+
+
+def _in_plane_box(body: np.ndarray, core: np.ndarray, sub_mm: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) first and last index of the body, or of its core if an attachment widens the body's box (noted)."""
+    lo, hi = _box(body)
+    if not core.any():
+        return lo[:2], hi[:2]
+    core_lo, core_hi = _box(core)
+    widened = float(np.max(np.r_[core_lo[:2] - lo[:2], hi[:2] - core_hi[:2]] * np.r_[sub_mm[:2], sub_mm[:2]]))
+    if widened <= ATTACHED_MM:
+        return lo[:2], hi[:2]
+    notes.append(f"something thin (a table, board or blanket?) touches the body and widens it by {widened:.0f} mm "
+                 "in-plane: the cube is centred on the body without it")
+    return core_lo[:2], core_hi[:2]
 
 
 def _opened_in_plane(mask: np.ndarray, spacing_mm: np.ndarray, width_mm: float) -> np.ndarray:
@@ -147,7 +171,7 @@ def canonicalize(ct: CTVolume, fov_mm: float, size: int, center_mm: np.ndarray |
     """Resample a CT onto a size³ RAS+ cube of edge fov_mm centred on the body; HU float32, −1024 outside."""
     if size <= 0 or fov_mm <= 0:
         raise ValueError(f"size and fov_mm must be positive, got size={size}, fov_mm={fov_mm}")
-    centre = body_center(ct) if center_mm is None else np.asarray(center_mm, dtype=float)
+    centre = body_center(ct, fov_mm=fov_mm) if center_mm is None else np.asarray(center_mm, dtype=float)
     out_sp = fov_mm / size  # mm, isotropic
     hu = np.maximum(ct.hu, AIR_HU).astype(np.float32, copy=False)
     affine = ct.affine
