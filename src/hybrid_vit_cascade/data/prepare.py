@@ -26,7 +26,7 @@ from .io import CTReadError, read_ct
 from .preprocessing import BODY_THRESHOLD_HU, body_center, resize_cube
 from .render import render_settings, render_xrays
 
-PREP_VERSION = 2  # bump when the preparation itself changes: every case is then redone
+PREP_VERSION = 3  # bump when the preparation itself changes: every case is then redone (3: body_center fallbacks)
 LI_MAX_FACTOR = 1.5  # li_max = mu_water * fov_mm * 1.5: a water cylinder across the whole FOV, plus headroom
 
 
