@@ -62,6 +62,15 @@ def test_air_under_a_blanket_along_the_whole_scan_is_not_a_lung():
     assert abs(c[2] - LUNG_Z) < SP[2]
 
 
+def test_a_lung_in_every_slice_of_a_scan_cropped_to_the_lungs_still_counts():
+    hu = thorax()
+    x, y, z = _xyz()
+    hu[((x + 65) / 50) ** 2 + ((y + 5) / 70) ** 2 <= 1] = -850.0  # the left lung reaches both ends of the scan
+    notes = []
+    c = body_center(ct(hu), notes=notes)  # both lungs: the whole z range (the right lung alone: 40–230 mm)
+    assert abs(c[2] - 0.0) < SP[2] and notes == []
+
+
 def test_an_arm_beside_the_pelvis_does_not_move_the_chest_cube():
     hu = thorax()
     x, y, z = _xyz()

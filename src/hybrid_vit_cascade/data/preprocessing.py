@@ -50,19 +50,22 @@ def body_center(ct: CTVolume, threshold_hu: float = BODY_THRESHOLD_HU, notes: li
     sizes[0] = 0
     body = labels == int(np.argmax(sizes))
     sub_mm = np.array(ct.spacing) * step
-    core = _without_thin_attachments(body, sub_mm)
-    lo, hi = _box(body)
-    lo[:2], hi[:2] = _in_plane_box(body, core, sub_mm, notes)
     # Enclosed air per axial slice: fill holes with in-plane connectivity only.
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
-    enclosed = ndimage.binary_fill_holes(body, structure=in_plane) & ~body & (hu < -400.0)
-    lung_z = _lung_z(enclosed, sub_mm)
+    filled = ndimage.binary_fill_holes(body, structure=in_plane)
+    # Attachments are looked for on the filled body: the chest wall beside a lung (10–30 mm of
+    # tissue around the air) is thin too, and would otherwise be cut off like a table.
+    core = _without_thin_attachments(filled, sub_mm)
+    lo, hi = _box(body)
+    lo[:2], hi[:2] = _in_plane_box(body, core, sub_mm, notes)
+    enclosed = filled & ~body & (hu < -400.0)
+    lung_z = _lung_z(enclosed, sub_mm, hu)
     if lung_z is None:  # lungs cut by a small field of view are open to the border: find them by density
         smooth = ndimage.uniform_filter(hu.astype(np.float32), size=(3, 3, 1))  # outside air's noise averaged
         in_box = np.zeros_like(body)  # within the body's in-plane box: a mattress below it is no lung
         in_box[int(lo[0]) : int(hi[0]) + 1, int(lo[1]) : int(hi[1]) + 1] = True
-        lung_z = _lung_z((smooth > CUT_LUNG_HU[0]) & (smooth < CUT_LUNG_HU[1]) & ~body & in_box, sub_mm)
+        lung_z = _lung_z((smooth > CUT_LUNG_HU[0]) & (smooth < CUT_LUNG_HU[1]) & ~body & in_box, sub_mm, hu)
         if lung_z is not None:
             notes.append("no lung's worth of air enclosed by the body in-plane (lungs cut by the field of view?): the "
                          f"cube is centred along z on the lung-dense ({CUT_LUNG_HU[0]:g} to {CUT_LUNG_HU[1]:g} HU) air")
@@ -126,14 +129,15 @@ def _without_thin_attachments(body: np.ndarray, spacing_mm: np.ndarray) -> np.nd
     return labels == int(np.argmax(sizes))
 
 
-def _lung_z(enclosed: np.ndarray, spacing_mm: np.ndarray) -> tuple[int, int] | None:
+def _lung_z(enclosed: np.ndarray, spacing_mm: np.ndarray, hu: np.ndarray) -> tuple[int, int] | None:
     """(first, last) slice of the lungs in the enclosed air, or None if there is no lung's worth of air.
 
     Air regions are sized by their part wider than THIN_AIR_MM in-plane, so a thin gap (under a
     blanket, between a mattress and the skin) does not outweigh a lung however long it is. The lungs:
-    the largest region (≥ LUNG_MIN_ML; one spanning every slice only if nothing else is ≥ 20 % its
-    size) and every region of ≥ 20 % its size lying mostly within its slices (the other lung); bowel
-    gas below the chest is left out even beside a single lung.
+    the largest region (≥ LUNG_MIN_ML; one of air as thin as outside the body — median below
+    CUT_LUNG_HU[0] — spanning every slice only if nothing else is ≥ 20 % its size) and every region
+    of ≥ 20 % its size lying mostly within its slices (the other lung); bowel gas below the chest is
+    left out even beside a single lung.
     """
     air_labels, n_air = ndimage.label(enclosed)
     if not n_air:
@@ -143,8 +147,12 @@ def _lung_z(enclosed: np.ndarray, spacing_mm: np.ndarray) -> tuple[int, int] | N
     sizes[0] = 0
     zs = [slice(0, 0)] + [sl[2] for sl in ndimage.find_objects(air_labels)]
     # Air running the scan's whole length is a gap along the body (under a blanket, beside a mattress)
-    # rather than a lung, when a lung-sized region that does not is present.
-    whole = np.array([z.start == 0 and z.stop == enclosed.shape[2] for z in zs])
+    # rather than a lung, when a lung-sized region that does not is present — unless it is lung-dense:
+    # a scan cropped to the lungs has a lung in every slice (a 29-slice phantom's right lung moved the
+    # cube 6 mm when it was dropped as a gap).
+    medians = np.r_[0.0, ndimage.median(hu, air_labels, np.arange(1, n_air + 1))]
+    whole = np.array([z.start == 0 and z.stop == enclosed.shape[2] and m < CUT_LUNG_HU[0]
+                      for z, m in zip(zs, medians)])
     rival = (sizes >= 0.2 * sizes.max()) & ~whole
     big = int(np.argmax(np.where(rival, sizes, 0) if rival.any() else sizes))
     if sizes[big] * voxel_ml <= LUNG_MIN_ML:
