@@ -5,9 +5,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from hybrid_vit_cascade.data.dicom_series import find_dicom_series
 from hybrid_vit_cascade.data.io import (
-    CTReadError, file_stem, find_dicom_series, has_dicom_preamble, read_ct, sidecar_path, write_dicom_series,
-    write_nifti,
+    CTReadError, file_stem, has_dicom_preamble, read_ct, sidecar_path, write_dicom_series, write_nifti,
 )
 from hybrid_vit_cascade.data.phantoms import make_phantom, phantom_affine, reorient
 

@@ -51,16 +51,6 @@ class CTVolume:
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
-def __getattr__(name: str):
-    """`find_dicom_series` and `read_dicom_series` (now in dicom_series.py) are still importable from here."""
-    # Not a top-level import: dicom_series.py imports CTReadError and CTVolume from this module.
-    if name in ("find_dicom_series", "read_dicom_series"):
-        from . import dicom_series
-
-        return getattr(dicom_series, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def ct_kind(path: str | os.PathLike) -> str | None:
     """'nifti', 'itk', 'dicom' (a folder or .dcm file) or None for a path that is not a CT input."""
     p = Path(path)
@@ -104,7 +94,7 @@ def read_ct(path: str | os.PathLike, files: list[Path] | None = None) -> CTVolum
     elif kind == "itk":
         vol = _read_itk(p)
     elif kind == "dicom":
-        from .dicom_series import read_dicom_series
+        from .dicom_series import read_dicom_series  # here, not at the top: it imports CTVolume from this module
 
         vol = read_dicom_series(p if p.is_dir() else p.parent, files=files)
     else:
