@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hybrid_vit_cascade.data.xray_stats import body_mask, match_to_quantiles
+from hybrid_vit_cascade.data.xray_stats import body_mask, in_body_quantiles, match_to_quantiles
 
-QUANTILES = 101  # knots of the LUT, as the reader's training statistics
 MIN_BODY_PIXELS = 16  # a view whose body mask is smaller is left as it is
 MIN_SPREAD = 1e-3  # in-body DRR range (model units) below which the estimate has no tone to give
 FIRST_PASS_SAMPLES = 4  # chains of the first reconstruction (fewer if the final one draws fewer)
@@ -51,7 +50,7 @@ def relevel_to_estimate(rec, xray: Tensor, views: Optional[Sequence[str]] = None
             if mask.sum() < MIN_BODY_PIXELS:
                 notes.append(f"{view}: body too small to re-level ({int(mask.sum())} px); left as read")
                 continue
-            target = np.quantile(drr[b, v][mask], np.linspace(0.0, 1.0, QUANTILES))
+            target = in_body_quantiles(drr[b, v][mask])  # the LUT's knots, as the reader's training statistics
             if target[-1] - target[0] < MIN_SPREAD:  # an estimate without contrast there: nothing to level to
                 notes.append(f"{view}: the first reconstruction's DRR is flat in the body; left as read")
                 continue
