@@ -90,8 +90,8 @@ def body_center(ct: CTVolume, threshold_hu: float = BODY_THRESHOLD_HU, notes: li
 
 def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first, last) index of a non-empty mask along each axis, as floats."""
-    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    return np.array([i[0] for i in idx], dtype=float), np.array([i[-1] for i in idx], dtype=float)
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return np.array([s.start for s in box], dtype=float), np.array([s.stop - 1 for s in box], dtype=float)
 
 
 def _in_plane_box(body: np.ndarray, core: np.ndarray, sub_mm: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
