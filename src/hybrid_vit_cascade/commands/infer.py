@@ -105,19 +105,17 @@ def run(args: argparse.Namespace) -> int:
               "not line integrals (--guidance-scale overrides)")
     if settings.samples > 1 and not rec.is_diffusion:
         print("note: a regression checkpoint is deterministic; all samples are identical (std = 0)")
+    sampling = dict(steps=settings.steps, sampler=settings.sampler, samples=settings.samples,
+                    stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=settings.guidance_scale,
+                    batch_size=args.batch_size, log=lambda s: print("  " + s))
     relevel = []
     if display and FILM_RELEVEL and not args.no_film_relevel:  # inference/film_relevel.py
         print("first pass: the films are re-levelled to this reconstruction's DRRs, then reconstructed again "
               "(--no-film-relevel: once, as read)")
-        xray, relevel = relevel_to_estimate(rec, xray, present, steps=settings.steps, sampler=settings.sampler,
-                                            samples=settings.samples, stop_at_stage=args.stop_at_stage,
-                                            seed=args.seed, guidance_scale=settings.guidance_scale,
-                                            batch_size=args.batch_size, log=lambda s: print("  " + s))
+        xray, relevel = relevel_to_estimate(rec, xray, present, **sampling)  # its first pass: at most 4 chains
         for n in relevel:
             print(f"  re-levelled {n}")
-    results = rec.reconstruct(xray, steps=settings.steps, sampler=settings.sampler, samples=settings.samples,
-                              stop_at_stage=args.stop_at_stage, seed=args.seed, guidance_scale=settings.guidance_scale,
-                              batch_size=args.batch_size, log=lambda s: print("  " + s), views=present)
+    results = rec.reconstruct(xray, views=present, **sampling)
     stem = Path(args.out).with_name(file_stem(args.out))  # siblings: <stem>_std.nii.gz, <stem>.png, ...
     written = []
     for res in results:
