@@ -177,8 +177,8 @@ def fit_coverage_scale(std, error, k: float = COVERAGE_K, target: float = GAUSS_
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(e == 0, 0.0, e / (k * s))
     # 2. The ⌈target·n⌉-th smallest score: the fewest voxels' intervals widened to reach the target.
-    n = r.size
-    q = float(np.partition(r, math.ceil(target * n) - 1)[math.ceil(target * n) - 1])
+    i = math.ceil(target * r.size) - 1
+    q = float(np.partition(r, i)[i])
     if not math.isfinite(q):
         raise ValueError(f"more than {100 * (1 - target):.2f} % of the voxels miss the truth with zero std: "
                          "no scale reaches the target coverage")

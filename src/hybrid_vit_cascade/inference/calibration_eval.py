@@ -87,9 +87,10 @@ def fit_on_val(rec, settings, seed: int, progress: bool = True,
 
     s is the split-conformal factor (calibration.fit_coverage_scale): mean ± 2·s·std holds the truth in
     95.45 % of the validation voxels. The NLL-optimal factor (calibration.fit_scale) is recorded beside
-    it: with heavy-tailed errors it is wider than the coverage needs. The validation split of the dataset the checkpoint was trained on (data_info.json), reconstructed
-    from every view with the evaluation's sampling settings and seed. None (with a logged note) when
-    that split is missing, empty or K = 1. Returns the scale and where it came from.
+    it: with heavy-tailed errors it is wider than the coverage needs. The validation split of the dataset
+    the checkpoint was trained on (data_info.json), reconstructed from every view with the evaluation's
+    sampling settings and seed. None (with a logged note) when that split is missing, empty or K = 1.
+    Returns the scale and where it came from.
     """
     from hybrid_vit_cascade.progress import progress_bar
 
