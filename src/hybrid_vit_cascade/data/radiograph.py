@@ -33,13 +33,12 @@ the body, resamples it onto the model's detector and maps the intensities.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
-from hybrid_vit_cascade.data.radiograph_values import XrayReadError, film_values, padded_border, read_dicom
+from hybrid_vit_cascade.data.radiograph_values import XrayReadError, as_values, film_values, padded_border, read_dicom
 
 
 # Source–detector distance (mm) when the header has none: erect PA and lateral chest films are taken
@@ -87,9 +86,8 @@ class Radiograph:
 
 def _pair(ds, key: str, path: str, info: dict) -> Optional[tuple[float, float]]:
     """(row, column) spacing in `key`, mm; None if absent. One value is read as isotropic, with a warning."""
-    v = ds.get(key)
-    values = list(v) if isinstance(v, SequenceABC) and not isinstance(v, (str, bytes)) else [v]
-    if v is None or not any(str(s).strip() for s in values):  # absent, or present but empty
+    values = as_values(ds.get(key))
+    if not any(str(s).strip() for s in values):  # absent, or present but empty
         return None
     try:
         nums = [float(s) for s in values]
@@ -141,9 +139,8 @@ def _header_view(ds, path: str) -> tuple[Optional[str], Optional[str]]:
 
 
 def _orientation(ds, path: str) -> Optional[tuple[str, str]]:
-    po = ds.get("PatientOrientation")
-    po = [po] if isinstance(po, str) else po
-    if po is None or not any(str(p).strip() for p in po):  # absent, or present but empty ('' or '\\')
+    po = as_values(ds.get("PatientOrientation"))
+    if not any(str(p).strip() for p in po):  # absent, or present but empty ('' or '\\')
         return None
     parts = [str(p).strip().upper() for p in po]
     if len(parts) != 2 or not all(p and set(p) <= set(_AXIS) for p in parts):
@@ -228,8 +225,7 @@ def _shutter(ds, shape: tuple[int, int], info: dict) -> np.ndarray:
     """Usable-area mask from a rectangular ShutterShape / CollimatorShape (DICOM edges: 1-based, inclusive)."""
     mask = np.ones(shape, dtype=bool)
     for kind in ("Shutter", "Collimator"):
-        shapes = ds.get(f"{kind}Shape") or []
-        shapes = [str(v).upper() for v in ([shapes] if isinstance(shapes, str) else shapes)]
+        shapes = [str(v).upper() for v in as_values(ds.get(f"{kind}Shape"))]
         edges = [ds.get(f"{kind}{e}") for e in ("UpperHorizontalEdge", "LowerHorizontalEdge",
                                                 "LeftVerticalEdge", "RightVerticalEdge")]
         if "RECTANGULAR" in shapes and all(e is not None for e in edges):

@@ -19,6 +19,13 @@ import numpy as np
 MIN_FILM_PIXELS = 8
 
 
+def as_values(v) -> list:
+    """A DICOM element's value as a list: a multi-valued one's items, a single value (text too) alone, [] if absent."""
+    if v is None:
+        return []
+    return list(v) if isinstance(v, SequenceABC) and not isinstance(v, (str, bytes)) else [v]
+
+
 class XrayReadError(ValueError):
     """An X-ray file could not be used; `path` and `reason` say which and why."""
 
@@ -128,8 +135,7 @@ def film_values(ds, path: str, info: dict) -> tuple[np.ndarray, Optional[np.ndar
             px = _lut(px, voi_lut, ds, "VOILUTSequence", path)
         elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
             # several windows (and the two counts may differ): the first of each, as pydicom applies them
-            c, w = ([v] if isinstance(v, (str, bytes)) or not isinstance(v, SequenceABC) else v
-                    for v in (ds.WindowCenter, ds.WindowWidth))
+            c, w = as_values(ds.WindowCenter), as_values(ds.WindowWidth)
             info["voi"] = {"window_center": float(c[0]), "window_width": float(w[0]),
                            "function": str(ds.get("VOILUTFunction", "LINEAR"))}
             # pydicom scales the window's output by the rescale slope: a negative slope would flip it
