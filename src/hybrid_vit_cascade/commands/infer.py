@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", nargs="+", choices=["ap", "pa", "lateral"],
                    help="view of each --xray file, in order (default: the views recorded in hvc PNGs, else the "
                         "checkpoint's views in its order); with --ct: the views to reconstruct from (default: all)")
-    p.add_argument("--out", required=True, help="output NIfTI (.nii.gz), HU; siblings get _std / _stage<k> suffixes")
+    p.add_argument("--out", required=True, help="output NIfTI (.nii.gz), HU; siblings get _std / _std_calibrated / _stage<k> suffixes")
     add_sampling_arguments(p)
     p.add_argument("--stop-at-stage", type=int, help="last stage to run (1-based; default: the last trained stage)")
     p.add_argument("--all-stages", action="store_true", help="also write the output of every stage")
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.inference.xray_io import load_xrays
     from hybrid_vit_cascade.metrics import volume_metrics
     from hybrid_vit_cascade.inference.film_relevel import relevel_to_estimate
+    from hybrid_vit_cascade.inference.calibration_eval import stored_scale
     from hybrid_vit_cascade.runtime.sampling import FILM_RELEVEL, resolve_sampling
 
     if not args.out.endswith((".nii", ".nii.gz")):
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  re-levelled {n}")
     results = rec.reconstruct(xray, views=present, **sampling)
     stem = Path(args.out).with_name(file_stem(args.out))  # siblings: <stem>_std.nii.gz, <stem>.png, ...
-    written = []
+    written, std_scale = [], None
     for res in results:
         final = res is results[-1]
         if not (final or args.all_stages):
@@ -131,6 +132,16 @@ def run(args: argparse.Namespace) -> int:
             write_cube_nifti(sbase, rec.std_to_hu(res.std[0, 0]), rec.fov_mm, f"hvc {res.name} voxel std HU",
                              centre_mm=placement)
             written.append(sbase)
+        if final and res.std is not None and res.index == rec.stages_to_run(None):
+            fit, line = stored_scale(rec, settings, present, display)  # the fit holds for the last stage only
+            print(("uncertainty: " if fit else "note: ") + line)
+            if fit:
+                cbase = base.with_name(file_stem(base) + "_std_calibrated.nii.gz")
+                write_cube_nifti(cbase, fit["scale"] * rec.std_to_hu(res.std[0, 0]), rec.fov_mm,
+                                 f"hvc {res.name} std x {fit['scale']:.3f} (val-fitted) HU", centre_mm=placement)
+                written.append(cbase)
+                std_scale = {"scale": fit["scale"], "fitted_on": "val", "cases": fit.get("cases"),
+                             "file": cbase.name}
         scores = rec.drr_scores(res.mean, xray[None], present)[0]
         print(f"DRR consistency, stage {res.index} ({res.name}, {res.res}³): "
               + ", ".join(f"{v} {s:.2f} dB" for v, s in zip(present, scores))
@@ -177,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             "placement_mm": [round(float(v), 1) for v in placement],
             "frame": "RAS+ mm; origin: the films' central ray at the isocentre; the volume is the field the crops show"}
         written.append(write_json_atomic(sidecar_path(args.out), {"inputs": inputs, "sampling": asdict(settings),
-                                                                  "relevel": relevel, **frame}))
+                                                                  "relevel": relevel, "std_scale": std_scale, **frame}))
     for w in written:
         print(f"wrote {w}")
     return 0

@@ -26,6 +26,7 @@ METRICS = ("spearman_std_abs_error", "spearman_gaussian_reference", "coverage_2s
 SCALED = ("coverage_2sigma", "nll", "crps_hu")
 FIT_MAX_VOXELS = 1 << 18  # per validation case: a strided subset beyond this bounds memory at 128³+
 PLOT_NAME = "calibration.png"
+SAMPLING_KEYS = ("steps", "sampler", "samples", "guidance_scale", "eta")  # what a fitted scale depends on
 
 
 def _hu_samples(rec, result, truth: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +140,11 @@ def fit_on_val(rec, settings, seed: int, progress: bool = True,
     if out_of_range:
         log(f"note: the fitted std scale {s:.3g} is outside {C.SCALE_RANGE}: the samples' spread is far off the errors")
     zero = np.zeros_like(err)
+    # What the scale holds for (stored_scale checks a later run against it): weights, views, sampling.
+    applies_to = {"weights": rec.weights_id(), "which": rec.which, "ema": rec.ema, "views": list(rec.views),
+                  "sampling": {k: getattr(settings, k) for k in SAMPLING_KEYS}}
     return {"scale": s, "out_of_range": out_of_range, "fitted_on": "val", "dataset": str(root), "split": "val", "cases": n, "case_ids": ids,
+            "applies_to": applies_to,
             "method": "coverage", "scale_nll": s_nll,
             "coverage_val_raw": C.coverage(zero, std, err), "coverage_val_scaled": C.coverage(zero, s * std, err),
             "coverage_val_at_scale_nll": C.coverage(zero, s_nll * std, err),
@@ -153,6 +158,46 @@ def make_tracker(rec, settings, seed: int, calibrate: bool, std_scale: Optional[
         return CalibrationTracker(rec, std_scale)
     fit = fit_on_val(rec, settings, seed, progress=progress, log=log)
     return CalibrationTracker(rec, fit["scale"] if fit else None, fit)
+
+
+def save_fit(rec, fit: Optional[dict[str, Any]], log: Callable[[str], None] = print) -> None:
+    """Keep a validation fit beside the checkpoint's weights (std_scale.json) for `hvc infer`; warn if unwritable."""
+    from hybrid_vit_cascade.runtime.checkpoint import write_std_scale
+
+    if not fit or fit.get("fitted_on") != "val":
+        return
+    try:
+        path = write_std_scale(rec.checkpoint_dir, fit)
+    except OSError as err:
+        log(f"warning: the std scale was not saved beside the checkpoint ({err}); `hvc infer` writes raw std maps")
+        return
+    log(f"std scale × {fit['scale']:.3f} saved to {path} (`hvc infer` writes std × s where the same sampling holds)")
+
+
+def stored_scale(rec, settings, views: list[str], display: bool) -> tuple[Optional[dict[str, Any]], str]:
+    """The checkpoint's saved std scale if it holds for this run (same weights, every view, same sampling,
+    line-integral X-rays), else None; and one line saying which and why."""
+    from hybrid_vit_cascade.runtime.checkpoint import read_std_scale
+
+    fit = read_std_scale(rec.checkpoint_dir)
+    if fit is None:
+        return None, "no std scale saved with the checkpoint (`hvc evaluate --calibrate` fits one on val)"
+    a = fit.get("applies_to") or {}
+    run = {k: getattr(settings, k) for k in SAMPLING_KEYS}
+    differs = [f"{k} {v} (fitted with {a.get('sampling', {}).get(k)})" for k, v in run.items()
+               if a.get("sampling", {}).get(k) != v]
+    if display:
+        why = "the X-rays are films / display images: the scale was fitted on line integrals"
+    elif a.get("weights") != rec.weights_id() or a.get("which") != rec.which or a.get("ema") != rec.ema:
+        why = "the weights differ from those it was fitted with (retrained, --which or --no-ema)"
+    elif sorted(views) != sorted(a.get("views") or []):
+        why = f"it was fitted from views {'+'.join(a.get('views') or [])}, this run has {'+'.join(views)}"
+    elif differs:
+        why = "this run samples with " + ", ".join(differs)
+    else:
+        return fit, (f"std × {fit['scale']:.3f}: the split-conformal scale fitted on the validation split "
+                     f"({fit.get('cases')} case(s)) by `hvc evaluate --calibrate`")
+    return None, f"the saved std scale × {fit['scale']:.3f} does not apply: {why}"
 
 
 def _pct(s: Optional[dict]) -> str:

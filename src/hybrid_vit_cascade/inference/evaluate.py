@@ -225,6 +225,7 @@ def evaluate(
     film_sampling = dict(steps=settings.steps, sampler=settings.sampler, samples=samples, guidance_scale=film_guidance,
                          baseline_steps=steps, relevel=film_relevel)
     cal = calibration_eval.make_tracker(rec, settings, seed, calibrate, std_scale, progress, log)  # val-only fit
+    calibration_eval.save_fit(rec, cal.fit, log)  # beside the weights, for `hvc infer`
     per_case: list[dict[str, Any]] = []
     rows_cases: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     row_views: dict[tuple[str, str, int], tuple[str, list[str]]] = {}  # row key -> (method, views)

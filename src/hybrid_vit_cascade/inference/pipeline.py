@@ -29,7 +29,7 @@ from hybrid_vit_cascade.diffusion.losses import predicted_xray
 from hybrid_vit_cascade.geometry.physics import unit_to_hu
 from hybrid_vit_cascade.geometry.projector import Projector
 from hybrid_vit_cascade.metrics import drr_psnr
-from hybrid_vit_cascade.runtime.checkpoint import load_cascade
+from hybrid_vit_cascade.runtime.checkpoint import load_cascade, weights_hash
 from hybrid_vit_cascade.runtime.conditioning import make_condition, stage_model_fn
 from hybrid_vit_cascade.runtime.objective import Objective
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
@@ -76,6 +76,7 @@ class Reconstructor:
     def __init__(self, checkpoint_dir: str | os.PathLike, which: str = "best", ema: bool = True,
                  device: Optional[str] = None):
         self.checkpoint_dir = str(checkpoint_dir)
+        self.which, self.ema = which, ema  # the snapshot and weights loaded (a fitted std scale records them)
         self.cfg, self.cascade, self.data_info = load_cascade(checkpoint_dir, which=which, ema=ema)
         self.cascade.to("cpu").eval()
         self.device = pick_device(device)
@@ -97,6 +98,11 @@ class Reconstructor:
     @property
     def is_diffusion(self) -> bool:
         return self.objective.is_diffusion
+
+    def weights_id(self) -> str:
+        """Hash of the trained stages' loaded weights: what a fitted std scale belongs to."""
+        sd = {f"{k}.{n}": t for k in self.trained_stages for n, t in self.cascade.stages[k - 1].state_dict().items()}
+        return weights_hash(sd)
 
     def spacing_mm(self, res: int) -> float:
         """Voxel edge (mm) of a stage cube with `res` voxels across the field of view."""

@@ -1,7 +1,8 @@
 """Checkpoint layout (DESIGN.md "Checkpoints"): atomic snapshots of one stage, and `load_cascade`.
 
 CHECKPOINT_DIR/config.json, data_info.json, stage<k>_<name>/{last,best}/{model,ema}.safetensors,
-state.pt (optimizer, scheduler, RNG, position), meta.json. A snapshot is written into a temp
+state.pt (optimizer, scheduler, RNG, position), meta.json; std_scale.json once `hvc evaluate --calibrate`
+has fitted the uncertainty's scale on the validation split (`hvc infer` applies it where it holds). A snapshot is written into a temp
 directory and renamed into place, so a crash never leaves a half-written `last` or `best`.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 CONFIG_FILE = "config.json"
 DATA_INFO_FILE = "data_info.json"
+STD_SCALE_FILE = "std_scale.json"
 
 
 class CheckpointError(RuntimeError):
@@ -210,6 +212,27 @@ def read_data_info(checkpoint_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{f} is unreadable or lacks xray_scale.li_max / render_size ({err!r}); "
                               "it was written by another version — retrain or re-create it") from None
     return info
+
+
+def write_std_scale(checkpoint_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Save a validation-fitted std scale (inference/calibration_eval.fit_on_val's record) beside the weights."""
+    return write_json_atomic(Path(checkpoint_dir) / STD_SCALE_FILE, record)
+
+
+def read_std_scale(checkpoint_dir: str | Path) -> dict[str, Any] | None:
+    """CHECKPOINT_DIR/std_scale.json, None if there is none; one without a finite scale > 0 is a CheckpointError."""
+    f = Path(checkpoint_dir) / STD_SCALE_FILE
+    if not f.is_file():
+        return None
+    try:
+        record = json.loads(f.read_text())
+        scale = float(record["scale"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{f} is unreadable or has no scale ({err!r}); delete it or re-run "
+                              "`hvc evaluate --calibrate`") from None
+    if not np.isfinite(scale) or scale <= 0:
+        raise CheckpointError(f"{f}: the std scale must be a finite number > 0, got {scale}")
+    return record
 
 
 def read_config(checkpoint_dir: str | Path) -> Config:

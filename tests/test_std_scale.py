@@ -1,0 +1,101 @@
+"""The val-fitted std scale kept beside a checkpoint (std_scale.json) and applied by `hvc infer` where it holds."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from hybrid_vit_cascade.cli import main as hvc
+from hybrid_vit_cascade.inference.calibration_eval import SAMPLING_KEYS, save_fit, stored_scale
+from hybrid_vit_cascade.inference.pipeline import Reconstructor
+from hybrid_vit_cascade.runtime.checkpoint import STD_SCALE_FILE, CheckpointError, read_std_scale
+from hybrid_vit_cascade.runtime.sampling import resolve_sampling
+
+from test_inference import LI_MAX, _xray, make_checkpoint
+
+DIFFUSION = {"samples": 2, "guidance_scale": 1.0}
+
+
+def _fit(rec, scale: float = 1.5, **sampling) -> dict:
+    """A fit record as calibration_eval.fit_on_val writes it, for this checkpoint's weights."""
+    s = resolve_sampling(rec.cfg)
+    sampling = {**{k: getattr(s, k) for k in SAMPLING_KEYS}, **sampling}
+    return {"scale": scale, "fitted_on": "val", "cases": 3,
+            "applies_to": {"weights": rec.weights_id(), "which": rec.which, "ema": rec.ema,
+                           "views": list(rec.views), "sampling": sampling}}
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory):
+    return Reconstructor(make_checkpoint(tmp_path_factory.mktemp("ck"), diffusion=DIFFUSION))
+
+
+def test_a_checkpoint_without_a_scale_reads_none(rec, tmp_path):
+    assert read_std_scale(tmp_path) is None
+    fit, line = stored_scale(rec, resolve_sampling(rec.cfg), list(rec.views), display=False)
+    assert fit is None and "hvc evaluate --calibrate" in line
+
+
+def test_a_corrupt_scale_file_is_named(tmp_path):
+    (tmp_path / STD_SCALE_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"std_scale\.json is unreadable"):
+        read_std_scale(tmp_path)
+
+
+def test_a_non_positive_scale_is_refused(tmp_path):
+    (tmp_path / STD_SCALE_FILE).write_text(json.dumps({"scale": 0}))
+    with pytest.raises(CheckpointError, match=r"finite number > 0, got 0"):
+        read_std_scale(tmp_path)
+
+
+def test_the_saved_scale_applies_only_where_it_was_fitted(rec, tmp_path):
+    save_fit(rec, _fit(rec), log=lambda s: None)
+    run = resolve_sampling(rec.cfg)
+    fit, line = stored_scale(rec, run, ["ap", "lateral"], display=False)
+    assert fit["scale"] == 1.5 and "std × 1.500" in line
+    assert stored_scale(rec, resolve_sampling(rec.cfg, samples=4), list(rec.views), False)[1].endswith(
+        "samples 4 (fitted with 2)")
+    assert "fitted from views ap+lateral, this run has ap" in stored_scale(rec, run, ["ap"], False)[1]
+    assert "films / display images" in stored_scale(rec, run, list(rec.views), True)[1]
+    save_fit(rec, {**_fit(rec), "applies_to": {**_fit(rec)["applies_to"], "weights": "0" * 16}}, log=lambda s: None)
+    assert "weights differ" in stored_scale(rec, run, list(rec.views), False)[1]
+
+
+def test_an_unwritable_checkpoint_keeps_its_fit_unsaved_with_a_warning(rec, tmp_path, monkeypatch):
+    import hybrid_vit_cascade.runtime.checkpoint as ck
+
+    def refuse(*a, **k):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(ck, "write_std_scale", refuse)
+    said = []
+    save_fit(rec, _fit(rec), log=said.append)
+    assert said and said[0].startswith("warning: the std scale was not saved") and "read-only" in said[0]
+
+
+def test_infer_writes_the_scaled_std_map_beside_the_raw_one(tmp_path, capsys):
+    ck = make_checkpoint(tmp_path / "ck", diffusion=DIFFUSION)
+    rec = Reconstructor(ck)
+    save_fit(rec, _fit(rec, scale=1.75), log=lambda s: None)
+    li = (_xray().numpy() + 1) / 2 * LI_MAX
+    np.save(tmp_path / "ap.npy", li[0])
+    np.save(tmp_path / "lat.npy", li[1])
+    out = tmp_path / "ct.nii.gz"
+    rc = hvc(["infer", "--checkpoint", str(ck), "--xray", str(tmp_path / "ap.npy"), str(tmp_path / "lat.npy"),
+              "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "uncertainty: std × 1.750" in text
+    raw = np.asarray(nib.load(str(tmp_path / "ct_std.nii.gz")).dataobj)
+    cal = np.asarray(nib.load(str(tmp_path / "ct_std_calibrated.nii.gz")).dataobj)
+    assert raw.max() > 0
+    np.testing.assert_allclose(cal, 1.75 * raw, rtol=1e-5, atol=1e-4)
+    assert json.loads((tmp_path / "ct.json").read_text())["std_scale"]["scale"] == 1.75
+    # Another K: the scale does not hold, only the raw map is written, and the run says why.
+    rc = hvc(["infer", "--checkpoint", str(ck), "--xray", str(tmp_path / "ap.npy"), str(tmp_path / "lat.npy"),
+              "--out", str(tmp_path / "k3.nii.gz"), "--samples", "3"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "does not apply: this run samples with samples 3 (fitted with 2)" in text
+    assert (tmp_path / "k3_std.nii.gz").is_file() and not (tmp_path / "k3_std_calibrated.nii.gz").exists()
