@@ -153,8 +153,8 @@ def test_zero_spread_fraction():
     assert C.case_calibration(samples, np.zeros(4))["zero_std_fraction"] == 0.5
 
 
-def test_val_scale_applies_to_every_view_rows_only():
-    """s is fitted from every view: a view subset's row is not scaled by it (nor labelled as if it were)."""
+def test_val_scale_is_reported_on_subset_and_film_rows_too():
+    """s is fitted from every view; the subset and film rows get it too (as hvc infer applies it), the every-view row leads."""
     import torch
 
     from hybrid_vit_cascade.inference import calibration_eval
@@ -171,10 +171,13 @@ def test_val_scale_applies_to_every_view_rows_only():
     res = StageResult(2, "high", 4, torch.rand(1, 3, 1, 4, 4, 4, generator=g) * 0.2 - 0.1)
     tracker = calibration_eval.CalibrationTracker(Rec(), scale=2.0)
     case: dict = {}
-    for key in ("cascade/stage2_high [ap]", "cascade/stage2_high"):
+    keys = ("cascade/stage2_high [ap]", "cascade/stage2_high [clinical film, placed]", "cascade/stage2_high")
+    for key in keys:
         tracker.add(case, res, torch.zeros(1, 4, 4, 4), key)
-    assert case["calibration"]["cascade/stage2_high"]["scaled"]["scale"] == 2.0
-    assert "scaled" not in case["calibration"]["cascade/stage2_high [ap]"]
+    assert all(case["calibration"][k]["scaled"]["scale"] == 2.0 for k in keys)
     cal = tracker.summary()
-    assert "scaled" in cal["by_method"]["cascade/stage2_high"] and "scaled" not in cal["by_method"]["cascade/stage2_high [ap]"]
+    assert all("scaled" in cal["by_method"][k] for k in keys)
+    line = calibration_eval.console_line(cal)
+    assert "\n  cascade/stage2_high [ap]: Spearman" in line and "[clinical film, placed]: Spearman" in line
+    assert "% with the same s" in line
     assert calibration_eval.console_line(cal).startswith("calibration (cascade/stage2_high, K=3")

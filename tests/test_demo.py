@@ -76,11 +76,11 @@ def test_demo_passes_samples_to_infer_and_evaluate(tmp_path, capsys):
                  "--max-steps", "2", "--steps", "2", "--samples", "2"])
     assert code == 0, capsys.readouterr().err
     assert list((out / "recon").glob("*_std.nii.gz"))  # infer ran K = 2 chains
-    # evaluate --calibrate ran first and saved its val-fitted scale: the biplanar infer scales its std map
-    # with it (same K and steps); the AP-only one does not (fitted from both views)
+    # evaluate --calibrate ran first and saved its val-fitted scale: both infers (same K and steps) scale
+    # their final std map with it, the AP-only one with the caveat that it was fitted from both views
     assert (out / "checkpoints" / "cascade" / "std_scale.json").is_file()
-    calibrated = [p.name for p in (out / "recon").glob("*_std_calibrated.nii.gz")]
-    assert len(calibrated) == 1 and "_ap_" not in calibrated[0], calibrated
+    calibrated = sorted(p.name for p in (out / "recon").glob("*_std_calibrated.nii.gz"))
+    assert len(calibrated) == 2 and "_ap_std_calibrated" in calibrated[0], calibrated
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["info"]["samples per case"] == 2
     assert "regression" not in {row["method"] for row in metrics["summary"]}  # '' skips the baseline

@@ -57,8 +57,15 @@ def test_the_saved_scale_applies_only_where_it_was_fitted(rec, tmp_path):
     assert fit["scale"] == 1.5 and "std × 1.500" in line
     assert stored_scale(rec, resolve_sampling(rec.cfg, samples=4), list(rec.views), False)[1].endswith(
         "samples 4 (fitted with 2)")
-    assert "fitted from views ap+lateral, this run has ap" in stored_scale(rec, run, ["ap"], False)[1]
-    assert "films / display images" in stored_scale(rec, run, list(rec.views), True)[1]
+    # A subset of the views and films (sampled with the film default, no guidance) get it, with the caveat.
+    fit, line = stored_scale(rec, run, ["ap"], False)
+    assert fit["scale"] == 1.5 and "applied here from ap only" in line
+    film = resolve_sampling(rec.cfg, display_input=True)
+    fit, line = stored_scale(rec, film, list(rec.views), True)
+    assert fit["scale"] == 1.5 and "from films without DRR guidance" in line
+    # Another guidance on line integrals is another sampler: no scale.
+    line = stored_scale(rec, resolve_sampling(rec.cfg, guidance_scale=0.0), list(rec.views), False)[1]
+    assert line.endswith("guidance_scale 0.0 (fitted with 1.0)")
     save_fit(rec, {**_fit(rec), "applies_to": {**_fit(rec)["applies_to"], "weights": "0" * 16}}, log=lambda s: None)
     assert "weights differ" in stored_scale(rec, run, list(rec.views), False)[1]
 

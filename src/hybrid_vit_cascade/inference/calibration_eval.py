@@ -59,8 +59,9 @@ class CalibrationTracker:
         if result.samples.shape[1] < 2 or not self.rec.is_diffusion:  # regression: K identical samples
             return
         samples_hu, truth_hu = _hu_samples(self.rec, result, truth)
-        # s is fitted from every view: a view subset's rows ("… [ap]") stay unscaled rather than mislabelled
-        c = C.case_calibration(samples_hu, truth_hu, None if _is_subset(key) else self.scale)
+        # s is fitted on clean X-rays from every view; a view subset's rows ("… [ap]") and the films' rows
+        # get it too, as `hvc infer` applies it to them: those rows measure how far it carries
+        c = C.case_calibration(samples_hu, truth_hu, self.scale)
         case.setdefault("calibration", {})[key] = c
         self.cases.setdefault(key, []).append(c)
 
@@ -175,28 +176,41 @@ def save_fit(rec, fit: Optional[dict[str, Any]], log: Callable[[str], None] = pr
 
 
 def stored_scale(rec, settings, views: list[str], display: bool) -> tuple[Optional[dict[str, Any]], str]:
-    """The checkpoint's saved std scale if it holds for this run (same weights, every view, same sampling,
-    line-integral X-rays), else None; and one line saying which and why."""
+    """The checkpoint's saved std scale if it holds for this run, else None; and one line saying which and why.
+
+    It holds for the weights it was fitted with and the same chains (K, steps, sampler, η). It was fitted
+    on clean X-rays from every view with the config's guidance; a subset of the views, and films (sampled
+    without guidance, the film default), get it with a caveat: on the demo's films and single AP films it
+    carried (INFERENCE.md "Uncertainty"), and the evaluation's report measures it on every run. Another
+    guidance on line integrals does not get it.
+    """
     from hybrid_vit_cascade.runtime.checkpoint import read_std_scale
+    from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 
     fit = read_std_scale(rec.checkpoint_dir)
     if fit is None:
         return None, "no std scale saved with the checkpoint (`hvc evaluate --calibrate` fits one on val)"
     a = fit.get("applies_to") or {}
-    run = {k: getattr(settings, k) for k in SAMPLING_KEYS}
-    differs = [f"{k} {v} (fitted with {a.get('sampling', {}).get(k)})" for k, v in run.items()
-               if a.get("sampling", {}).get(k) != v]
-    if display:
-        why = "the X-rays are films / display images: the scale was fitted on line integrals"
-    elif a.get("weights") != rec.weights_id() or a.get("which") != rec.which or a.get("ema") != rec.ema:
+    fitted = a.get("sampling") or {}
+    film_default = display and settings.guidance_scale == resolve_sampling(rec.cfg, display_input=True).guidance_scale
+    differs = [f"{k} {getattr(settings, k)} (fitted with {fitted.get(k)})" for k in SAMPLING_KEYS
+               if fitted.get(k) != getattr(settings, k) and not (k == "guidance_scale" and film_default)]
+    if a.get("weights") != rec.weights_id() or a.get("which") != rec.which or a.get("ema") != rec.ema:
         why = "the weights differ from those it was fitted with (retrained, --which or --no-ema)"
-    elif sorted(views) != sorted(a.get("views") or []):
-        why = f"it was fitted from views {'+'.join(a.get('views') or [])}, this run has {'+'.join(views)}"
     elif differs:
         why = "this run samples with " + ", ".join(differs)
     else:
-        return fit, (f"std × {fit['scale']:.3f}: the split-conformal scale fitted on the validation split "
-                     f"({fit.get('cases')} case(s)) by `hvc evaluate --calibrate`")
+        caveat = []
+        if sorted(views) != sorted(a.get("views") or []):
+            caveat.append(f"from {'+'.join(views)} only")
+        if display:
+            caveat.append("from films without DRR guidance")
+        line = (f"std × {fit['scale']:.3f}: the split-conformal scale fitted on the validation split "
+                f"({fit.get('cases')} case(s)) by `hvc evaluate --calibrate`")
+        if caveat:
+            line += (f"; fitted on clean X-rays from {'+'.join(a.get('views') or [])}, applied here "
+                     + " and ".join(caveat) + " (the evaluation report measures how it carries)")
+        return fit, line
     return None, f"the saved std scale × {fit['scale']:.3f} does not apply: {why}"
 
 
@@ -287,7 +301,9 @@ def section(cal: Optional[dict[str, Any]], out_dir: Path) -> list[str]:
                   f"{fit['scale_nll']:.3f}, would cover {100 * fit['coverage_val_at_scale_nll']:.1f} %), "
                   "and applied unchanged here"
                   + (f" — outside {C.SCALE_RANGE}: the spread is far off the errors" if fit.get("out_of_range") else "")
-                  + ". Rows from a subset of the views stay unscaled (s is fitted from every view).", ""]
+                  + ". The rows from a subset of the views and from clinical films (sampled without DRR guidance) "
+                  "get the same s, fitted on clean X-rays from every view: they show how far it carries, as "
+                  "`hvc infer` applies it to such inputs too.", ""]
     elif fit:
         lines += [f"std × s rows: s = {fit['scale']:.3f}, given (fitted elsewhere, not on these cases).", ""]
     zero = ", ".join(f"{k} {100 * s['zero_std_fraction']['mean']:.1f} %" for k, s in cal["by_method"].items()
@@ -314,4 +330,9 @@ def console_line(cal: Optional[dict[str, Any]], prefix: str = "calibration") -> 
         line += (f"; std × {fit['scale']:.3f} ({_scale_origin(fit)}): coverage "
                  f"{100 * sc['coverage_2sigma']['mean']:.1f} %, NLL {sc['nll']['mean']:.3f}, "
                  f"CRPS {sc['crps_hu']['mean']:.1f} HU")
+    for other in keys[1:]:  # view subsets and films: how the same scale carries
+        o = cal["by_method"][other]
+        line += (f"\n  {other}: Spearman {o['spearman_std_abs_error']['mean']:.3f}, ±2σ coverage "
+                 f"{100 * o['coverage_2sigma']['mean']:.1f} %"
+                 + (f" → {100 * o['scaled']['coverage_2sigma']['mean']:.1f} % with the same s" if "scaled" in o else ""))
     return line

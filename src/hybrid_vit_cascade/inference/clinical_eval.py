@@ -90,11 +90,13 @@ def case_scene(rec, ds, index: int) -> CaseScene:
 
 def score_case(rec, reg, bp, scene: CaseScene, item: dict, x_clean: Tensor, sampling: dict[str, Any], seed: int,
                out_dir: Path, keep: bool, score: Callable[..., dict[str, float]],
-               fixed: Optional[dict[str, Any]] = None, views: Optional[list[str]] = None, tag: str = ""):
+               fixed: Optional[dict[str, Any]] = None, views: Optional[list[str]] = None, tag: str = "",
+               calibrate: Optional[Callable[..., None]] = None):
     """One case (its `scene`: case_scene) through its clinical films of `views` (None: every view): (per-case metrics keyed
     `<method key><tag>[TAG]`, summary-row metrics keyed (method + TAG + tag, stage, res), the case's
     clinical record). `tag` is the clean rows' view-subset label (" [ap]"), so each film key pairs with
-    the clean key it extends. `score` is evaluate's per-case scorer;
+    the clean key it extends. `score` is evaluate's per-case scorer; `calibrate(result, truth, key)` (if
+given) scores the calibration of the cascade's samples against the truth of the field the crops show;
     `sampling` the clean runs' arguments (`baseline_steps`: the regression baseline's), so each pair differs
     only in the input — and in the DRR guidance when the caller left it unset: a film gets the film default
 (runtime/sampling.py FILM_GUIDANCE_SCALE), as `hvc infer` gives it. Films are deleted after reading
@@ -129,6 +131,8 @@ unless `keep`."""
     placement = film_placement_mm(dict(zip(views, infos)), rec.cfg.data.geometry)
     placed_truth = {res: scene.truth_at(placement, res) for res in {r[4] for r in runs}}
     methods, rows = {}, {}
+    if calibrate is not None:
+        calibrate(last, placed_truth[last.res], runs[0][0] + tag + PLACED)
     for key, name, stage_name, vol, res, owner in runs:
         methods[key + tag + TAG] = rows[(name + TAG + tag, stage_name, res)] = score(
             owner, vol, item["ct"][res], li_film, views=views)

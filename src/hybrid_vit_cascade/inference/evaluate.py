@@ -274,7 +274,7 @@ def evaluate(
             film_methods, film_rows, record = clinical_eval.score_case(
                 rec, None if label in reg_skipped else reg, bp, scene, item, x_rec, film_sampling, seed, out_dir,
                 i < montage_cases, _case_metrics, None if film_pitch_mm is None else {"pitch_mm": film_pitch_mm},
-                vs, tag)
+                vs, tag, calibrate=lambda r, truth, key: cal.add(case, r, truth, key))
             if j == primary_films:
                 case["clinical"] = record
             else:  # the other film sets' records, by view label
