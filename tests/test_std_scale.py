@@ -82,7 +82,12 @@ def test_an_unwritable_checkpoint_keeps_its_fit_unsaved_with_a_warning(rec, tmp_
     assert said and said[0].startswith("warning: the std scale was not saved") and "read-only" in said[0]
 
 
-def test_infer_writes_the_scaled_std_map_beside_the_raw_one(tmp_path, capsys):
+def test_infer_writes_the_scaled_std_map_beside_the_raw_one(tmp_path, capsys, monkeypatch):
+    from hybrid_vit_cascade.inference import report
+
+    montages = []
+    real_montage = report.case_montage
+    monkeypatch.setattr(report, "case_montage", lambda *a, **k: montages.append((a, k)) or real_montage(*a, **k))
     ck = make_checkpoint(tmp_path / "ck", diffusion=DIFFUSION)
     rec = Reconstructor(ck)
     save_fit(rec, _fit(rec, scale=1.75), log=lambda s: None)
@@ -91,7 +96,7 @@ def test_infer_writes_the_scaled_std_map_beside_the_raw_one(tmp_path, capsys):
     np.save(tmp_path / "lat.npy", li[1])
     out = tmp_path / "ct.nii.gz"
     rc = hvc(["infer", "--checkpoint", str(ck), "--xray", str(tmp_path / "ap.npy"), str(tmp_path / "lat.npy"),
-              "--out", str(out)])
+              "--out", str(out), "--png"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "uncertainty: std × 1.750" in text
@@ -100,6 +105,9 @@ def test_infer_writes_the_scaled_std_map_beside_the_raw_one(tmp_path, capsys):
     assert raw.max() > 0
     np.testing.assert_allclose(cal, 1.75 * raw, rtol=1e-5, atol=1e-4)
     assert json.loads((tmp_path / "ct.json").read_text())["std_scale"]["scale"] == 1.75
+    (args, kw), = montages  # the slice montage shows the map a user should read, labelled as scaled
+    np.testing.assert_allclose(args[3], cal, rtol=1e-5, atol=1e-4)
+    assert kw["std_label"] == "std × 1.75 (val-fitted, HU)" and (tmp_path / "ct.png").is_file()
     # Another K: the scale does not hold, only the raw map is written, and the run says why.
     rc = hvc(["infer", "--checkpoint", str(ck), "--xray", str(tmp_path / "ap.npy"), str(tmp_path / "lat.npy"),
               "--out", str(tmp_path / "k3.nii.gz"), "--samples", "3"])

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                                  f"hvc {res.name} std x {fit['scale']:.3f} (val-fitted) HU", centre_mm=placement)
                 written.append(cbase)
                 std_scale = {"scale": fit["scale"], "fitted_on": "val", "cases": fit.get("cases"),
-                             "file": cbase.name}
+                             "file": cbase.name, "note": line}
         scores = rec.drr_scores(res.mean, xray[None], present)[0]
         print(f"DRR consistency, stage {res.index} ({res.name}, {res.res}³): "
               + ", ".join(f"{v} {s:.2f} dB" for v, s in zip(present, scores))
@@ -168,8 +168,11 @@ def run(args: argparse.Namespace) -> int:
 
             truth = resize_cube(reference_hu, last.res)
         std = rec.std_to_hu(last.std[0, 0]) if last.std is not None else None
+        label = "uncertainty: std (HU)"
+        if std is not None and std_scale is not None:  # the map a user should read: the calibrated one
+            std, label = std * std_scale["scale"], f"std × {std_scale['scale']:.2f} (val-fitted, HU)"
         written.append(report.case_montage(stem.with_name(stem.name + ".png"), truth, rec.to_hu(last.mean[0, 0]),
-                                           std, rec.window, title=f"{last.name} {last.res}³"))
+                                           std, rec.window, title=f"{last.name} {last.res}³", std_label=label))
         idx = rec.view_indices(present)
         with torch.no_grad():
             drr = rec.project(last.mean)[0].numpy()

@@ -45,7 +45,8 @@ ERROR_MAX_HU = 500.0  # top of the |error| colour scale: a few hundred HU alread
 
 
 def case_montage(path: str | os.PathLike, truth_hu: np.ndarray | None, pred_hu: np.ndarray,
-                 std_hu: np.ndarray | None, window: tuple[float, float], title: str = "") -> Path:
+                 std_hu: np.ndarray | None, window: tuple[float, float], title: str = "",
+                 std_label: str = "uncertainty: std (HU)") -> Path:
     """Axial/coronal/sagittal mid-slices of truth, prediction, |error| and uncertainty (HU)."""
     plt = _plt()
     rows: list[tuple[str, np.ndarray, dict]] = []
@@ -58,7 +59,7 @@ def case_montage(path: str | os.PathLike, truth_hu: np.ndarray | None, pred_hu: 
         err = np.abs(np.clip(pred_hu, lo, hi) - np.clip(truth_hu, lo, hi))
         rows.append(("|error| (HU)", err, dict(cmap="magma", vmin=0, vmax=ERROR_MAX_HU)))
     if std_hu is not None:
-        rows.append(("uncertainty: std (HU)", std_hu, dict(cmap="viridis", vmin=0,
+        rows.append((std_label, std_hu, dict(cmap="viridis", vmin=0,
                                                            vmax=max(float(np.percentile(std_hu, 99.5)), 1.0))))
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for r, (label, vol, kw) in enumerate(rows):
