@@ -32,8 +32,9 @@ def rec(tmp_path_factory):
     return Reconstructor(make_checkpoint(tmp_path_factory.mktemp("ck"), diffusion=DIFFUSION))
 
 
-def test_a_checkpoint_without_a_scale_reads_none(rec, tmp_path):
-    assert read_std_scale(tmp_path) is None
+def test_a_checkpoint_without_a_scale_reads_none(tmp_path):
+    rec = Reconstructor(make_checkpoint(tmp_path / "ck", diffusion=DIFFUSION))  # its own: the others write one
+    assert read_std_scale(rec.checkpoint_dir) is None
     fit, line = stored_scale(rec, resolve_sampling(rec.cfg), list(rec.views), display=False)
     assert fit is None and "hvc evaluate --calibrate" in line
 
@@ -42,6 +43,26 @@ def test_a_corrupt_scale_file_is_named(tmp_path):
     (tmp_path / STD_SCALE_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match=r"std_scale\.json is unreadable"):
         read_std_scale(tmp_path)
+
+
+def test_infer_survives_a_corrupt_scale_file_with_a_warning(tmp_path, capsys):
+    ck = make_checkpoint(tmp_path / "ck", diffusion=DIFFUSION)
+    (ck / STD_SCALE_FILE).write_text("{not json")
+    li = (_xray().numpy() + 1) / 2 * LI_MAX
+    np.save(tmp_path / "ap.npy", li[0])
+    np.save(tmp_path / "lat.npy", li[1])
+    rc = hvc(["infer", "--checkpoint", str(ck), "--xray", str(tmp_path / "ap.npy"), str(tmp_path / "lat.npy"),
+              "--out", str(tmp_path / "ct.nii.gz")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "warning: " in cap.err and "std_scale.json is unreadable" in cap.err
+    assert (tmp_path / "ct_std.nii.gz").is_file() and not (tmp_path / "ct_std_calibrated.nii.gz").exists()
+
+
+def test_an_out_of_range_fit_is_not_applied(rec):
+    save_fit(rec, {**_fit(rec, scale=100.0), "out_of_range": True}, log=lambda s: None)
+    fit, line = stored_scale(rec, resolve_sampling(rec.cfg), list(rec.views), False)
+    assert fit is None and "outside" in line and "says next to nothing" in line
 
 
 def test_a_non_positive_scale_is_refused(tmp_path):

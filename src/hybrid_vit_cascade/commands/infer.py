@@ -134,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
             written.append(sbase)
         if final and res.std is not None and res.index == rec.stages_to_run(None):
             fit, line = stored_scale(rec, settings, present, display)  # the fit holds for the last stage only
-            print(("uncertainty: " if fit else "note: ") + line)
+            if line.startswith("warning:"):
+                print(line, file=sys.stderr)
+            else:
+                print(("uncertainty: " if fit else "note: ") + line)
             if fit:
                 cbase = base.with_name(file_stem(base) + "_std_calibrated.nii.gz")
                 write_cube_nifti(cbase, fit["scale"] * rec.std_to_hu(res.std[0, 0]), rec.fov_mm,

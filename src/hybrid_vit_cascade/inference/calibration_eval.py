@@ -184,10 +184,13 @@ def stored_scale(rec, settings, views: list[str], display: bool) -> tuple[Option
     carried (INFERENCE.md "Uncertainty"), and the evaluation's report measures it on every run. Another
     guidance on line integrals does not get it.
     """
-    from hybrid_vit_cascade.runtime.checkpoint import read_std_scale
+    from hybrid_vit_cascade.runtime.checkpoint import CheckpointError, read_std_scale
     from hybrid_vit_cascade.runtime.sampling import resolve_sampling
 
-    fit = read_std_scale(rec.checkpoint_dir)
+    try:
+        fit = read_std_scale(rec.checkpoint_dir)
+    except CheckpointError as err:  # a bad auxiliary file must not cost the user the reconstruction
+        return None, f"warning: {err}; only the raw std map is written"
     if fit is None:
         return None, "no std scale saved with the checkpoint (`hvc evaluate --calibrate` fits one on val)"
     a = fit.get("applies_to") or {}
@@ -195,7 +198,9 @@ def stored_scale(rec, settings, views: list[str], display: bool) -> tuple[Option
     film_default = display and settings.guidance_scale == resolve_sampling(rec.cfg, display_input=True).guidance_scale
     differs = [f"{k} {getattr(settings, k)} (fitted with {fitted.get(k)})" for k in SAMPLING_KEYS
                if fitted.get(k) != getattr(settings, k) and not (k == "guidance_scale" and film_default)]
-    if a.get("weights") != rec.weights_id() or a.get("which") != rec.which or a.get("ema") != rec.ema:
+    if fit.get("out_of_range"):
+        why = f"it is outside {C.SCALE_RANGE}: the samples' spread says next to nothing about the errors"
+    elif a.get("weights") != rec.weights_id() or a.get("which") != rec.which or a.get("ema") != rec.ema:
         why = "the weights differ from those it was fitted with (retrained, --which or --no-ema)"
     elif differs:
         why = "this run samples with " + ", ".join(differs)
