@@ -1,6 +1,7 @@
 """The val-fitted std scale kept beside a checkpoint (std_scale.json) and applied by `hvc infer` where it holds."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from hybrid_vit_cascade.cli import main as hvc
-from hybrid_vit_cascade.inference.calibration_eval import SAMPLING_KEYS, save_fit, stored_scale
+from hybrid_vit_cascade.inference.calibration_eval import save_fit, stored_scale
 from hybrid_vit_cascade.inference.pipeline import Reconstructor
 from hybrid_vit_cascade.runtime.checkpoint import STD_SCALE_FILE, CheckpointError, read_std_scale
 from hybrid_vit_cascade.runtime.sampling import resolve_sampling
@@ -20,8 +21,7 @@ DIFFUSION = {"samples": 2, "guidance_scale": 1.0}
 
 def _fit(rec, scale: float = 1.5, **sampling) -> dict:
     """A fit record as calibration_eval.fit_on_val writes it, for this checkpoint's weights."""
-    s = resolve_sampling(rec.cfg)
-    sampling = {**{k: getattr(s, k) for k in SAMPLING_KEYS}, **sampling}
+    sampling = {**dataclasses.asdict(resolve_sampling(rec.cfg)), **sampling}
     return {"scale": scale, "fitted_on": "val", "cases": 3,
             "applies_to": {"weights": rec.weights_id(), "which": rec.which, "ema": rec.ema,
                            "views": list(rec.views), "sampling": sampling}}

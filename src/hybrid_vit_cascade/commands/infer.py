@@ -127,12 +127,13 @@ def run(args: argparse.Namespace) -> int:
         desc = f"hvc {res.name} {res.res}^3 mean of {res.samples.shape[1]} HU"
         write_cube_nifti(base, rec.to_hu(res.mean[0, 0]), rec.fov_mm, desc, rec.window, placement)
         written.append(base)
-        if res.std is not None:
+        std_hu = rec.std_to_hu(res.std[0, 0]) if res.std is not None else None
+        if std_hu is not None:
             sbase = base.with_name(file_stem(base) + "_std.nii.gz")
-            write_cube_nifti(sbase, rec.std_to_hu(res.std[0, 0]), rec.fov_mm, f"hvc {res.name} voxel std HU",
+            write_cube_nifti(sbase, std_hu, rec.fov_mm, f"hvc {res.name} voxel std HU",
                              centre_mm=placement)
             written.append(sbase)
-        if final and res.std is not None and res.index == rec.stages_to_run(None):
+        if final and std_hu is not None and res.index == rec.stages_to_run(None):
             fit, line = stored_scale(rec, settings, present, display)  # the fit holds for the last stage only
             if line.startswith("warning:"):
                 print(line, file=sys.stderr)
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 print(("uncertainty: " if fit else "note: ") + line)
             if fit:
                 cbase = base.with_name(file_stem(base) + "_std_calibrated.nii.gz")
-                write_cube_nifti(cbase, fit["scale"] * rec.std_to_hu(res.std[0, 0]), rec.fov_mm,
+                write_cube_nifti(cbase, fit["scale"] * std_hu, rec.fov_mm,
                                  f"hvc {res.name} std x {fit['scale']:.3f} (val-fitted) HU", centre_mm=placement)
                 written.append(cbase)
                 std_scale = {"scale": fit["scale"], "fitted_on": "val", "cases": fit.get("cases"),

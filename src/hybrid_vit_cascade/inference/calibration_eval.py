@@ -9,6 +9,7 @@ scaled numbers are reported beside the raw ones, labelled as such.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -26,7 +27,6 @@ METRICS = ("spearman_std_abs_error", "spearman_gaussian_reference", "coverage_2s
 SCALED = ("coverage_2sigma", "nll", "crps_hu")
 FIT_MAX_VOXELS = 1 << 18  # per validation case: a strided subset beyond this bounds memory at 128³+
 PLOT_NAME = "calibration.png"
-SAMPLING_KEYS = ("steps", "sampler", "samples", "guidance_scale", "eta")  # what a fitted scale depends on
 
 
 def _hu_samples(rec, result, truth: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +143,7 @@ def fit_on_val(rec, settings, seed: int, progress: bool = True,
     zero = np.zeros_like(err)
     # What the scale holds for (stored_scale checks a later run against it): weights, views, sampling.
     applies_to = {"weights": rec.weights_id(), "which": rec.which, "ema": rec.ema, "views": list(rec.views),
-                  "sampling": {k: getattr(settings, k) for k in SAMPLING_KEYS}}
+                  "sampling": dataclasses.asdict(settings)}  # runtime/sampling.SamplingSettings
     return {"scale": s, "out_of_range": out_of_range, "fitted_on": "val", "dataset": str(root), "split": "val", "cases": n, "case_ids": ids,
             "applies_to": applies_to,
             "method": "coverage", "scale_nll": s_nll,
@@ -196,8 +196,8 @@ def stored_scale(rec, settings, views: list[str], display: bool) -> tuple[Option
     a = fit.get("applies_to") or {}
     fitted = a.get("sampling") or {}
     film_default = display and settings.guidance_scale == resolve_sampling(rec.cfg, display_input=True).guidance_scale
-    differs = [f"{k} {getattr(settings, k)} (fitted with {fitted.get(k)})" for k in SAMPLING_KEYS
-               if fitted.get(k) != getattr(settings, k) and not (k == "guidance_scale" and film_default)]
+    differs = [f"{k} {v} (fitted with {fitted.get(k)})" for k, v in dataclasses.asdict(settings).items()
+               if fitted.get(k) != v and not (k == "guidance_scale" and film_default)]
     if fit.get("out_of_range"):
         why = f"it is outside {C.SCALE_RANGE}: the samples' spread says next to nothing about the errors"
     elif a.get("weights") != rec.weights_id() or a.get("which") != rec.which or a.get("ema") != rec.ema:

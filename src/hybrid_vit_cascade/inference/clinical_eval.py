@@ -96,7 +96,7 @@ def score_case(rec, reg, bp, scene: CaseScene, item: dict, x_clean: Tensor, samp
     `<method key><tag>[TAG]`, summary-row metrics keyed (method + TAG + tag, stage, res), the case's
     clinical record). `tag` is the clean rows' view-subset label (" [ap]"), so each film key pairs with
     the clean key it extends. `score` is evaluate's per-case scorer; `calibrate(result, truth, key)` (if
-given) scores the calibration of the cascade's samples against the truth of the field the crops show;
+    given) scores the calibration of the cascade's samples against the truth of the field the crops show;
     `sampling` the clean runs' arguments (`baseline_steps`: the regression baseline's), so each pair differs
     only in the input — and in the DRR guidance when the caller left it unset: a film gets the film default
 (runtime/sampling.py FILM_GUIDANCE_SCALE), as `hvc infer` gives it. Films are deleted after reading
