@@ -6,6 +6,7 @@ import json
 import pytest
 
 from _trainkit import tiny_dict, write_cfg
+from hybrid_vit_cascade import threads
 from hybrid_vit_cascade.cli import VERBS, main
 
 
@@ -65,6 +66,9 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
     assert {"back-projection", "regression"} <= gaps and any(m.startswith("cascade") for m in gaps), gaps
     assert "## Clean line integrals vs simulated clinical films" in md
     assert list((tmp_path / "cache" / "film_cache").glob("films_*/complete.json"))  # the training films, shared
+    if threads.share(2) * 2 <= threads.share(1):  # ≥ 2 CPUs: the baseline trained beside the cascade's stage 2
+        log = (out / "train_regression.log").read_text()
+        assert "done in" in log and "baseline:\nstage 1 (s16):" in printed, log
 
 
 def test_demo_passes_samples_to_infer_and_evaluate(tmp_path, capsys):

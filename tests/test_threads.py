@@ -1,4 +1,6 @@
 """The thread policy (threads.py): load reading from /proc text, the choice, its hysteresis, user overrides."""
+import os
+
 import pytest
 import torch
 
@@ -52,6 +54,29 @@ def test_fixed_counts_from_the_environment():
     assert threads.fixed_threads({"HVC_THREADS": "3"}) == 3
     assert threads.fixed_threads({"OMP_NUM_THREADS": "1"}) == 1
     assert threads.fixed_threads({"HVC_THREADS": "2", "OMP_NUM_THREADS": "1"}) == 2  # ours wins
+
+
+def test_side_by_side_jobs_split_the_threads(monkeypatch):
+    monkeypatch.setattr(threads, "cpu_set", lambda: [0, 1, 2, 3, 4])
+    assert threads.share(1, {}) == 5 and threads.share(2, {}) == 2  # the CPUs, split evenly
+    assert threads.share(2, {"HVC_THREADS": "8"}) == 4  # a user's fixed count is what is split
+    assert threads.share(8, {"HVC_THREADS": "3"}) == 1  # never below one
+
+
+def test_share_refuses_no_jobs():
+    with pytest.raises(ValueError, match="jobs must be ≥ 1, got 0"):
+        threads.share(0, {})
+
+
+def test_pinned_fixes_the_verbs_threads_and_restores_the_environment(monkeypatch):
+    monkeypatch.setenv("HVC_THREADS", "auto")
+    with threads.pinned(1):
+        assert threads.configure().fixed == 1  # what cli.main installs for a verb run inside the block
+    assert threads.fixed_threads() is None and threads.configure().fixed is None
+    monkeypatch.delenv("HVC_THREADS")
+    with threads.pinned(2):
+        assert threads.fixed_threads() == 2
+    assert "HVC_THREADS" not in os.environ
 
 
 def test_bad_thread_count_is_refused():

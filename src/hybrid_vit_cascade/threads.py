@@ -19,10 +19,11 @@ Off Linux (no /proc/stat), "auto" keeps torch's default.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 ENV = "HVC_THREADS"  # a positive integer fixes the thread count; "auto" (or unset) adapts
 CHECK_EVERY_S = 1.0  # seconds between load checks while adapting (two agreeing checks change the count)
@@ -59,6 +60,31 @@ def fixed_threads(environ: Optional[dict] = None) -> Optional[int]:
     if omp and not value:
         return _positive_int("OMP_NUM_THREADS", omp.split(",")[0])
     return None
+
+
+def share(jobs: int, environ: Optional[dict] = None) -> int:
+    """Threads for each of `jobs` processes run side by side: the user's fixed count, else this process's CPUs, split evenly (≥ 1)."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be ≥ 1, got {jobs}")
+    return max(1, (fixed_threads(environ) or len(cpu_set())) // jobs)
+
+
+@contextlib.contextmanager
+def pinned(n: int) -> Iterator[None]:
+    """Within the block, verbs run in this process (cli.main configures from the environment) use exactly n threads.
+
+    Why fixed, not "auto", beside a sibling job: the adaptive count would follow the sibling's load and
+    change when it ends, so the numbers of the run would depend on timing (1 and 2 threads sum in other orders).
+    """
+    old = os.environ.get(ENV)
+    os.environ[ENV] = str(_positive_int(ENV, str(n)))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = old
 
 
 def _read(path: str) -> Optional[str]:
