@@ -8,6 +8,7 @@ import pytest
 from _trainkit import tiny_dict, write_cfg
 from hybrid_vit_cascade import threads
 from hybrid_vit_cascade.cli import VERBS, main
+from hybrid_vit_cascade.commands import demo
 
 
 def test_help_lists_every_verb(capsys):
@@ -69,6 +70,14 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
     if threads.share(2) * 2 <= threads.share(1):  # ≥ 2 CPUs: the baseline trained beside the cascade's stage 2
         log = (out / "train_regression.log").read_text()
         assert "done in" in log and "baseline:\nstage 1 (s16):" in printed, log
+    # a second run in the same folder keeps the trained stages (it resumed; before, it stopped on a clash)
+    assert demo._resume(out / "checkpoints" / "cascade") == ["--resume_from", str(out / "checkpoints" / "cascade")]
+    demo._train_side_by_side(["train", "--config", str(cascade), "--checkpoint_dir", str(out / "checkpoints" / "cascade")],
+                             ["train", "--config", str(baseline), "--checkpoint_dir", str(out / "checkpoints" / "regression")],
+                             out / "checkpoints" / "cascade", out / "checkpoints" / "regression", tmp_path / "again.log", 1)
+    again = capsys.readouterr().out
+    assert "stage 1 is already complete" in again and "all 2 stages are already trained" in again, again
+    assert "all 2 stages are already trained" in (tmp_path / "again.log").read_text()
 
 
 def test_demo_passes_samples_to_infer_and_evaluate(tmp_path, capsys):

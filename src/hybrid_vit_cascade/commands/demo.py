@@ -46,7 +46,21 @@ def _hvc(argv: list[str]) -> None:
     print(f"[{argv[0]}: {time.perf_counter() - t0:.0f} s]", flush=True)
 
 
-def _train_side_by_side(train: list[str], baseline: list[str], ckpt: Path, log: Path, per_job: int) -> None:
+def _resume(ckpt: Path) -> list[str]:
+    """`--resume_from ckpt` when an earlier demo left checkpoints there: a re-run continues or skips trained stages."""
+    from hybrid_vit_cascade.runtime.checkpoint import CheckpointError
+    from hybrid_vit_cascade.training.progressive import find_resume_snapshot
+
+    if not ckpt.is_dir():
+        return []
+    try:
+        find_resume_snapshot(ckpt)
+    except CheckpointError:
+        return []
+    return ["--resume_from", str(ckpt)]
+
+
+def _train_side_by_side(train: list[str], baseline: list[str], ckpt: Path, base: Path, log: Path, per_job: int) -> None:
     """The cascade's first stage alone, then its later stages beside the baseline's training, `per_job` threads each.
 
     Why: a tiny model's step uses two threads at ~1.5× one thread's speed (tiny_cpu on 2 cores: 13.4 vs 8.9
@@ -54,8 +68,9 @@ def _train_side_by_side(train: list[str], baseline: list[str], ckpt: Path, log: 
     the other. Stage 1 goes first because it generates and prepares the phantoms and the training films both
     models use. The baseline's output goes to `log` (its summary is printed when it ends).
     """
-    _hvc([*train, "--stage", "1"])
+    _hvc([*train, *_resume(ckpt), "--stage", "1"])
     log.parent.mkdir(parents=True, exist_ok=True)
+    baseline = [*baseline, *_resume(base)]
     cmd = [sys.executable, "-m", "hybrid_vit_cascade.cli", *baseline]
     print(f"\n$ hvc {shlex.join(baseline)}  # alongside, {per_job} thread(s) each; output in {log}", flush=True)
     t0 = time.perf_counter()
@@ -107,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
     baseline = ["train", "--config", args.baseline_config, "--checkpoint_dir", str(base), *cap]
     per_job = threads.share(2)
     if args.baseline_config and per_job * 2 <= threads.share(1):
-        _train_side_by_side(train, baseline, ckpt, out / "train_regression.log", per_job)
+        _train_side_by_side(train, baseline, ckpt, base, out / "train_regression.log", per_job)
     else:
-        _hvc(train)
+        _hvc([*train, *_resume(ckpt)])
         if args.baseline_config:
-            _hvc(baseline)
+            _hvc([*baseline, *_resume(base)])
 
     info = read_data_info(ckpt)
     views = list(read_config(ckpt).data.views)
