@@ -67,7 +67,7 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
     assert {"back-projection", "regression"} <= gaps and any(m.startswith("cascade") for m in gaps), gaps
     assert "## Clean line integrals vs simulated clinical films" in md
     assert list((tmp_path / "cache" / "film_cache").glob("films_*/complete.json"))  # the training films, shared
-    if threads.share(2) * 2 <= threads.share(1):  # ≥ 2 CPUs: the baseline trained beside the cascade's stage 2
+    if threads.share(2) * 2 <= threads.share(1) and not demo._has_gpu():  # ≥ 2 CPUs: the baseline trained beside the cascade's stage 2
         log = (out / "train_regression.log").read_text()
         assert "done in" in log and "baseline:\nstage 1 (s16):" in printed, log
     # a second run in the same folder keeps the trained stages (it resumed; before, it stopped on a clash)
@@ -78,6 +78,11 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
     again = capsys.readouterr().out
     assert "stage 1 is already complete" in again and "all 2 stages are already trained" in again, again
     assert "all 2 stages are already trained" in (tmp_path / "again.log").read_text()
+    # a baseline that fails beside the cascade stops the demo, naming its log
+    with pytest.raises(SystemExit, match=r"`hvc train` \(baseline\) failed with exit code 2; see .*bad\.log"):
+        demo._train_side_by_side(["train", "--config", str(cascade), "--checkpoint_dir", str(out / "checkpoints" / "cascade")],
+                                 ["train", "--config", str(baseline), "--checkpoint_dir", str(tmp_path / "r2"), "--max-steps", "0"],
+                                 out / "checkpoints" / "cascade", tmp_path / "r2", tmp_path / "bad.log", 1)
 
 
 def test_demo_passes_samples_to_infer_and_evaluate(tmp_path, capsys):

@@ -46,6 +46,13 @@ def _hvc(argv: list[str]) -> None:
     print(f"[{argv[0]}: {time.perf_counter() - t0:.0f} s]", flush=True)
 
 
+def _has_gpu() -> bool:
+    """Would `hvc train --device auto` train on a GPU here?"""
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+
+
 def _resume(ckpt: Path) -> list[str]:
     """`--resume_from ckpt` when an earlier demo left checkpoints there: a re-run continues or skips trained stages."""
     from hybrid_vit_cascade.runtime.checkpoint import CheckpointError
@@ -121,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     train = ["train", "--config", args.config, "--checkpoint_dir", str(ckpt), *cap]
     baseline = ["train", "--config", args.baseline_config, "--checkpoint_dir", str(base), *cap]
     per_job = threads.share(2)
-    if args.baseline_config and per_job * 2 <= threads.share(1):
+    # side by side only on CPU cores: two trainings on one GPU would compete for its memory
+    if args.baseline_config and per_job * 2 <= threads.share(1) and not _has_gpu():
         _train_side_by_side(train, baseline, ckpt, base, out / "train_regression.log", per_job)
     else:
         _hvc([*train, *_resume(ckpt)])
