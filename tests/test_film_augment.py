@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -126,6 +127,22 @@ def test_display_inputs_default_to_the_film_guidance(tiny_dataset):  # noqa: F81
     assert resolve_sampling(cfg).guidance_scale == 1.0
     assert resolve_sampling(cfg, display_input=True).guidance_scale == FILM_GUIDANCE_SCALE
     assert resolve_sampling(cfg, guidance_scale=0.5, display_input=True).guidance_scale == 0.5  # explicit wins
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the film pool forks: Linux only")
+def test_a_pool_of_film_workers_makes_the_same_films(tiny_dataset, tmp_path, monkeypatch):  # noqa: F811
+    """One training process spreads its cases over forked workers; every film and crop is bit-identical."""
+    from hybrid_vit_cascade.training import film_cache
+
+    cfg = tiny_cfg(tiny_dataset, stages=(16,), film_augment=0.5, film_variants=1)
+    one, ds = _cache(cfg, tiny_dataset, tmp_path / "one")
+    monkeypatch.setattr(film_cache, "POOL_MIN_CASES", 2)
+    monkeypatch.setattr(film_cache.threads, "share", lambda jobs: 2)  # two workers even on a 1-CPU runner
+    pooled, _ = _cache(cfg, tiny_dataset, tmp_path / "pool")
+    assert pooled.complete and len(ds) >= 2
+    for c in ds.cases:
+        assert np.array_equal(one.load(c["case_id"]), pooled.load(c["case_id"]))
+        assert np.array_equal(one.load_crops(c["case_id"]), pooled.load_crops(c["case_id"]))
 
 
 def test_film_cache_splits_cases_over_ranks(tiny_dataset, tmp_path):  # noqa: F811
