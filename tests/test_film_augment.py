@@ -130,15 +130,18 @@ def test_display_inputs_default_to_the_film_guidance(tiny_dataset):  # noqa: F81
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the film pool forks: Linux only")
-def test_a_pool_of_film_workers_makes_the_same_films(tiny_dataset, tmp_path, monkeypatch):  # noqa: F811
+def test_a_pool_of_film_workers_makes_the_same_films(tiny_dataset, tmp_path, monkeypatch, capsys):  # noqa: F811
     """One training process spreads its cases over forked workers; every film and crop is bit-identical."""
+    from hybrid_vit_cascade import threads
     from hybrid_vit_cascade.training import film_cache
 
     cfg = tiny_cfg(tiny_dataset, stages=(16,), film_augment=0.5, film_variants=1)
     one, ds = _cache(cfg, tiny_dataset, tmp_path / "one")
     monkeypatch.setattr(film_cache, "POOL_MIN_CASES", 2)
-    monkeypatch.setattr(film_cache.threads, "share", lambda jobs: 2)  # two workers even on a 1-CPU runner
+    monkeypatch.setattr(threads, "share", lambda jobs: 2)  # two workers even on a 1-CPU runner
+    capsys.readouterr()
     pooled, _ = _cache(cfg, tiny_dataset, tmp_path / "pool")
+    assert "films (2 processes)" in capsys.readouterr().err  # the pool was used
     assert pooled.complete and len(ds) >= 2
     for c in ds.cases:
         assert np.array_equal(one.load(c["case_id"]), pooled.load(c["case_id"]))

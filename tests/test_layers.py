@@ -9,7 +9,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "src" / "hybrid_vit_cascade"
 # Layer of each top-level module or package; a module may import its own layer or any lower one.
 LAYERS = {
-    "files": 0, "config": 0, "slices": 0, "metrics": 0, "threads": 0, "progress": 0,
+    "files": 0, "config": 0, "slices": 0, "metrics": 0, "threads": 0, "parallel": 0, "progress": 0,
     "geometry": 1, "data": 2, "models": 3, "diffusion": 4, "runtime": 5,
     "training": 6, "inference": 6,
     "commands": 7, "cli": 8,

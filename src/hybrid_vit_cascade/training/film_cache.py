@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
-import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from hybrid_vit_cascade import threads
+from hybrid_vit_cascade import parallel
 from hybrid_vit_cascade.config import Config
 from hybrid_vit_cascade.data.clinical import VIEW_POSITION, sample_film_params
 from hybrid_vit_cascade.data.film_inputs import case_cube_hu, film_round_trip
@@ -49,10 +46,9 @@ from hybrid_vit_cascade.runtime.seeding import mix_seed
 from hybrid_vit_cascade.training.cond_cache import ConditionCache
 
 FILM_PITCH_MM = 2.0  # the films' pixel pitch at the isocentre, at most half a model pixel (film_pitch_mm)
-# Training films are made in a pool of processes when one training process has this many cases to film
-# (below it, one process is about as quick); each worker is a fork of the training process.
+# A lone training process makes its films in a pool of forked workers (parallel.py) from this many cases on
+# (below it, one process is about as quick).
 POOL_MIN_CASES = 12
-MAX_FILM_WORKERS = 8
 FILM_VERSION = 6  # bump when the film chain or the reader changes what a film becomes (6: crops stored)
 
 
@@ -104,14 +100,6 @@ def film_cache_key(cfg: Config, data_id: str, render_size: int, xray_stats: dict
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _one_thread() -> None:
-    """Film workers run one thread each: they share the CPUs with each other (and a forked child must not
-    enter the parent's OpenMP pool)."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _film_case(i: int, cfg: Config, ds, cache: FilmCache, field: ModelField, pitch: float, render_size: int,
                tmp: str) -> None:
     """Make, read back and store the training films of case i of `ds` (every variant, every view)."""
@@ -149,20 +137,12 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
     todo = [i for i in range(len(ds)) if i % world == rank and not (
         cache.path(ds.cases[i]["case_id"]).is_file() and cache.crops_path(ds.cases[i]["case_id"]).is_file())]
     # One training process (world 1) makes its films on every free CPU: a film is single-threaded numpy.
-    # Forked like torch's DataLoader workers (one thread each): a spawned worker would re-run a user's script.
-    pool_ok = world == 1 and len(todo) >= POOL_MIN_CASES and sys.platform == "linux"
-    workers = min(MAX_FILM_WORKERS, threads.share(1), len(todo)) if pool_ok else 1
+    workers = parallel.pool_workers(len(todo), POOL_MIN_CASES) if world == 1 else 1  # a film is single-threaded numpy
     with tempfile.TemporaryDirectory(prefix="hvc_films_") as tmp:
-        job = (cfg, ds, cache, field, pitch, render_size, tmp)
-        if workers <= 1:
-            for i in progress_bar(todo, "films", "case", progress):
-                _film_case(i, *job)
-        else:
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
-                done = as_completed([pool.submit(_film_case, i, *job) for i in todo])
-                for fut in progress_bar(done, f"films ({workers} processes)", "case", progress, total=len(todo)):
-                    fut.result()  # a worker's error surfaces here, naming the case
+        made = parallel.fork_map(lambda i: _film_case(i, cfg, ds, cache, field, pitch, render_size, tmp), todo, workers)
+        desc = "films" if workers == 1 else f"films ({workers} processes)"
+        for _ in progress_bar(made, desc, "case", progress, total=len(todo)):
+            pass
     cache.seal([c["case_id"] for c in ds.cases], {"films": tc.film_variants, "key": key, "cases": len(ds)},
                "film cache", rank, barrier)
     return cache
