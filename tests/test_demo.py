@@ -74,10 +74,14 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
     assert demo._resume(out / "checkpoints" / "cascade") == ["--resume_from", str(out / "checkpoints" / "cascade")]
     demo._train_side_by_side(["train", "--config", str(cascade), "--checkpoint_dir", str(out / "checkpoints" / "cascade")],
                              ["train", "--config", str(baseline), "--checkpoint_dir", str(out / "checkpoints" / "regression")],
-                             out / "checkpoints" / "cascade", out / "checkpoints" / "regression", tmp_path / "again.log", 1)
+                             out / "checkpoints" / "cascade", out / "checkpoints" / "regression",
+                             out / "train_regression.log", 1)
     again = capsys.readouterr().out
     assert "stage 1 is already complete" in again and "all 2 stages are already trained" in again, again
-    assert "all 2 stages are already trained" in (tmp_path / "again.log").read_text()
+    log = (out / "train_regression.log").read_text()  # appended: the first run's training log is kept
+    assert "all 2 stages are already trained" in log and (" steps in " in log) == (threads.share(2) * 2 <= threads.share(1))
+    # its summary is this run's part of the log only: nothing trained, no steps
+    assert "baseline:\ndone in" in again and " steps in " not in again.split("baseline:")[1], again
     # a baseline that fails beside the cascade stops the demo, naming its log
     with pytest.raises(SystemExit, match=r"`hvc train` \(baseline\) failed with exit code 2; see .*bad\.log"):
         demo._train_side_by_side(["train", "--config", str(cascade), "--checkpoint_dir", str(out / "checkpoints" / "cascade")],

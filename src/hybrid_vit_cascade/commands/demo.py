@@ -81,7 +81,8 @@ def _train_side_by_side(train: list[str], baseline: list[str], ckpt: Path, base:
     cmd = [sys.executable, "-m", "hybrid_vit_cascade.cli", *baseline]
     print(f"\n$ hvc {shlex.join(baseline)}  # alongside, {per_job} thread(s) each; output in {log}", flush=True)
     t0 = time.perf_counter()
-    with open(log, "w") as f:
+    start = log.stat().st_size if log.is_file() else 0  # a re-run appends: the first run's log is kept
+    with open(log, "a") as f:
         job = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, threads.ENV: str(per_job)})
     try:
         with threads.pinned(per_job):
@@ -91,7 +92,10 @@ def _train_side_by_side(train: list[str], baseline: list[str], ckpt: Path, base:
         job.wait()
         raise
     code = job.wait()
-    summary = [ln for ln in log.read_text().splitlines() if ln.startswith(("stage ", "done in")) and (
+    with open(log) as f:
+        f.seek(start)
+        text = f.read()
+    summary = [ln for ln in text.splitlines() if ln.startswith(("stage ", "done in")) and (
         " steps in " in ln or ln.startswith("done in"))]
     print("\n".join(["baseline:", *summary]) if summary else "baseline: (no summary in its log)")
     if code != 0:
