@@ -67,7 +67,7 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
     assert {"back-projection", "regression"} <= gaps and any(m.startswith("cascade") for m in gaps), gaps
     assert "## Clean line integrals vs simulated clinical films" in md
     assert list((tmp_path / "cache" / "film_cache").glob("films_*/complete.json"))  # the training films, shared
-    if threads.share(2) * 2 <= threads.share(1) and not demo._has_gpu():  # ≥ 2 CPUs: the baseline trained beside the cascade's stage 2
+    if demo.side_by_side_threads():  # ≥ 2 CPUs, no GPU: the baseline trained beside the cascade's stage 2
         log = (out / "train_regression.log").read_text()
         assert "done in" in log and "baseline:\nstage 1 (s16):" in printed, log
     # a second run in the same folder keeps the trained stages (it resumed; before, it stopped on a clash)
@@ -79,7 +79,7 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
     again = capsys.readouterr().out
     assert "stage 1 is already complete" in again and "all 2 stages are already trained" in again, again
     log = (out / "train_regression.log").read_text()  # appended: the first run's training log is kept
-    assert "all 2 stages are already trained" in log and (" steps in " in log) == (threads.share(2) * 2 <= threads.share(1))
+    assert "all 2 stages are already trained" in log and (" steps in " in log) == bool(demo.side_by_side_threads())
     # its summary is this run's part of the log only: nothing trained, no steps
     assert "baseline:\ndone in" in again and " steps in " not in again.split("baseline:")[1], again
     # a baseline that fails beside the cascade stops the demo, naming its log
@@ -106,6 +106,24 @@ def test_demo_passes_samples_to_infer_and_evaluate(tmp_path, capsys):
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["info"]["samples per case"] == 2
     assert "regression" not in {row["method"] for row in metrics["summary"]}  # '' skips the baseline
+
+
+def test_trainings_side_by_side_only_on_two_free_cpus_without_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("HVC_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(threads, "cpu_set", lambda: [0, 1, 2, 3])
+    assert demo.side_by_side_threads() == 2  # the CPUs split between the two trainings
+    monkeypatch.setattr(threads, "cpu_set", lambda: [0])
+    assert demo.side_by_side_threads() == 0  # one CPU: one after the other
+    monkeypatch.setattr(threads, "cpu_set", lambda: [0, 1])
+    monkeypatch.setenv("HVC_THREADS", "1")
+    assert demo.side_by_side_threads() == 0  # the user fixed one thread in all
+    monkeypatch.delenv("HVC_THREADS")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert demo.side_by_side_threads() == 0  # a GPU: two trainings would share its memory
 
 
 def test_demo_rejects_a_bad_config(tmp_path, capsys):

@@ -47,11 +47,14 @@ def _hvc(argv: list[str]) -> None:
     print(f"[{argv[0]}: {time.perf_counter() - t0:.0f} s]", flush=True)
 
 
-def _has_gpu() -> bool:
-    """Would `hvc train --device auto` train on a GPU here?"""
+def side_by_side_threads() -> int:
+    """Threads for each of the two trainings run side by side, 0 when they should run one after the other:
+    on a GPU (`--device auto` trains there; two trainings would compete for its memory) or one CPU."""
     import torch
 
-    return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    gpu = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    per_job = threads.share(2)
+    return per_job if per_job * 2 <= threads.share(1) and not gpu else 0
 
 
 def _resume(ckpt: Path) -> list[str]:
@@ -132,9 +135,8 @@ def run(args: argparse.Namespace) -> int:
     # 1–3. Train: the embedded phantoms are generated and prepared (with DRRs) on first use.
     train = ["train", "--config", args.config, "--checkpoint_dir", str(ckpt), *cap]
     baseline = ["train", "--config", args.baseline_config, "--checkpoint_dir", str(base), *cap]
-    per_job = threads.share(2)
-    # side by side only on CPU cores: two trainings on one GPU would compete for its memory
-    if args.baseline_config and per_job * 2 <= threads.share(1) and not _has_gpu():
+    per_job = side_by_side_threads()
+    if args.baseline_config and per_job:
         _train_side_by_side(train, baseline, ckpt, base, out / "train_regression.log", per_job)
     else:
         _hvc([*train, *_resume(ckpt)])

@@ -77,6 +77,10 @@ class FilmCache(ConditionCache):
             out += [(film_case_id(cid, f), torch.from_numpy(np.ascontiguousarray(x))) for f, x in enumerate(films)]
         return out
 
+    def has(self, case_id: str) -> bool:
+        """Are the case's films and crop centres both stored (an interrupted build made the crops first)?"""
+        return self.path(case_id).is_file() and self.crops_path(case_id).is_file()
+
     def load_crops(self, case_id: str) -> np.ndarray:
         p = self.crops_path(case_id)
         if not p.is_file():
@@ -134,10 +138,9 @@ def build_film_cache(cfg: Config, ds, cache_root: Path, data_id: str, render_siz
     pitch = film_pitch_mm(field)
     log(f"film augmentation: {tc.film_variants} simulated film(s) per view for {len(ds)} training cases "
         f"(p = {tc.film_augment:g})")
-    todo = [i for i in range(len(ds)) if i % world == rank and not (
-        cache.path(ds.cases[i]["case_id"]).is_file() and cache.crops_path(ds.cases[i]["case_id"]).is_file())]
-    # One training process (world 1) makes its films on every free CPU: a film is single-threaded numpy.
-    workers = parallel.pool_workers(len(todo), POOL_MIN_CASES) if world == 1 else 1  # a film is single-threaded numpy
+    todo = [i for i in range(len(ds)) if i % world == rank and not cache.has(ds.cases[i]["case_id"])]
+    # A lone training process (world 1) makes its films on every free CPU: a film is single-threaded numpy.
+    workers = parallel.pool_workers(len(todo), POOL_MIN_CASES) if world == 1 else 1
     with tempfile.TemporaryDirectory(prefix="hvc_films_") as tmp:
         made = parallel.fork_map(lambda i: _film_case(i, cfg, ds, cache, field, pitch, render_size, tmp), todo, workers)
         desc = "films" if workers == 1 else f"films ({workers} processes)"
