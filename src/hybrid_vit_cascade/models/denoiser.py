@@ -22,9 +22,20 @@ TIME_SCALE = 1000.0
 MAX_PERIOD = 10000.0  # longest sinusoid period, as in DiT / ADM
 FREQ_DIM = 256  # width of the sinusoidal time embedding before its MLP (DiT's default)
 MAX_NORM_GROUPS = 8
+# The 3D convolutions run channels-last (weights and activations): oneDNN's fast layout on CPU, where the
+# full-resolution conv heads are most of a small stage's step (BENCHMARKS.md: 10 % of the demo's 24³ step).
+CONV_LAYOUT = torch.channels_last_3d
 
 
 # ---------------------------------------------------------------------- convolution blocks
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d computed in CONV_LAYOUT; its weight stays contiguous, so a state dict saves as it is."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.contiguous(memory_format=CONV_LAYOUT)  # a few thousand numbers: copied per call
+        return self._conv_forward(x.contiguous(memory_format=CONV_LAYOUT), w, self.bias)
+
+
 def norm_groups(channels: int) -> int:
     """Largest group count ≤ MAX_NORM_GROUPS that divides `channels` (GroupNorm needs an exact split)."""
     for g in range(min(MAX_NORM_GROUPS, channels), 0, -1):
@@ -35,7 +46,7 @@ def norm_groups(channels: int) -> int:
 
 def conv_norm_act(in_ch: int, out_ch: int, dims: int, stride: int = 1) -> nn.Sequential:
     """3×3 conv → GroupNorm → SiLU."""
-    Conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    Conv = nn.Conv2d if dims == 2 else Conv3d
     return nn.Sequential(
         Conv(in_ch, out_ch, 3, stride=stride, padding=1), nn.GroupNorm(norm_groups(out_ch), out_ch), nn.SiLU()
     )
@@ -46,7 +57,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, dims: int):
         super().__init__()
-        Conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        Conv = nn.Conv2d if dims == 2 else Conv3d
         self.net = nn.Sequential(
             nn.GroupNorm(norm_groups(channels), channels),
             nn.SiLU(),
@@ -111,7 +122,7 @@ class PatchEmbed3D(nn.Module):
 
     def __init__(self, in_channels: int, hidden: int, patch: int):
         super().__init__()
-        self.proj = nn.Conv3d(in_channels, hidden, kernel_size=patch, stride=patch)
+        self.proj = Conv3d(in_channels, hidden, kernel_size=patch, stride=patch)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj(x)  # (B, hidden, D/p, H/p, W/p)
@@ -251,7 +262,7 @@ class HybridViT3D(nn.Module):
         self.refine = nn.Sequential(
             conv_norm_act(unpatch_channels + refine_channels + 1, refine_channels, dims=3),
             ResBlock(refine_channels, dims=3),
-            nn.Conv3d(refine_channels, 1, 3, padding=1),
+            Conv3d(refine_channels, 1, 3, padding=1),
         )
         self.initialize_weights()
 
@@ -290,8 +301,8 @@ class HybridViT3D(nn.Module):
         B, N, _ = x.shape
         p, g, C = self.patch_size, self.grid, self.unpatch_channels
         x = x.reshape(B, g, g, g, p, p, p, C)  # (B, gd, gh, gw, pd, ph, pw, C)
-        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, gd, pd, gh, ph, gw, pw)
-        return x.reshape(B, C, g * p, g * p, g * p)  # (B, C, D, H, W)
+        x = x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(B, g * p, g * p, g * p, C)  # (B, D, H, W, C)
+        return x.permute(0, 4, 1, 2, 3)  # (B, C, D, H, W), channels-last in memory (CONV_LAYOUT)
 
     def condition(self, t: Tensor, xray_pooled: Tensor, cond_noise: Optional[Tensor]) -> Tensor:
         """Conditioning vector c (B, hidden): time + pooled X-ray (+ conditioning noise level)."""
