@@ -65,6 +65,7 @@ def test_demo_end_to_end_on_tiny_configs(tmp_path, capsys):
     # the same cases from simulated clinical films: the paired gap of the cascade and both baselines
     gaps = {g["method"] for g in metrics["clinical"]["vs clean"]}
     assert {"back-projection", "regression"} <= gaps and any(m.startswith("cascade") for m in gaps), gaps
+    assert {"back-projection [ap]", "regression [ap]"} <= gaps, gaps  # and from one AP film alone
     assert "## Clean line integrals vs simulated clinical films" in md
     assert list((tmp_path / "cache" / "film_cache").glob("films_*/complete.json"))  # the training films, shared
     if demo.side_by_side_threads():  # ≥ 2 CPUs, no GPU: the baseline trained beside the cascade's stage 2

