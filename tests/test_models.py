@@ -6,7 +6,7 @@ import torch
 
 from hybrid_vit_cascade.config import GeometryConfig, StageConfig
 from hybrid_vit_cascade.models.denoiser import (
-    Attention, DiTBlock, PatchEmbed3D, modulate, sincos_pos_embed_3d, timestep_embedding,
+    Attention, Conv3d, DiTBlock, PatchEmbed3D, modulate, sincos_pos_embed_3d, timestep_embedding,
 )
 from hybrid_vit_cascade.models.stage import CascadeStage
 
@@ -84,6 +84,24 @@ def test_unpatchify_inverts_the_patch_embedding_token_order():
                 embed.proj.weight[n * C + ch, ch, i, j, k] = 1.0
     x = torch.randn(2, C, 16, 16, 16)
     torch.testing.assert_close(den.unpatchify(embed(x)), x)
+
+
+def test_channels_last_conv_is_a_layout_not_a_value():
+    """denoiser.Conv3d computes channels-last on CPU: the same output and gradients as nn.Conv3d, a contiguous weight."""
+    torch.manual_seed(0)
+    ours, ref = Conv3d(5, 7, 3, padding=1), torch.nn.Conv3d(5, 7, 3, padding=1)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 6, 6, 6, requires_grad=True)
+    y_ours, y_ref = ours(x), ref(x)
+    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-5)
+    assert y_ours.is_contiguous(memory_format=torch.channels_last_3d)
+    y_ours.square().sum().backward()
+    g_ours = (x.grad.clone(), ours.weight.grad)
+    x.grad = None
+    y_ref.square().sum().backward()
+    for a, b in zip(g_ours, (x.grad, ref.weight.grad)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert ours.weight.is_contiguous() and ours.weight.grad.is_contiguous()  # state dicts, optimizer states as before
 
 
 def test_positional_embedding_is_fixed_and_distinct():

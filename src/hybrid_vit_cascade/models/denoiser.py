@@ -22,18 +22,22 @@ TIME_SCALE = 1000.0
 MAX_PERIOD = 10000.0  # longest sinusoid period, as in DiT / ADM
 FREQ_DIM = 256  # width of the sinusoidal time embedding before its MLP (DiT's default)
 MAX_NORM_GROUPS = 8
-# The 3D convolutions run channels-last (weights and activations): oneDNN's fast layout on CPU, where the
-# full-resolution conv heads are most of a small stage's step (BENCHMARKS.md: 10 % of the demo's 24³ step).
-CONV_LAYOUT = torch.channels_last_3d
+# On CPU the 3D convolutions run channels-last (weights and activations): oneDNN's fast layout. The
+# full-resolution conv heads are most of a small stage's step (BENCHMARKS.md), and the demo's 24³ step
+# (batch 4) went from 253 to 226 ms on one thread, 162 to 131 ms on two; a 64³ quick_2stage step 15.0 → 12.7 s.
+# Elsewhere (cuDNN, MPS: not measured here) they keep the default layout.
+CPU_CONV_LAYOUT = torch.channels_last_3d
 
 
 # ---------------------------------------------------------------------- convolution blocks
 class Conv3d(nn.Conv3d):
-    """nn.Conv3d computed in CONV_LAYOUT; its weight stays contiguous, so a state dict saves as it is."""
+    """nn.Conv3d computed in CPU_CONV_LAYOUT on CPU; its weight stays contiguous, so a state dict saves as it is."""
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight.contiguous(memory_format=CONV_LAYOUT)  # a few thousand numbers: copied per call
-        return self._conv_forward(x.contiguous(memory_format=CONV_LAYOUT), w, self.bias)
+        if x.device.type != "cpu":
+            return super().forward(x.contiguous())  # unpatchify hands over a channels-last view
+        w = self.weight.contiguous(memory_format=CPU_CONV_LAYOUT)  # a few thousand numbers: copied per call
+        return self._conv_forward(x.contiguous(memory_format=CPU_CONV_LAYOUT), w, self.bias)
 
 
 def norm_groups(channels: int) -> int:
@@ -302,7 +306,7 @@ class HybridViT3D(nn.Module):
         p, g, C = self.patch_size, self.grid, self.unpatch_channels
         x = x.reshape(B, g, g, g, p, p, p, C)  # (B, gd, gh, gw, pd, ph, pw, C)
         x = x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(B, g * p, g * p, g * p, C)  # (B, D, H, W, C)
-        return x.permute(0, 4, 1, 2, 3)  # (B, C, D, H, W), channels-last in memory (CONV_LAYOUT)
+        return x.permute(0, 4, 1, 2, 3)  # (B, C, D, H, W), channels-last in memory (CPU_CONV_LAYOUT)
 
     def condition(self, t: Tensor, xray_pooled: Tensor, cond_noise: Optional[Tensor]) -> Tensor:
         """Conditioning vector c (B, hidden): time + pooled X-ray (+ conditioning noise level)."""
