@@ -57,7 +57,7 @@ def test_data_info_holds_the_render_size_not_the_config(trained):
 
     info = json.loads((trained["ckpt"] / "data_info.json").read_text())
     assert info["render_size"] == 32
-    assert set(info) == {"dataset", "xray_scale", "render_size", "settings_hash", "splits", "xray_stats"}
+    assert set(info) == {"dataset", "xray_scale", "render_size", "settings_hash", "splits", "seen", "xray_stats"}
 
 
 @pytest.mark.parametrize("change, expect", [
