@@ -99,8 +99,8 @@ def _train_side_by_side(train: list[str], baseline: list[str], ckpt: Path, base:
     with open(log) as f:
         f.seek(start)
         text = f.read()
-    summary = [ln for ln in text.splitlines() if ln.startswith(("stage ", "done in")) and (
-        " steps in " in ln or ln.startswith("done in"))]
+    summary = [ln for ln in text.splitlines()
+               if (ln.startswith("stage ") and " steps in " in ln) or ln.startswith("done in")]
     print("\n".join(["baseline:", *summary]) if summary else "baseline: (no summary in its log)")
     if code != 0:
         raise SystemExit(f"hvc demo: step `hvc train` (baseline) failed with exit code {code}; see {log}")

@@ -120,15 +120,21 @@ def discover_inputs(paths: list[str | os.PathLike]) -> tuple[list[CaseInput], li
 
 def source_sha256(case: CaseInput) -> str:
     """sha256 of the input bytes (for a DICOM series: of every file's name and bytes, in name order)."""
-    h = hashlib.sha256()
     if case.kind == "dicom":
+        h = hashlib.sha256()
         files = case.files or next((fs for folder, uid, fs in find_dicom_series(case.source)
                                     if folder == case.source and (case.series_uid is None or uid == case.series_uid)), [])
         for f in sorted(files):
             h.update(f.name.encode())
             h.update(f.read_bytes())
         return h.hexdigest()
-    with open(case.source, "rb") as fh:
+    return file_sha256(case.source)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of one file's bytes, read in blocks (a single-file case's `source_sha256`)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()

