@@ -22,18 +22,19 @@ HEADING = f"## Real anatomy: {NAME}"
 
 def _seen(checkpoint: Path) -> Optional[dict[str, set[str]]]:
     """The patient ids and source hashes a checkpoint trained or validated on; None when nothing records them."""
+    from hybrid_vit_cascade.runtime.checkpoint import seen_cases
+
     try:
         info = json.loads((checkpoint / "data_info.json").read_text())
     except (OSError, ValueError):
         return None
-    if isinstance(info.get("seen"), dict):  # recorded at training time (runtime/checkpoint.make_data_info)
-        return {k: set(info["seen"].get(k) or ()) for k in ("patient_ids", "source_sha256")}
-    try:  # a checkpoint from before that record: its dataset's manifest, if it is still there
-        cases = json.loads((Path(info["dataset"]) / "manifest.json").read_text())["cases"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    seen = [c for c in cases if c.get("split") in ("train", "val")]
-    return {"patient_ids": {str(c.get("patient_id")) for c in seen}, "source_sha256": {c.get("source_sha256") for c in seen}}
+    seen = info.get("seen")  # recorded at training time (runtime/checkpoint.make_data_info)
+    if not isinstance(seen, dict):
+        try:  # a checkpoint from before that record: its dataset's manifest, if it is still there
+            seen = seen_cases(json.loads((Path(info["dataset"]) / "manifest.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return {k: set(seen.get(k) or ()) for k in ("patient_ids", "source_sha256")}
 
 
 def held_out_check(checkpoints: Sequence[Optional[str]], path: Path) -> tuple[list[str], list[str]]:

@@ -181,6 +181,13 @@ def set_rng_state(st: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- reading a checkpoint directory
 
 
+def seen_cases(manifest: dict) -> dict[str, list[str]]:
+    """{"patient_ids", "source_sha256"}: sorted, of a manifest's train and val cases (what a model trained on them saw)."""
+    seen = [c for c in manifest["cases"] if c.get("split") in ("train", "val")]
+    return {"patient_ids": sorted({str(c["patient_id"]) for c in seen if c.get("patient_id")}),
+            "source_sha256": sorted({c["source_sha256"] for c in seen if c.get("source_sha256")})}
+
+
 def make_data_info(dataset_root: str | Path, manifest: dict, xray_stats: dict | None = None) -> dict[str, Any]:
     """data_info.json: what a checkpoint needs from its dataset and cannot get from config.json.
 
@@ -191,15 +198,13 @@ def make_data_info(dataset_root: str | Path, manifest: dict, xray_stats: dict | 
     `seen`: the patient ids and source hashes of the train and val cases, so a CT can later be told
     apart as held out even when the dataset is gone (inference/real_anatomy.py).
     """
-    seen = [c for c in manifest["cases"] if c.get("split") in ("train", "val")]
     return {
         "dataset": str(Path(dataset_root).resolve()),
         "xray_scale": {"li_max": float(manifest["xray_scale"]["li_max"])},
         "render_size": int(manifest["render_size"]),
         "settings_hash": manifest.get("settings_hash"),
         "splits": {s: [c["case_id"] for c in manifest["cases"] if c.get("split") == s] for s in ("train", "val", "test")},
-        "seen": {"patient_ids": sorted({str(c["patient_id"]) for c in seen if c.get("patient_id")}),
-                 "source_sha256": sorted({c["source_sha256"] for c in seen if c.get("source_sha256")})},
+        "seen": seen_cases(manifest),
         **({"xray_stats": xray_stats} if xray_stats is not None else {}),
     }
 
