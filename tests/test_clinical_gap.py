@@ -17,7 +17,7 @@ inputs to 23.28 dB (make demo at 04799bb; 22.45 dB at f0b9afa without the body-w
 21.9 dB before the registration fix) and the demo cascade, trained on films
 (training.film_augment) and sampled without DRR guidance on them, loses 2.85 dB PSNR-3D in the field
 the films' crops show (each film re-levelled and reconstructed twice), 5.90 dB in the dataset's cube (the regression baseline 1.41 / 4.63 dB; 8.5 dB
-before film training); the tiny films here read back at ~26 dB. Where the demo
+before film training; 2.99 / 5.85 dB and regression 1.46 / 4.70 dB at 50a7550, again at 5f83870); the tiny films here read back at ~26 dB. Where the demo
 films lose it (benchmarks/clinical_input.py, 5 test cases × 2 views): the crop's centre is 12.8 mm
 (vertical) and 5.1 mm (across) from where the cube projects, mean over 10 cases (the cube is centred
 on the lungs' 3D extent, which a film shows only in projection; no 2D rule tried did better),
