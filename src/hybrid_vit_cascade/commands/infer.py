@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from hybrid_vit_cascade.metrics import volume_metrics
     from hybrid_vit_cascade.inference.film_relevel import relevel_to_estimate
     from hybrid_vit_cascade.inference.calibration_eval import stored_scale
-    from hybrid_vit_cascade.runtime.sampling import FILM_RELEVEL, resolve_sampling
+    from hybrid_vit_cascade.runtime.sampling import FILM_RELEVEL, resolve_sampling, with_guidance_spread
 
     if not args.out.endswith((".nii", ".nii.gz")):
         raise ValueError(f"--out must end in .nii or .nii.gz, got {args.out}")
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise IsADirectoryError(f"--out {args.out} is a folder; give a file name ending in .nii.gz")
     check_writable(Path(args.out).parent, "--out folder")  # before minutes of sampling, not after
     rec = Reconstructor(args.checkpoint, which=args.which, ema=not args.no_ema, device=args.device)
+    rec.cfg = with_guidance_spread(rec.cfg, args.guidance_spread)
     print(f"checkpoint {args.checkpoint}: stages {[s.name for s in rec.cfg.stages]}, trained {rec.trained_stages}, "
           f"views {rec.views}, objective {rec.objective.kind}, device {rec.device}")
     reference_hu = None

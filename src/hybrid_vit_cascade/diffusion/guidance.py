@@ -8,7 +8,8 @@ measured X-rays, in the spirit of DPS (Chung et al. 2023) / classifier guidance 
   (2) g = ∇_{x_t} Σ_b L_b   (through the network, as DPS; g = Jᵀ·∇_{x̂0}L with J = ∂x̂0/∂x_t),
       or g = ∇_{x̂0} L with through_model=False (no backward pass through the network)
   (3) x̂0' = x̂0 − η·g                                  (a gradient step on the clean estimate)
-        η = scale                                      (normalize=False: volume units per unit gradient)
+        η = scale                                      (normalize=False: volume units per unit gradient;
+                                                        scale: one number, or one per sample)
         η_b = scale·2·L_b / ‖∇_{x̂0} L_b‖²               (normalize=True)
   (4) v' = (α·x_t − x̂0')/σ = v + η·g/σ                 (the v that yields x̂0' at this x_t)
 
@@ -25,7 +26,7 @@ a positive multiple of (x̂0' − x̂0) since α_s/σ_s > α_t/σ_t, and the fin
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -39,7 +40,7 @@ def drr_consistency_wrap(
     model_fn: ModelFn,
     projector_fn: Callable[[Tensor], Tensor],
     target_xray: Tensor,
-    scale: float,
+    scale: Union[float, Tensor],
     schedule: str = "cosine",
     through_model: bool = True,
     normalize: bool = False,
@@ -52,14 +53,20 @@ def drr_consistency_wrap(
     through the network). `normalize=True` makes `scale` unit-free (scale = 1: fit the X-rays).
     `views`: indices of the views to fit (the projector renders all V; L_b then averages over the
     given ones only, so an absent view's placeholder image is never a target); None = every view.
+    `scale` is one number, or a (B,) tensor giving each sample its own (runtime/sampling.py guidance spread).
     """
-    if scale < 0:
+    if torch.is_tensor(scale):
+        if scale.dim() != 1 or scale.shape[0] != target_xray.shape[0]:
+            raise ValueError(f"per-sample DRR guidance scales must be ({target_xray.shape[0]},), got {tuple(scale.shape)}")
+        if not torch.isfinite(scale).all() or (scale < 0).any():
+            raise ValueError(f"DRR guidance scales must be finite and >= 0, got {scale.tolist()}")
+    elif scale < 0:
         raise ValueError(f"DRR guidance scale must be >= 0, got {scale}")
     if views is not None and (not len(views) or len(set(views)) != len(views)):
         raise ValueError(f"DRR guidance needs distinct view indices to fit, got {list(views)}")
 
     def guided(x_t: Tensor, t: Tensor) -> Tensor:
-        if scale == 0.0:
+        if not torch.is_tensor(scale) and scale == 0.0:
             return model_fn(x_t, t)
         with torch.enable_grad():
             if through_model:
@@ -87,12 +94,17 @@ def drr_consistency_wrap(
             # η_b = scale·2·L_b/‖∇_{x̂0} L_b‖² (0 where that gradient vanishes, i.e. nothing to fit).
             gg = g_x0.pow(2).flatten(1).sum(1)  # (B,)
             ratio = 2 * per_loss.detach() / gg.clamp_min(torch.finfo(gg.dtype).tiny)
-            eta = broadcast_to(scale * torch.where(gg > 0, ratio, torch.zeros_like(ratio)), x_t)
+            eta = broadcast_to(_per_sample(scale, ratio) * torch.where(gg > 0, ratio, torch.zeros_like(ratio)), x_t)
         else:
-            eta = scale
+            eta = broadcast_to(_per_sample(scale, g), x_t) if torch.is_tensor(scale) else scale
         # (3)+(4): x̂0' = x̂0 − η·g  ⇔  v' = v + η·g/σ (= (α·x_t − x̂0')/σ without the cancellation
         # in α·x_t − x̂0'); detached so the sampler stays grad-free.
         sigma = broadcast_to(alpha_sigma(t, schedule)[1], x_t).to(x_t.dtype)
         return (v.detach() + eta * g / sigma).detach()
 
     return guided
+
+
+def _per_sample(scale: Union[float, Tensor], like: Tensor) -> Union[float, Tensor]:
+    """A tensor scale on `like`'s device and dtype (one value per sample); a number as it is."""
+    return scale.to(device=like.device, dtype=like.dtype) if torch.is_tensor(scale) else scale

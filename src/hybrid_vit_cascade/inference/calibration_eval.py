@@ -196,8 +196,9 @@ def stored_scale(rec, settings, views: list[str], display: bool) -> tuple[Option
     a = fit.get("applies_to") or {}
     fitted = a.get("sampling") or {}
     film_default = display and settings.guidance_scale == resolve_sampling(rec.cfg, display_input=True).guidance_scale
+    fitted = {"guidance_spread": 0.0, **fitted}  # a scale saved before the spread existed: fitted without one
     differs = [f"{k} {v} (fitted with {fitted.get(k)})" for k, v in dataclasses.asdict(settings).items()
-               if fitted.get(k) != v and not (k == "guidance_scale" and film_default)]
+               if fitted.get(k) != v and not (k in ("guidance_scale", "guidance_spread") and film_default)]
     if fit.get("out_of_range"):
         why = f"it is outside {C.SCALE_RANGE}: the samples' spread says next to nothing about the errors"
     elif a.get("weights") != rec.weights_id() or a.get("which") != rec.which or a.get("ema") != rec.ema:

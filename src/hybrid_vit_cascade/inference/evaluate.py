@@ -29,7 +29,7 @@ from hybrid_vit_cascade.geometry.physics import denormalize_xray, normalize_xray
 from hybrid_vit_cascade.inference import calibration_eval, clinical_eval, depth_view, real_anatomy as real_ct, report
 from hybrid_vit_cascade.inference.pipeline import Reconstructor
 from hybrid_vit_cascade.runtime.conditioning import subset_label
-from hybrid_vit_cascade.runtime.sampling import FILM_RELEVEL, resolve_sampling
+from hybrid_vit_cascade.runtime.sampling import FILM_RELEVEL, resolve_sampling, with_guidance_spread
 
 
 def prepare_on_the_fly(folder: str, rec: Reconstructor, out_dir: Path, log: Callable[[str], None],
@@ -126,11 +126,12 @@ def evaluate(
     real_anatomy: bool = False,
     calibrate: bool = False,
     std_scale: Optional[float] = None,
+    guidance_spread: Optional[float] = None,
 ) -> dict[str, Any]:
     """Run the evaluation and write metrics.json, report.md and PNGs into `out`; returns the metrics.
 
-    `steps` / `sampler` / `samples` / `guidance_scale` left None come from the checkpoint's config
-    (runtime/sampling.py `resolve_sampling`); with K > 1 the mean of the K samples is scored.
+    `steps` / `sampler` / `samples` / `guidance_scale` / `guidance_spread` left None come from the checkpoint's
+    config (runtime/sampling.py `resolve_sampling`); with K > 1 the mean of the K samples is scored.
     `view_sets`: the subsets of the checkpoint's views to reconstruct from (None = all views only).
     `clinical`: also score every case from simulated clinical DICOM films (inference/clinical_eval.py),
     read out at `film_pitch_mm` (None: drawn per film, 0.1–0.2 mm as clinical plates), with the films
@@ -148,6 +149,7 @@ def evaluate(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rec = Reconstructor(checkpoint, which=which, device=device)
+    rec.cfg = with_guidance_spread(rec.cfg, guidance_spread)  # every reconstruction below resolves it from there
     sets: list[list[str]] = []
     for vs in view_sets or [None]:
         vs = rec.check_views(vs)
@@ -315,6 +317,8 @@ def evaluate(
         "samples per case": samples, "seed": seed, "DRR guidance": guidance_scale,
         "baseline checkpoint": baseline_checkpoint or "none", **info_notes,
     }
+    if settings.guidance_spread and guidance_scale:
+        info["DRR guidance spread"] = f"±{settings.guidance_spread:g} of the scale over the {samples} chains"
     final_key = cascade_key(n_stages, stages[-1].name)
     quality = []  # one paired comparison per view set
     for vs, tag in zip(sets, tags):
@@ -333,7 +337,8 @@ def evaluate(
         result["real_anatomy"] = real_ct.score(lambda d, o: evaluate(
             checkpoint, d, o, steps=steps, sampler=sampler, samples=samples, baseline_checkpoint=baseline_checkpoint,
             montage_cases=1, seed=seed, guidance_scale=guidance_scale, device=device, which=which,
-            progress=progress, log=log, view_sets=view_sets, std_scale=cal.scale), out_dir, log,
+            progress=progress, log=log, view_sets=view_sets, std_scale=cal.scale, guidance_spread=guidance_spread),
+            out_dir, log,
             checkpoints=[checkpoint, baseline_checkpoint])
         extra += real_ct.section(result["real_anatomy"], out_dir)
     report.write_metrics_json(out_dir / "metrics.json", result)

@@ -183,6 +183,7 @@ class Reconstructor:
         batch_size: int = 4,
         log: Optional[Callable[[str], None]] = None,
         views: Optional[Sequence[str]] = None,
+        guidance_spread: Optional[float] = None,
     ) -> list[StageResult]:
         """Run stages 1..N on X-rays (V, P, P) or (B, V, P, P) in the model range; one StageResult per stage.
 
@@ -190,8 +191,9 @@ class Reconstructor:
         tensor keeps the checkpoint's V slots; absent views' slots are set to zeros and masked out.
 
         `guidance_scale` > 0 adds DRR-consistency guidance (normalised step: 1 = fit the X-rays along
-        the gradient of the clean estimate, see diffusion/guidance.py). `steps` / `sampler` / `samples` /
-        `guidance_scale` left None come from the config (runtime/sampling.py `resolve_sampling`). Noise
+        the gradient of the clean estimate, see diffusion/guidance.py); `guidance_spread` spreads it over
+        the chains (SamplingSettings.chain_guidance). `steps` / `sampler` / `samples` / `guidance_scale` /
+        `guidance_spread` left None come from the config (runtime/sampling.py `resolve_sampling`). Noise
         of chain (case b, sample i) at stage k comes from its own generator seeded by (seed, k, case
         key, i), so a result does not depend on the batch size.
         """
@@ -215,7 +217,7 @@ class Reconstructor:
         fit_views = self.view_indices(present) if mask_row is not None else None  # guidance fits these only
         if not torch.isfinite(xray).all():
             raise ValueError("the X-rays contain NaN or Inf")
-        settings = resolve_sampling(self.cfg, steps, sampler, samples, guidance_scale)
+        settings = resolve_sampling(self.cfg, steps, sampler, samples, guidance_scale, guidance_spread=guidance_spread)
         samples, guidance_scale = settings.samples, settings.guidance_scale
         n_stages = self.stages_to_run(stop_at_stage)
         keys = [str(k) for k in (case_keys or range(B))]
@@ -231,6 +233,7 @@ class Reconstructor:
             log(f"stage {k} ({scfg.name}, {res}³): {len(chains)} chain(s), "
                 + (settings.describe() if self.is_diffusion else "direct regression")
                 + (f", DRR guidance {guidance_scale}" if guidance_scale > 0 else "")
+                + (f" spread ±{settings.guidance_spread:g}" if guidance_scale > 0 and settings.guidance_spread else "")
                 + (f", from {'+'.join(present)} only" if mask_row is not None else ""))
             outs = []
             for c0 in range(0, len(chains), batch_size):
@@ -247,7 +250,9 @@ class Reconstructor:
                 model_fn = stage_model_fn(stage, x_ray, cond, cond_noise, view_mask=mask, reuse_condition=True)
                 fn = model_fn
                 if guidance_scale > 0:
-                    fn = drr_consistency_wrap(model_fn, self.project, x_ray, guidance_scale,
+                    scale = guidance_scale if not settings.guidance_spread else torch.tensor(
+                        [settings.chain_guidance(i) for _, i in chunk], device=dev)  # (chunk,) one per chain
+                    fn = drr_consistency_wrap(model_fn, self.project, x_ray, scale,
                                               self.cfg.diffusion.schedule, through_model=False, normalize=True,
                                               views=fit_views)
                 out = self.objective.generate(fn, (len(chunk), 1, res, res, res), dev, gens, settings)
