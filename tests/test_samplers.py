@@ -295,13 +295,16 @@ def toy_projector(x0):
     return torch.stack([x0[:, 0].mean(dim=2), x0[:, 0].mean(dim=1)], dim=1)
 
 
+def guidance_problem(seed):
+    """(x_t, t, target X-rays, Gaussian denoiser) of a two-sample guidance check."""
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(SHAPE, generator=g)
+    return x_t, torch.tensor([0.3, 0.7]), torch.randn(2, 2, 8, 8, generator=g), gaussian_denoiser("cosine", mu=0.0)
+
+
 @pytest.mark.parametrize("through_model", [True, False])
 def test_drr_guidance_correction_is_a_gradient_step_on_x0(through_model):
-    g = torch.Generator().manual_seed(0)
-    x_t = torch.randn(SHAPE, generator=g)
-    t = torch.tensor([0.3, 0.7])
-    target = torch.randn(2, 2, 8, 8, generator=g)
-    model = gaussian_denoiser("cosine", mu=0.0)
+    x_t, t, target, model = guidance_problem(0)
     scale = 0.5
     v = model(x_t, t)
     v_g = drr_consistency_wrap(model, toy_projector, target, scale, through_model=through_model)(x_t, t)
@@ -358,11 +361,7 @@ def test_drr_guidance_shape_mismatch_named():
 @pytest.mark.parametrize("normalize", [False, True])
 def test_drr_guidance_per_sample_scales_act_as_each_sample_alone(normalize):
     # A (B,) scale (runtime/sampling.py guidance spread) guides sample b exactly as its own scalar would.
-    g = torch.Generator().manual_seed(1)
-    x_t = torch.randn(SHAPE, generator=g)
-    t = torch.tensor([0.3, 0.7])
-    target = torch.randn(2, 2, 8, 8, generator=g)
-    model = gaussian_denoiser("cosine", mu=0.0)
+    x_t, t, target, model = guidance_problem(1)
     scales = torch.tensor([0.0, 1.5])
     v_b = drr_consistency_wrap(model, toy_projector, target, scales, through_model=False, normalize=normalize)(x_t, t)
     for b, s in enumerate(scales.tolist()):
