@@ -66,13 +66,19 @@ class SamplingSettings:
         return f"{self.sampler}, {self.steps} steps" + (f", η={self.eta:g}" if self.eta > 0 else "")
 
 
+def _checked_spread(spread: float) -> float:
+    """The guidance spread as a float, refused outside [0, 1] (a fraction of the guidance scale)."""
+    spread = float(spread)
+    if not 0 <= spread <= 1:
+        raise ValueError(f"guidance spread must lie in [0, 1] (a fraction of the guidance scale), got {spread}")
+    return spread
+
+
 def with_guidance_spread(cfg: Config, spread: Optional[float]) -> Config:
     """`cfg` with diffusion.guidance_spread set to `spread` (a --guidance-spread flag); None: unchanged."""
     if spread is None:
         return cfg
-    if not 0 <= float(spread) <= 1:
-        raise ValueError(f"guidance spread must lie in [0, 1] (a fraction of the guidance scale), got {spread}")
-    return cfg.model_copy(update={"diffusion": cfg.diffusion.model_copy(update={"guidance_spread": float(spread)})})
+    return cfg.model_copy(update={"diffusion": cfg.diffusion.model_copy(update={"guidance_spread": _checked_spread(spread)})})
 
 
 def resolve_sampling(
@@ -105,9 +111,7 @@ def resolve_sampling(
         raise ValueError(f"guidance scale must be ≥ 0, got {guidance_scale}")
     if guidance_scale > 0 and not diffusion:
         raise ValueError("DRR guidance needs a diffusion checkpoint; this one was trained with the regression objective")
-    guidance_spread = float(d.guidance_spread if guidance_spread is None else guidance_spread)
-    if not 0 <= guidance_spread <= 1:
-        raise ValueError(f"guidance spread must lie in [0, 1] (a fraction of the guidance scale), got {guidance_spread}")
+    guidance_spread = _checked_spread(d.guidance_spread if guidance_spread is None else guidance_spread)
     if eta is not None and eta < 0:
         raise ValueError(f"DDIM eta must be ≥ 0, got {eta}")
     if sampler == "ddim":
